@@ -1,0 +1,58 @@
+"""The ``rmrrd`` command: one program, a subcommand per job (contract section 5).
+
+Each subcommand lives in ``rmrrd/commands/<name>.py`` and exposes ``register`` (add
+its argparse sub-parser) and ``run`` (do the work, return the exit status).  Input
+errors become one line on stderr and exit status 2, never a trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from rmrrd.errors import InputError
+
+EXIT_USAGE = 2
+
+
+def _commands() -> list[ModuleType]:
+    # Imported here, not at module top, so `rmrrd --help` stays fast and one broken
+    # subcommand cannot stop the others from loading in tests.
+    from rmrrd.commands import inventory, plan
+
+    return [inventory, plan]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit status 2 (contract 5)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rmrrd", description="Reserved-device-memory daemon for Xen hosts.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in _commands():
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except InputError as exc:
+        print(f"rmrrd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``rmrrd`` subcommand: ``register(subparsers)`` and ``run(args) -> int``."""
