@@ -30,7 +30,6 @@ vtd/dmar.c) and what it reports to the toolstack in
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from rmrrd.acpi import HEADER_SIZE, AcpiHeader, Subtable, TableError, parse_head
 from rmrrd.inventory import Device, HostRegion, Inventory, UnresolvedDevice
 from rmrrd.pci import Bdf
 from rmrrd.ranges import PAGE_SIZE, Range
-
-log = logging.getLogger(__name__)
 
 SIGNATURE = "DMAR"
 TYPE_DRHD = 0
@@ -253,6 +250,4 @@ def dmar_inventory(table: DmarTable, host: str) -> Inventory:
             warnings.append(f"RMRR {region.range}: unresolved (no secondary bus number for a bridge on the path): "
                             f"{' '.join(unresolved)}")
         regions.append(region)
-    for warning in warnings:
-        log.warning("host %s: DMAR: %s", host, warning)
     return Inventory(host, tuple(regions), tuple(warnings))

@@ -24,7 +24,6 @@ length describes no memory and is skipped with a warning too.
 
 from __future__ import annotations
 
-import logging
 import struct
 from dataclasses import dataclass
 
@@ -32,8 +31,6 @@ from rmrrd.acpi import HEADER_SIZE, AcpiHeader, Subtable, TableError, parse_head
 from rmrrd.dmar import widen_to_pages
 from rmrrd.inventory import Device, HostRegion, Inventory
 from rmrrd.pci import Bdf
-
-log = logging.getLogger(__name__)
 
 SIGNATURE = "IVRS"
 IVMD_ALL = 0x20
@@ -149,6 +146,4 @@ def ivrs_inventory(table: IvrsTable, host: str) -> Inventory:
         region = _ivmd_region(ivmd, warnings)
         if region is not None:
             regions.append(region)
-    for warning in warnings:
-        log.warning("host %s: IVRS: %s", host, warning)
     return Inventory(host, tuple(regions), tuple(warnings))

@@ -1,0 +1,130 @@
+"""Every real firmware table in ../shared/fixtures parses, to every value in expected.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rmrrd.commands.inventory import dmar_to_json, ivrs_to_json
+from rmrrd.dmar import dmar_inventory, parse_dmar
+from rmrrd.inventory import UnresolvedDevice
+from rmrrd.ivrs import ivrs_inventory, parse_ivrs
+from rmrrd.pci import Bdf
+from rmrrd.ranges import Range
+
+FIXTURES = Path(__file__).parents[1] / ".." / "shared" / "fixtures"
+TABLES = FIXTURES / "tables"
+EXPECTED: dict[str, dict[str, Any]] = json.loads((FIXTURES / "expected.json").read_text())
+BINARIES = sorted(path.name for path in TABLES.iterdir() if not path.name.endswith(".dsl"))
+
+
+def _decode(name: str) -> dict[str, Any]:
+    data = (TABLES / name).read_bytes()
+    return dmar_to_json(parse_dmar(data)) if "DMAR" in name else ivrs_to_json(parse_ivrs(data))
+
+
+def test_fixtures_are_present() -> None:
+    assert len(BINARIES) == 27 and set(EXPECTED) <= set(BINARIES)
+
+
+@pytest.mark.parametrize("name", BINARIES)
+def test_every_table_parses_and_walks_to_its_end(name: str) -> None:
+    data = (TABLES / name).read_bytes()
+    if "DMAR" in name:
+        table = parse_dmar(data)
+        inventory = dmar_inventory(table, "h")
+    else:
+        table = parse_ivrs(data)
+        inventory = ivrs_inventory(table, "h")
+    last = table.subtables[-1] if table.subtables else None
+    assert last is None or last.offset + last.length == len(data) == table.header.length
+    assert table.header.checksum_ok
+    assert all(region.range.is_page_aligned() for region in inventory.regions)
+
+
+_HEADER_KEYS = ("signature", "length", "revision", "checksum_ok", "oem_id", "oem_table_id", "oem_revision")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_values_match_expected(name: str) -> None:
+    want = EXPECTED[name]
+    got = _decode(name)
+    for key in _HEADER_KEYS:
+        assert got[key] == want[key], key
+    if "rmrrs" in want:
+        for key in ("host_address_width", "flags", "subtable_types", "drhds"):
+            assert got[key] == want[key], key
+        keys = ("offset", "length", "segment", "base", "limit", "scopes")
+        assert [{key: rmrr[key] for key in keys} for rmrr in got["rmrrs"]] == want["rmrrs"]
+    else:
+        assert got["ivinfo"] == want["ivinfo"]
+        assert got["subtables"] == want["subtables"]
+        assert len(got["ivmds"]) == len(want["ivmds"])
+        for have, expect in zip(got["ivmds"], want["ivmds"]):
+            for key in ("type", "flags", "devid", "aux", "start", "length"):
+                assert have[key] == expect[key], key
+            assert Bdf.parse(have["bdf"]) == Bdf.parse(expect["bdf"])
+
+
+def _inventory(name: str) -> Any:
+    data = (TABLES / name).read_bytes()
+    return dmar_inventory(parse_dmar(data), "h") if "DMAR" in name else ivrs_inventory(parse_ivrs(data), "h")
+
+
+def test_shared_rmrr_is_one_region_with_every_device() -> None:
+    inv = _inventory("linuxhw_DEPO-Super-Server-Supermicro-board_F84E17B9619B_DMAR.bin")
+    usb = inv.regions_for(Bdf(0, 0, 0x14, 0))
+    assert len(usb) == 1 and usb[0].devices == (Bdf(0, 0, 0x14, 0), Bdf(0, 0, 0x1A, 0), Bdf(0, 0, 0x1D, 0))
+
+
+def test_scope_through_bridge_is_unresolved_without_sysfs() -> None:
+    inv = _inventory("linuxhw_DEPO-Super-Server-Supermicro-board_F84E17B9619B_DMAR.bin")
+    gpu_region = next(region for region in inv.regions if region.range == Range(0x723F8000, 0x7A438000))
+    assert gpu_region.devices == (UnresolvedDevice(0, 0, ((2, 0), (0, 0))),)
+    assert any("unresolved" in warning and "0000:00:02.0/00.0" in warning for warning in inv.warnings)
+
+
+def test_page_zero_rmrr_is_kept() -> None:
+    inv = _inventory("linuxhw_HP-EliteBook-8440p_B28DF3C33D6B_DMAR.bin")
+    assert inv.regions[0].range == Range(0, 0x1000)
+    assert inv.warnings == ()
+
+
+def test_base_and_limit_zero_is_skipped_with_warning() -> None:
+    table = parse_dmar((TABLES / "linuxhw_HP-Compaq-6730b_795F37601A0A_DMAR.bin").read_bytes())
+    assert any(rmrr.base == 0 and rmrr.limit == 0 for rmrr in table.rmrrs)
+    inv = dmar_inventory(table, "h")
+    assert len(inv.regions) == len(table.rmrrs) - 1
+    assert all(region.range.start != 0 for region in inv.regions)
+    assert any("base and limit are both 0" in warning for warning in inv.warnings)
+
+
+def test_adjacent_rmrrs_stay_separate_and_do_not_warn_as_overlapping() -> None:
+    inv = _inventory("linuxhw_HP-Compaq-dc7800-SFF_80DC1538C4FA_DMAR.bin")
+    ranges = sorted(region.range for region in inv.regions)
+    assert any(a.end == b.start for a, b in zip(ranges, ranges[1:]))
+    assert not any("overlaps" in warning for warning in inv.warnings)
+
+
+def test_one_byte_ivmd_device_range_is_widened_to_a_page() -> None:
+    name = "linuxhw_MECHREVO-WUJIE14XA_9249A3556422_IVRS.bin"
+    table = parse_ivrs((TABLES / name).read_bytes())
+    assert {(ivmd.type, ivmd.mem_length) for ivmd in table.ivmds} == {(0x22, 1)}
+    inv = ivrs_inventory(table, "h")
+    for ivmd, region in zip(table.ivmds, inv.regions):
+        assert region.range == Range(ivmd.start, ivmd.start + 0x1000)
+        assert region.devices[0] == Bdf(0, 0, 0, 0) and region.devices[-1] == Bdf(0, ivmd.aux >> 8, 0x1F, 7)
+        assert len(region.devices) == ivmd.aux - ivmd.devid + 1
+    assert len([w for w in inv.warnings if "widened" in w]) == len(table.ivmds)
+
+
+def test_andd_satc_and_unknown_subtables_are_skipped() -> None:
+    book = parse_dmar((TABLES / "lsurf_surface_book_2_DMAR.bin").read_bytes())
+    assert [sub.type for sub in book.subtables].count(4) == 5 and len(book.rmrrs) == 2
+    laptop6 = parse_dmar((TABLES / "lsurf_surface_laptop_6_DMAR.bin").read_bytes())
+    assert {5, 6} <= {sub.type for sub in laptop6.subtables} and laptop6.rmrrs == ()
+    thinkpad = parse_ivrs((TABLES / "linuxhw_Lenovo-ThinkPad-T14-Gen3-AMD_696E48381F84_IVRS.bin").read_bytes())
+    assert 0x51 in {sub.type for sub in thinkpad.subtables} and len(thinkpad.ivmds) == 1
