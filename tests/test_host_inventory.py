@@ -1,0 +1,47 @@
+"""host.sources: tables from an ACPI directory, YAML files, missing tables, merging."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rmrrd.errors import InputError
+from rmrrd.host_inventory import build_host_inventory
+from rmrrd.pci import Bdf
+from rmrrd.ranges import Range
+from test_sysfs_pci import make_device
+
+ROOT = Path(__file__).parents[1]
+TABLES = ROOT / ".." / "shared" / "fixtures" / "tables"
+
+
+def test_missing_tables_are_warnings(tmp_path: Path) -> None:
+    inv = build_host_inventory("h", ["dmar", "ivrs"], sysfs_root=tmp_path, acpi_dir=tmp_path)
+    assert inv.regions == () and len(inv.warnings) == 2 and "no DMAR table" in inv.warnings[0]
+
+
+def test_dmar_with_sysfs_and_yaml_merge(tmp_path: Path) -> None:
+    shutil.copy(TABLES / "linuxhw_DEPO-Super-Server-Supermicro-board_F84E17B9619B_DMAR.bin", tmp_path / "DMAR")
+    make_device(tmp_path, "0000:00:02.0", bridge=True, secondary=1)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("host: h\nregions:\n  - range: 0x7ba6d000-0x7ba7cfff\n    devices: [00:1f.0, 00:14.0]\n"
+                     "  - range: 0xe0000-0xeffff\n    devices: [00:14.0]\n")
+    inv = build_host_inventory("h", ["dmar", "ivrs", str(extra)], sysfs_root=tmp_path, acpi_dir=tmp_path)
+    assert [region.range for region in inv.regions] == [
+        Range(0x7BA6D000, 0x7BA7D000), Range(0x723F8000, 0x7A438000), Range(0xE0000, 0xF0000)]
+    assert inv.regions[0].devices == (Bdf(0, 0, 0x14, 0), Bdf(0, 0, 0x1A, 0), Bdf(0, 0, 0x1D, 0), Bdf(0, 0, 0x1F, 0))
+    assert inv.regions[1].devices == (Bdf(0, 1, 0, 0),)
+    assert inv.warnings == (f"{tmp_path / 'IVRS'}: no IVRS table (not a host with that IOMMU?): source 'ivrs' skipped",)
+
+
+def test_broken_table_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "IVRS").write_bytes(b"IVRS" + bytes(10))
+    with pytest.raises(InputError, match=r"IVRS: IVRS at offset 0xe: truncated"):
+        build_host_inventory("h", ["ivrs"], acpi_dir=tmp_path)
+
+
+def test_missing_yaml_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot read inventory"):
+        build_host_inventory("h", [str(tmp_path / "absent.yaml")], acpi_dir=tmp_path)
