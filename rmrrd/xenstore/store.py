@@ -1,0 +1,677 @@
+"""The simulated xenstored's state machine: requests in, replies and watch events out.
+
+Pure and sans-IO (no sockets, no files, no clock): ``Store.handle(conn, packet)``
+returns the packets to send, each with the connection to send it on, in the order
+they must go out (the reply first, then the watch events the request caused).  The
+trio layer (``rmrrd.xenstore.server``) only moves bytes.
+
+Behaviour follows C xenstored (``tools/xenstored/core.c``, ``watch.c``,
+``transaction.c``, ``domain.c``) and ``docs/misc/xenstore.txt``; docs/xenstore.md
+lists what differs.  Connections of domain 0 are privileged (as a dom0 socket
+connection is): they bypass permissions and quotas.  Any other domain id is a guest
+with its real permissions and quotas.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rmrrd.xenstore.store_node import OWNER, READ, WRITE, Node, access_bits
+from rmrrd.xenstore.store_view import Tree, TxView
+from rmrrd.xenstore.store_watch import Watch, WatchIndex
+from rmrrd.xenstore.wire import (
+    ABS_PATH_MAX,
+    PAYLOAD_MAX,
+    REL_PATH_MAX,
+    Op,
+    Packet,
+    Perm,
+    XenstoreError,
+    error_packet,
+    format_perms,
+    parse_perms,
+)
+
+log = logging.getLogger(__name__)
+
+SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
+# xen/include/public/xen.h: DOMID_FIRST_RESERVED; ids from it up are not domains.
+DOMID_FIRST_RESERVED = 0x7FF0
+_OK = b"OK\0"
+_VALID_PATH = re.compile(r"/|(/[A-Za-z0-9_@-]+)+")
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Limits applied to unprivileged domains, with C xenstored's defaults
+    (``tools/xenstored/domain.c``, ``hard_quotas``)."""
+
+    nodes: int = 1000  # nodes owned per domain            -> ENOSPC
+    watches: int = 128  # watches per connection             -> E2BIG
+    transactions: int = 10  # open transactions per connection -> ENOSPC
+    transaction_nodes: int = 1024  # nodes touched per transaction -> ENOSPC
+    node_perms: int = 5  # permission entries per node        -> ENOSPC
+    node_size: int = 2048  # stored record size of a node     -> ENOSPC
+    path_max: int = REL_PATH_MAX  # path length below the domain's home -> EINVAL
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client connection: its domain, watches and open transactions."""
+
+    id: int
+    domid: int
+    watches: dict[tuple[str, bytes], Watch] = field(default_factory=dict)
+    transactions: dict[int, Transaction] = field(default_factory=dict)
+    next_tx: int = 1
+
+    @property
+    def privileged(self) -> bool:
+        return self.domid == 0
+
+
+@dataclass(eq=False)
+class Transaction:
+    """An open transaction and the watch events its commit will fire."""
+
+    view: TxView
+    events: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainChange:
+    """An INTRODUCE or RELEASE the I/O layer must act on (open/close guest sockets)."""
+
+    introduced: bool
+    domid: int
+
+
+Out = list[tuple[Connection, Packet]]
+_Handler = Callable[["Store", Connection, Packet], bytes]
+_HANDLERS: dict[Op, _Handler] = {}
+
+
+def _handles(*ops: Op) -> Callable[[_Handler], _Handler]:
+    def register(func: _Handler) -> _Handler:
+        for op in ops:
+            _HANDLERS[op] = func
+        return func
+
+    return register
+
+
+def _fail(errno_name: str, why: str) -> XenstoreError:
+    return XenstoreError(errno_name, why)
+
+
+def _strings(payload: bytes) -> list[bytes]:
+    """NUL-terminated strings of a request; a final string may lack its NUL."""
+    parts = payload.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return parts
+
+
+def _args(payload: bytes, count: int) -> list[bytes]:
+    parts = _strings(payload)
+    if len(parts) != count:
+        raise _fail("EINVAL", f"expected {count} arguments, got {len(parts)}")
+    return parts
+
+
+def _one_arg(payload: bytes) -> bytes:
+    # As C's onearg(): exactly one string, NUL-terminated.
+    if not payload.endswith(b"\0") or payload.count(b"\0") != 1:
+        raise _fail("EINVAL", "expected one NUL-terminated argument")
+    return payload[:-1]
+
+
+def _domid(raw: bytes) -> int:
+    if not raw.isdigit() or len(raw) > 5 or int(raw) >= DOMID_FIRST_RESERVED:
+        raise _fail("EINVAL", f"bad domain id {raw!r}")
+    return int(raw)
+
+
+def _parent(path: str) -> str:
+    cut = path.rfind("/")
+    return path[:cut] if cut > 0 else "/"
+
+
+def _leaf(path: str) -> str:
+    return path[path.rfind("/") + 1 :]
+
+
+def home(domid: int) -> str:
+    """A domain's home path (GET_DOMAIN_PATH, and the base of relative paths)."""
+    return f"/local/domain/{domid}"
+
+
+class Store:
+    """The whole xenstored state; see the module docstring."""
+
+    def __init__(self, quotas: Quotas | None = None) -> None:
+        self.quotas = quotas or Quotas()
+        self.tree = Tree()
+        root = Node(b"", (Perm(0, "n"),), 0)
+        self.tree.put("/", root)
+        self.special_perms: dict[str, tuple[Perm, ...]] = {p: (Perm(0, "n"),) for p in SPECIAL_PATHS}
+        self.introduced: dict[int, tuple[int, int]] = {}  # domid -> (mfn, event channel)
+        self.targets: dict[int, int] = {}
+        self.connections: dict[int, Connection] = {}
+        self._watches = WatchIndex()
+        self._next_conn = 1
+        self._out: Out = []
+        self._domain_changes: list[DomainChange] = []
+
+    # -- connections ---------------------------------------------------------------
+
+    def connect(self, domid: int = 0) -> Connection:
+        """A new connection acting as ``domid`` (0: privileged, as a dom0 socket)."""
+        conn = Connection(self._next_conn, domid)
+        self._next_conn += 1
+        self.connections[conn.id] = conn
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a closed connection: its watches and transactions go with it."""
+        self._reset(conn)
+        self.connections.pop(conn.id, None)
+
+    def _reset(self, conn: Connection) -> None:
+        for watch in conn.watches.values():
+            self._watches.remove(watch)
+        conn.watches.clear()
+        conn.transactions.clear()
+
+    def take_domain_changes(self) -> list[DomainChange]:
+        """INTRODUCEs and RELEASEs since the last call, oldest first."""
+        changes, self._domain_changes = self._domain_changes, []
+        return changes
+
+    # -- the entry point -------------------------------------------------------------
+
+    def handle(self, conn: Connection, packet: Packet) -> Out:
+        """Process one request; return (connection, packet) pairs to send, in order.
+
+        A failed request changes nothing and gets an ERROR reply naming the errno;
+        replies echo the request's req_id and tx_id (pyxs checks both).
+        """
+        handler = _HANDLERS.get(packet.op)
+        self._out = out = []
+        try:
+            if handler is None:
+                raise _fail("ENOSYS", f"{packet.op.name} is not a request this server takes")
+            payload = handler(self, conn, packet)
+        except XenstoreError as exc:
+            log.debug("dom%d conn %d %s failed: %s", conn.domid, conn.id, packet.op.name, exc)
+            return [(conn, error_packet(packet.req_id, packet.tx_id, exc.errno_name))]
+        finally:
+            self._out = []
+        out.insert(0, (conn, Packet(packet.op, packet.req_id, packet.tx_id, payload)))
+        return out
+
+    # -- paths and permissions ---------------------------------------------------------
+
+    def _path(self, conn: Connection, raw: bytes, *, special_ok: bool = False) -> str:
+        """The absolute path a request names, validated as C's is_valid_nodename."""
+        try:
+            path = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise _fail("EINVAL", "path is not ASCII") from None
+        if special_ok and path in self.special_perms:
+            return path
+        base = home(conn.domid)
+        if path and not path.startswith("/"):
+            path = f"{base}/{path}"
+        if len(path) > ABS_PATH_MAX or not _VALID_PATH.fullmatch(path):
+            raise _fail("EINVAL", f"invalid path {path[:80]!r}")
+        if not conn.privileged:
+            below = len(path) - len(base) - 1 if path.startswith(base + "/") else len(path)
+            if below > self.quotas.path_max:
+                raise _fail("EINVAL", f"path longer than {self.quotas.path_max} below {base}")
+        return path
+
+    def _bits(self, conn: Connection, perms: tuple[Perm, ...]) -> int:
+        if conn.privileged:
+            return READ | WRITE | OWNER
+        return access_bits(perms, conn.domid, self.targets.get(conn.domid))
+
+    def _view(self, conn: Connection, tx_id: int) -> Tree | TxView:
+        if tx_id == 0:
+            return self.tree
+        return self._transaction(conn, tx_id).view
+
+    def _transaction(self, conn: Connection, tx_id: int) -> Transaction:
+        try:
+            return conn.transactions[tx_id]
+        except KeyError:
+            raise _fail("ENOENT", f"no transaction {tx_id}") from None
+
+    def _missing(self, view: Tree | TxView, conn: Connection, path: str, need: int) -> XenstoreError:
+        """The error for a missing node: ENOENT only if the nearest existing
+        ancestor grants what was asked, else EACCES, so that a guest learns nothing
+        about nodes it may not see (C's errno_from_parents)."""
+        parent = path
+        node = None
+        while node is None and parent != "/":
+            parent = _parent(parent)
+            node = view.get(parent)
+        if node is not None and self._bits(conn, node.perms) & need:
+            return _fail("ENOENT", f"no node {path}")
+        return _fail("EACCES", f"no access to {path}")
+
+    def _get(self, view: Tree | TxView, conn: Connection, path: str, need: int) -> Node:
+        node = view.get(path)
+        if node is None:
+            raise self._missing(view, conn, path, need)
+        if self._bits(conn, node.perms) & need != need:
+            raise _fail("EACCES", f"dom{conn.domid} may not access {path}")
+        return node
+
+    def _check_size(self, conn: Connection, node: Node, path: str) -> None:
+        if not conn.privileged and node.record_size() >= self.quotas.node_size:
+            raise _fail("ENOSPC", f"node {path} would exceed {self.quotas.node_size} bytes")
+
+    # -- watch events ----------------------------------------------------------------
+
+    def _event(self, watch: Watch, path: str) -> None:
+        conn = self.connections[watch.conn_id]
+        payload = watch.event_path(path).encode() + b"\0" + watch.token + b"\0"
+        self._out.append((conn, Packet(Op.WATCH_EVENT, 0, 0, payload)))
+
+    def _may_see(self, watch: Watch, perms: tuple[Perm, ...]) -> bool:
+        return bool(self._bits(self.connections[watch.conn_id], perms) & READ)
+
+    def _fire(self, path: str, perms: tuple[Perm, ...]) -> None:
+        """A change at ``path``: events to watches on it and its ancestors whose
+        connection may read the node (xenstore.txt, WATCH)."""
+        for watch in self._watches.matching(path):
+            if self._may_see(watch, perms):
+                self._event(watch, path)
+
+    def _fire_removed(self, path: str, removed: dict[str, tuple[Perm, ...]]) -> None:
+        """A subtree removed: watches on it or above see ``path``; watches inside
+        see their own path (xenstore.txt, WATCH_EVENT)."""
+        self._fire(path, removed[path])
+        for watch in list(self._watches.below(path)):
+            if self._may_see(watch, removed.get(watch.path, removed[path])):
+                self._event(watch, watch.path)
+
+    def _later(self, view: Tree | TxView, conn: Connection, tx_id: int, event: Callable[[], None]) -> None:
+        # Changes inside a transaction fire only if and when it commits.
+        if view is self.tree:
+            event()
+        else:
+            self._transaction(conn, tx_id).events.append(event)
+
+    # -- creation and removal (shared by WRITE, MKDIR, RM, RELEASE) ---------------------
+
+    def _create(self, view: Tree | TxView, conn: Connection, path: str, value: bytes) -> Node:
+        """Create ``path`` and any missing ancestors (each inheriting its parent's
+        permissions, owned by the creating guest: C's construct_node)."""
+        missing = [path]
+        parent_path = _parent(path)
+        parent = view.get(parent_path)
+        while parent is None:
+            missing.append(parent_path)
+            parent_path = _parent(parent_path)
+            parent = view.get(parent_path)
+        perms = parent.perms
+        if not conn.privileged:
+            # Check every quota before changing anything: a failed request leaves
+            # the tree as it was.
+            if view.count(conn.domid) + len(missing) > self.quotas.nodes:
+                raise _fail("ENOSPC", f"dom{conn.domid} would own more than {self.quotas.nodes} nodes")
+            grown = parent.record_size() + len(_leaf(missing[-1])) + 1
+            if max(grown, 20 + 8 * len(perms) + len(value)) >= self.quotas.node_size:
+                raise _fail("ENOSPC", f"node under {parent_path} would exceed {self.quotas.node_size} bytes")
+            perms = (Perm(conn.domid, perms[0].access), *perms[1:])
+        node = parent
+        for new_path in reversed(missing):
+            node = Node(b"", perms, 0)
+            parent.children[_leaf(new_path)] = None
+            view.touch(parent_path)
+            view.put(new_path, node)
+            parent, parent_path = node, new_path
+        node.value = value
+        return node
+
+    def _remove(self, view: Tree | TxView, path: str) -> dict[str, tuple[Perm, ...]]:
+        """Delete the subtree at ``path``; return the removed paths' permissions."""
+        removed: dict[str, tuple[Perm, ...]] = {}
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            node = view.get(current)
+            if node is None:
+                continue
+            removed[current] = node.perms
+            prefix = current if current != "/" else ""
+            stack.extend(f"{prefix}/{child}" for child in node.children)
+            view.delete(current)
+        parent_path = _parent(path)
+        parent = view.get(parent_path)
+        if parent is not None:
+            parent.children.pop(_leaf(path), None)
+            view.touch(parent_path)
+        return removed
+
+    # -- transactions -----------------------------------------------------------------
+
+    def start_transaction(self, conn: Connection) -> int:
+        if not conn.privileged and len(conn.transactions) >= self.quotas.transactions:
+            raise _fail("ENOSPC", f"dom{conn.domid} has {len(conn.transactions)} open transactions")
+        tx_id = conn.next_tx
+        while tx_id == 0 or tx_id in conn.transactions:
+            tx_id = (tx_id + 1) & 0xFFFFFFFF
+        conn.next_tx = (tx_id + 1) & 0xFFFFFFFF
+        limit = None if conn.privileged else self.quotas.transaction_nodes
+        conn.transactions[tx_id] = Transaction(TxView(self.tree, limit))
+        return tx_id
+
+    def end_transaction(self, conn: Connection, tx_id: int, commit: bool) -> None:
+        tx = self._transaction(conn, tx_id)
+        del conn.transactions[tx_id]
+        if not commit:
+            return
+        if tx.view.conflicts():
+            raise _fail("EAGAIN", f"transaction {tx_id} conflicts with a change made since")
+        tx.view.apply()
+        for event in tx.events:
+            event()
+
+    # -- domains ------------------------------------------------------------------------
+
+    def _require_privileged(self, conn: Connection, what: str) -> None:
+        if not conn.privileged:
+            raise _fail("EACCES", f"dom{conn.domid} may not {what}")
+
+    def introduce(self, domid: int, mfn: int, port: int) -> None:
+        if domid == 0:
+            raise _fail("EINVAL", "domain 0 cannot be introduced")
+        if domid in self.introduced:
+            return
+        self.introduced[domid] = (mfn, port)
+        self._domain_changes.append(DomainChange(True, domid))
+        log.info("dom%d introduced", domid)
+        self._fire("@introduceDomain", self.special_perms["@introduceDomain"])
+        self.tree.gen += 1  # persisted state changed
+
+    def release(self, domid: int) -> None:
+        """Forget a domain: its nodes go (as C xenstored's domain_tree_remove),
+        its connections are closed by the I/O layer, @releaseDomain fires."""
+        if domid not in self.introduced:
+            raise _fail("ENOENT", f"dom{domid} is not introduced")
+        del self.introduced[domid]
+        self.targets.pop(domid, None)
+        owned = sorted(p for p, n in self.tree.nodes.items() if n.owner == domid and p != "/")
+        for path in owned:
+            if self.tree.get(path) is not None:
+                self._fire_removed(path, self._remove(self.tree, path))
+        for conn in [c for c in self.connections.values() if c.domid == domid]:
+            self.disconnect(conn)
+        self._domain_changes.append(DomainChange(False, domid))
+        log.info("dom%d released, %d of its nodes removed", domid, len(owned))
+        self._fire("@releaseDomain", self.special_perms["@releaseDomain"])
+        self.tree.gen += 1
+
+
+# -- request handlers: each returns the reply payload or raises XenstoreError ----------
+
+
+@_handles(Op.READ)
+def _read(store: Store, conn: Connection, packet: Packet) -> bytes:
+    view = store._view(conn, packet.tx_id)
+    path = store._path(conn, _one_arg(packet.payload))
+    return store._get(view, conn, path, READ).value
+
+
+@_handles(Op.WRITE)
+def _write(store: Store, conn: Connection, packet: Packet) -> bytes:
+    raw, sep, value = packet.payload.partition(b"\0")
+    if not sep:
+        raise _fail("EINVAL", "WRITE without a NUL after the path")
+    view = store._view(conn, packet.tx_id)
+    path = store._path(conn, raw)
+    node = view.get(path)
+    if node is None:
+        error = store._missing(view, conn, path, WRITE)
+        if error.errno_name != "ENOENT":
+            raise error
+        node = store._create(view, conn, path, value)
+    else:
+        if store._bits(conn, node.perms) & WRITE == 0:
+            raise _fail("EACCES", f"dom{conn.domid} may not write {path}")
+        old = node.value
+        node.value = value
+        try:
+            store._check_size(conn, node, path)
+        except XenstoreError:
+            node.value = old
+            raise
+        view.touch(path)
+    perms = node.perms
+    store._later(view, conn, packet.tx_id, lambda: store._fire(path, perms))
+    return _OK
+
+
+@_handles(Op.MKDIR)
+def _mkdir(store: Store, conn: Connection, packet: Packet) -> bytes:
+    view = store._view(conn, packet.tx_id)
+    path = store._path(conn, _one_arg(packet.payload))
+    if view.get(path) is not None:
+        store._get(view, conn, path, WRITE)  # an existing node still needs write access
+        return _OK
+    error = store._missing(view, conn, path, WRITE)
+    if error.errno_name != "ENOENT":
+        raise error
+    perms = store._create(view, conn, path, b"").perms
+    store._later(view, conn, packet.tx_id, lambda: store._fire(path, perms))
+    return _OK
+
+
+@_handles(Op.RM)
+def _rm(store: Store, conn: Connection, packet: Packet) -> bytes:
+    view = store._view(conn, packet.tx_id)
+    path = store._path(conn, _one_arg(packet.payload))
+    if path == "/":
+        raise _fail("EINVAL", "the root cannot be removed")
+    if view.get(path) is None:
+        error = store._missing(view, conn, path, WRITE)
+        # Removing what is not there is fine if its parent exists (xenstore.txt, RM).
+        if error.errno_name == "ENOENT" and view.get(_parent(path)) is not None:
+            return _OK
+        raise error
+    store._get(view, conn, path, WRITE)
+    removed = store._remove(view, path)
+    store._later(view, conn, packet.tx_id, lambda: store._fire_removed(path, removed))
+    return _OK
+
+
+@_handles(Op.DIRECTORY)
+def _directory(store: Store, conn: Connection, packet: Packet) -> bytes:
+    view = store._view(conn, packet.tx_id)
+    path = store._path(conn, _one_arg(packet.payload))
+    listing = store._get(view, conn, path, READ).children_bytes()
+    if len(listing) > PAYLOAD_MAX:
+        # libxenstore then falls back to DIRECTORY_PART, as against C xenstored.
+        raise _fail("E2BIG", f"children of {path} exceed one payload")
+    return listing
+
+
+@_handles(Op.DIRECTORY_PART)
+def _directory_part(store: Store, conn: Connection, packet: Packet) -> bytes:
+    raw, raw_offset = _args(packet.payload, 2)
+    if not raw_offset.isdigit():
+        raise _fail("EINVAL", f"bad DIRECTORY_PART offset {raw_offset!r}")
+    view = store._view(conn, packet.tx_id)
+    path = store._path(conn, raw)
+    node = store._get(view, conn, path, READ)
+    listing = node.children_bytes()
+    gen = str(node.gen).encode() + b"\0"
+    offset = int(raw_offset)
+    if offset >= len(listing):
+        return gen + b"\0"
+    # Whole names only, as many as fit with the generation and the final NUL.
+    room = PAYLOAD_MAX - len(gen) - 1
+    end = offset
+    while end < len(listing):
+        next_end = listing.index(b"\0", end) + 1
+        if next_end - offset > room:
+            break
+        end = next_end
+    chunk = listing[offset:end]
+    return gen + chunk + (b"\0" if end == len(listing) else b"")
+
+
+@_handles(Op.GET_PERMS)
+def _get_perms(store: Store, conn: Connection, packet: Packet) -> bytes:
+    path = store._path(conn, _one_arg(packet.payload), special_ok=True)
+    if path in store.special_perms:
+        perms = store.special_perms[path]
+    else:
+        perms = store._get(store._view(conn, packet.tx_id), conn, path, READ).perms
+    return b"".join(p + b"\0" for p in format_perms(perms))
+
+
+@_handles(Op.SET_PERMS)
+def _set_perms(store: Store, conn: Connection, packet: Packet) -> bytes:
+    strings = _strings(packet.payload)
+    if len(strings) < 2:
+        raise _fail("EINVAL", "SET_PERMS needs a path and at least one permission")
+    path = store._path(conn, strings[0], special_ok=True)
+    perms = tuple(parse_perms(strings[1:]))
+    if not conn.privileged and len(perms) > store.quotas.node_perms:
+        raise _fail("ENOSPC", f"more than {store.quotas.node_perms} permissions")
+    if path in store.special_perms:
+        store._require_privileged(conn, f"set permissions of {path}")
+        store.special_perms[path] = perms
+        store.tree.gen += 1
+        return _OK
+    view = store._view(conn, packet.tx_id)
+    node = store._get(view, conn, path, WRITE | OWNER)
+    if not conn.privileged and perms[0].domid != node.owner:
+        raise _fail("EPERM", f"dom{conn.domid} may not give {path} away")
+    old = node.perms
+    view.set_perms(path, perms)
+    store._later(view, conn, packet.tx_id, lambda: store._fire(path, old))
+    return _OK
+
+
+@_handles(Op.WATCH)
+def _watch(store: Store, conn: Connection, packet: Packet) -> bytes:
+    raw, token = _args(packet.payload, 2)
+    relative = not raw.startswith((b"/", b"@"))
+    path = raw.decode("ascii", "replace") if raw.startswith(b"@") else store._path(conn, raw)
+    if len(path) > REL_PATH_MAX + len(home(conn.domid)) + 1:
+        raise _fail("EINVAL", "watch path too long")
+    if (path, token) in conn.watches:
+        raise _fail("EEXIST", f"watch {path} {token!r} already set")
+    if not conn.privileged and len(conn.watches) >= store.quotas.watches:
+        raise _fail("E2BIG", f"dom{conn.domid} has {store.quotas.watches} watches")
+    watch = Watch(conn.id, path, token, home(conn.domid) if relative else None)
+    conn.watches[(path, token)] = watch
+    store._watches.add(watch)
+    store._event(watch, path)  # the initial event, after the reply
+    return _OK
+
+
+@_handles(Op.UNWATCH)
+def _unwatch(store: Store, conn: Connection, packet: Packet) -> bytes:
+    raw, token = _args(packet.payload, 2)
+    path = raw.decode("ascii", "replace") if raw.startswith(b"@") else store._path(conn, raw)
+    watch = conn.watches.pop((path, token), None)
+    if watch is None:
+        raise _fail("ENOENT", f"no watch {path} {token!r}")
+    store._watches.remove(watch)
+    return _OK
+
+
+@_handles(Op.RESET_WATCHES)
+def _reset_watches(store: Store, conn: Connection, packet: Packet) -> bytes:
+    store._reset(conn)
+    return _OK
+
+
+@_handles(Op.TRANSACTION_START)
+def _transaction_start(store: Store, conn: Connection, packet: Packet) -> bytes:
+    if packet.tx_id != 0:
+        raise _fail("EBUSY", "TRANSACTION_START inside a transaction")
+    return str(store.start_transaction(conn)).encode() + b"\0"
+
+
+@_handles(Op.TRANSACTION_END)
+def _transaction_end(store: Store, conn: Connection, packet: Packet) -> bytes:
+    arg = _one_arg(packet.payload)
+    if arg not in (b"T", b"F"):
+        raise _fail("EINVAL", f"TRANSACTION_END takes T or F, not {arg!r}")
+    store.end_transaction(conn, packet.tx_id, arg == b"T")
+    return _OK
+
+
+@_handles(Op.INTRODUCE)
+def _introduce(store: Store, conn: Connection, packet: Packet) -> bytes:
+    store._require_privileged(conn, "introduce domains")
+    strings = _strings(packet.payload)
+    if len(strings) < 3:
+        raise _fail("EINVAL", "INTRODUCE needs domid, mfn and event channel")
+    try:
+        mfn, port = int(strings[1]), int(strings[2])
+    except ValueError:
+        raise _fail("EINVAL", "INTRODUCE mfn and event channel must be decimal") from None
+    store.introduce(_domid(strings[0]), mfn, port)
+    return _OK
+
+
+@_handles(Op.RELEASE)
+def _release(store: Store, conn: Connection, packet: Packet) -> bytes:
+    store._require_privileged(conn, "release domains")
+    store.release(_domid(_one_arg(packet.payload)))
+    return _OK
+
+
+@_handles(Op.RESUME)
+def _resume(store: Store, conn: Connection, packet: Packet) -> bytes:
+    store._require_privileged(conn, "resume domains")
+    domid = _domid(_one_arg(packet.payload))
+    if domid not in store.introduced:
+        raise _fail("ENOENT", f"dom{domid} is not introduced")
+    return _OK
+
+
+@_handles(Op.IS_DOMAIN_INTRODUCED)
+def _is_introduced(store: Store, conn: Connection, packet: Packet) -> bytes:
+    domid = _domid(_one_arg(packet.payload))
+    return b"T\0" if domid == 0 or domid in store.introduced else b"F\0"
+
+
+@_handles(Op.GET_DOMAIN_PATH)
+def _get_domain_path(store: Store, conn: Connection, packet: Packet) -> bytes:
+    return home(_domid(_one_arg(packet.payload))).encode() + b"\0"
+
+
+@_handles(Op.SET_TARGET)
+def _set_target(store: Store, conn: Connection, packet: Packet) -> bytes:
+    store._require_privileged(conn, "set targets")
+    raw_domid, raw_target = _args(packet.payload, 2)
+    domid, target = _domid(raw_domid), _domid(raw_target)
+    if domid not in store.introduced:
+        raise _fail("ENOENT", f"dom{domid} is not introduced")
+    store.targets[domid] = target
+    return _OK
+
+
+@_handles(Op.CONTROL)
+def _control(store: Store, conn: Connection, packet: Packet) -> bytes:
+    # Only the harmless commands: the rest are C xenstored internals.
+    store._require_privileged(conn, "send control commands")
+    strings = _strings(packet.payload) or [b""]
+    if strings[0] == b"help":
+        return b"help\nprint\n\0"
+    if strings[0] == b"print":
+        log.info("control print: %s", b" ".join(strings[1:]).decode("ascii", "replace"))
+        return _OK
+    raise _fail("EINVAL", f"unknown control command {strings[0]!r}")

@@ -1,0 +1,71 @@
+"""Nodes of the simulated xenstored's tree and the permission rule C xenstored applies.
+
+A node holds a value, its permission list and its children (leaf names, in creation
+order: DIRECTORY answers in that order, as C xenstored does).  The permission list's
+first entry names the owner and gives the access of every domain not listed after it
+(``docs/misc/xenstore.txt``, "GET_PERMS"; ``tools/xenstored/core.c``,
+``perm_for_conn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rmrrd.xenstore.wire import Perm
+
+# Access bits, as C xenstored's XS_PERM_READ / XS_PERM_WRITE / XS_PERM_OWNER.
+READ = 1
+WRITE = 2
+OWNER = 4
+ALL = READ | WRITE | OWNER
+
+_BITS = {"n": 0, "r": READ, "w": WRITE, "b": READ | WRITE}
+
+
+class Node:
+    """One node; mutated in place only by the view that owns it (see store_view)."""
+
+    __slots__ = ("value", "perms", "children", "gen")
+
+    def __init__(self, value: bytes, perms: tuple[Perm, ...], gen: int) -> None:
+        self.value = value
+        self.perms = perms
+        # A dict keeps insertion order and removes a child in O(1).
+        self.children: dict[str, None] = {}
+        self.gen = gen
+
+    @property
+    def owner(self) -> int:
+        """The owning domain: quotas count nodes against it."""
+        return self.perms[0].domid
+
+    def copy(self) -> Node:
+        """A private copy for a transaction's overlay (children dict not shared)."""
+        clone = Node(self.value, self.perms, self.gen)
+        clone.children = dict(self.children)
+        return clone
+
+    def children_bytes(self) -> bytes:
+        """The child list as on the wire: each leaf name followed by a NUL."""
+        return b"".join(name.encode() + b"\0" for name in self.children)
+
+    def record_size(self) -> int:
+        """Size of C xenstored's stored record for this node (header of 20 bytes,
+        8 per permission, value, child list); the "node-size" quota limits it."""
+        return 20 + 8 * len(self.perms) + len(self.value) + sum(len(c) + 1 for c in self.children)
+
+
+def access_bits(perms: Sequence[Perm], domid: int, target: int | None) -> int:
+    """Access of unprivileged ``domid`` (acting for ``target`` if set) to a node.
+
+    As ``perm_for_conn``: the owner (or a domain targeting the owner) gets
+    everything; otherwise the first later entry naming the domain or its target
+    decides; otherwise the first entry's access is the default.
+    """
+    owner = perms[0].domid
+    if owner == domid or (target is not None and owner == target):
+        return ALL
+    for perm in perms[1:]:
+        if perm.domid == domid or (target is not None and perm.domid == target):
+            return _BITS[perm.access]
+    return _BITS[perms[0].access]
