@@ -185,6 +185,8 @@ class _Server:
                 scope = self.guest_scopes.pop(change.domid, None)
                 if scope is not None:
                     scope.cancel()
+                # Gone before the RELEASE reply goes out, like the domain.
+                (self.guest_dir / str(change.domid)).unlink(missing_ok=True)
                 for peer in list(self.peers.values()):
                     if peer.conn.domid == change.domid:
                         peer.scope.cancel()

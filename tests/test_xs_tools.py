@@ -1,0 +1,87 @@
+"""Genuine clients against the simulated xenstored: Debian's xenstore-utils and
+upstream's conformance client test-xenstore (issue 3, item 4)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from rmrrd.xenstore.server import XenstoredHandle
+from xs_fixtures import REPO, xenstored  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/xenstore-write").exists(), reason="xenstore-utils not installed")
+
+
+async def _tool(handle: XenstoredHandle, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, XENSTORED_PATH=str(handle.socket_path))
+    return await trio.run_process(list(argv), env=env, capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def test_write_read_ls_exists_rm_like_real_xenstored(xenstored: XenstoredHandle) -> None:
+    assert (await _tool(xenstored, "xenstore-write", "/vm/a", "one", "/vm/b", "")).returncode == 0
+    done = await _tool(xenstored, "xenstore-read", "/vm/a", "/vm/b")
+    assert (done.returncode, done.stdout) == (0, b"one\n\n")
+    done = await _tool(xenstored, "xenstore-read", "/vm/missing")
+    assert done.returncode == 1 and b"couldn't read path /vm/missing" in done.stderr
+    assert (await _tool(xenstored, "xenstore-list", "/vm")).stdout == b"a\nb\n"
+    assert (await _tool(xenstored, "xenstore-ls", "/vm")).stdout == b'a = "one"\nb = ""\n'
+    assert (await _tool(xenstored, "xenstore-exists", "/vm/a")).returncode == 0
+    assert (await _tool(xenstored, "xenstore-exists", "/vm/zz")).returncode == 1
+    assert (await _tool(xenstored, "xenstore-rm", "/vm/a")).returncode == 0
+    assert (await _tool(xenstored, "xenstore-rm", "/nothing/here")).returncode == 1
+    assert (await _tool(xenstored, "xenstore-list", "/vm")).stdout == b"b\n"
+
+
+async def test_relative_paths_and_chmod(xenstored: XenstoredHandle) -> None:
+    await _tool(xenstored, "xenstore-write", "rel", "v")
+    assert (await _tool(xenstored, "xenstore-read", "/local/domain/0/rel")).stdout == b"v\n"
+    assert (await _tool(xenstored, "xenstore-chmod", "/local/domain/0/rel", "n0", "r5")).returncode == 0
+    done = await _tool(xenstored, "xenstore-ls", "-p", "/local/domain/0")
+    assert b"(n0,r5)" in done.stdout
+    assert (await _tool(xenstored, "xenstore-chmod", "/local/domain/0/rel", "x9")).returncode != 0
+
+
+async def test_directory_beyond_one_payload_through_libxenstore(xenstored: XenstoredHandle) -> None:
+    names = [f"node-with-a-rather-long-name-{i:04d}" for i in range(200)]
+    args = [a for n in names for a in (f"/big/{n}", "")]
+    assert (await _tool(xenstored, "xenstore-write", *args)).returncode == 0
+    done = await _tool(xenstored, "xenstore-list", "/big")  # DIRECTORY_PART fallback
+    assert done.stdout.decode().split() == names
+
+
+async def test_xenstore_watch_sees_changes(xenstored: XenstoredHandle) -> None:
+    env = dict(os.environ, XENSTORED_PATH=str(xenstored.socket_path))
+    with subprocess.Popen(["xenstore-watch", "-n", "3", "/watched"], env=env, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        first = await trio.to_thread.run_sync(proc.stdout.readline)
+        assert first == b"/watched\n"  # the initial event; the path is the token
+        await _tool(xenstored, "xenstore-write", "/watched/a", "1")
+        await _tool(xenstored, "xenstore-rm", "/watched")
+        rest = await trio.to_thread.run_sync(proc.stdout.read)
+        assert rest.split() == [b"/watched/a", b"/watched"]
+        assert await trio.to_thread.run_sync(proc.wait) == 0
+
+
+@pytest.fixture(scope="session")
+def test_xenstore_binary() -> Path:
+    try:
+        out = subprocess.run(
+            [str(REPO / "scripts/fetch-test-xenstore"), str(REPO / ".tools/xen-utils")],
+            check=True, capture_output=True, timeout=300,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot fetch test-xenstore: {exc}")
+    return Path(out.stdout.decode().strip())
+
+
+@pytest.mark.parametrize("argv", [[], ["-i", "20"], ["-r", "2", "-i", "3"]])
+async def test_upstream_test_xenstore_passes(xenstored: XenstoredHandle, test_xenstore_binary: Path, argv: list[str]) -> None:
+    done = await _tool(xenstored, str(test_xenstore_binary), *argv)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert b"failed" not in done.stdout
+    if not argv:
+        assert len(done.stdout.splitlines()) == 12  # every test ran
