@@ -200,7 +200,8 @@ class Store:
         replies echo the request's req_id and tx_id (pyxs checks both).
         """
         handler = _HANDLERS.get(packet.op)
-        self._out = out = []
+        out: Out = []
+        self._out = out
         try:
             if handler is None:
                 raise _fail("ENOSYS", f"{packet.op.name} is not a request this server takes")
