@@ -1,0 +1,156 @@
+"""Metrics: values through get_sample_value, bounded labels, promtool, a real Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from rmrrd import __version__
+from rmrrd.http_server import serve_http
+from rmrrd.metrics import LATENCY_BUCKETS, Metrics
+from prometheus_helpers import PrometheusServer, promtool_check_metrics, tools_available
+
+needs_prometheus = pytest.mark.skipif(not tools_available(), reason="Debian package prometheus not installed")
+
+
+def value(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def series_count(m: Metrics) -> int:
+    return sum(len(family.samples) for family in m.registry.collect())
+
+
+def test_counters_and_gauges() -> None:
+    m = Metrics()
+    m.set_domains(3)
+    m.set_host_regions("node-a", 2)
+    m.set_host_regions("node-b", 1)
+    m.setup_done("ready", 0.004)
+    m.setup_done("ready")
+    m.setup_done("error")
+    m.conflict("bios", "warned")
+    m.request_done("assign", "ok", 0.002)
+    m.request_done("hotplug", "fail", 0.003)
+    m.guest_query("alloc", "ok")
+    m.guest_query("check", "rejected")
+    m.watch_event("setup")
+    m.reconnected()
+    assert value(m, "rmrrd_domains") == 3
+    assert value(m, "rmrrd_host_regions", host="node-b") == 1
+    assert value(m, "rmrrd_setups_total", status="ready") == 2
+    assert value(m, "rmrrd_setups_total", status="error") == 1
+    assert value(m, "rmrrd_conflicts_total", kind="bios", action="warned") == 1
+    assert value(m, "rmrrd_requests_total", op="hotplug", verdict="fail") == 1
+    assert value(m, "rmrrd_request_duration_seconds_count", op="setup") == 1
+    assert value(m, "rmrrd_request_duration_seconds_count", op="assign") == 1
+    assert value(m, "rmrrd_request_duration_seconds_bucket", op="setup", le="0.005") == 1
+    assert value(m, "rmrrd_request_duration_seconds_bucket", op="setup", le="0.0025") == 0
+    assert value(m, "rmrrd_guest_queries_total", kind="check", outcome="rejected") == 1
+    assert value(m, "rmrrd_xenstore_watch_events_total", watch="setup") == 1
+    assert value(m, "rmrrd_xenstore_reconnects_total") == 1
+    assert value(m, "rmrrd_build_info", version=__version__, python=__import__("platform").python_version()) == 1
+
+
+def test_series_exist_at_zero_before_any_event() -> None:
+    m = Metrics()
+    assert value(m, "rmrrd_setups_total", status="error") == 0
+    assert value(m, "rmrrd_conflicts_total", kind="ram", action="failed") == 0
+    assert value(m, "rmrrd_guest_queries_total", kind="free", outcome="rejected") == 0
+    assert value(m, "rmrrd_request_duration_seconds_count", op="migrate") == 0
+
+
+def test_unknown_label_values_become_other_and_series_stay_bounded() -> None:
+    m = Metrics()
+    before = series_count(m)
+    for n in range(500):
+        m.setup_done(f"status-{n}")
+        m.conflict(f"kind-{n}", f"action-{n}")
+        m.request_done(f"op-{n}", f"verdict-{n}", 0.001)
+        m.guest_query(f"q-{n}", f"outcome-{n}")
+        m.watch_event(f"/local/domain/{n}/rmrr/query")
+    assert series_count(m) == before
+    assert value(m, "rmrrd_setups_total", status="other") == 500
+    assert value(m, "rmrrd_conflicts_total", kind="other", action="other") == 500
+    assert value(m, "rmrrd_requests_total", op="other", verdict="fail") == 500
+    assert value(m, "rmrrd_guest_queries_total", kind="other", outcome="error") == 500
+    assert value(m, "rmrrd_xenstore_watch_events_total", watch="other") == 500
+
+
+def test_forget_host() -> None:
+    m = Metrics()
+    m.set_host_regions("node-b", 1)
+    m.forget_host("node-b")
+    m.forget_host("never-there")
+    assert value(m, "rmrrd_host_regions", host="node-b") is None
+
+
+def test_registries_are_independent() -> None:
+    a, b = Metrics(), Metrics()
+    a.reconnected()
+    assert value(b, "rmrrd_xenstore_reconnects_total") == 0
+
+
+def test_buckets_cover_sub_millisecond_to_a_second() -> None:
+    assert LATENCY_BUCKETS[0] <= 0.0001 and LATENCY_BUCKETS[-1] >= 1.0
+    assert 0.02 in LATENCY_BUCKETS  # the bench's p99 target sits on a bucket edge
+    assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))
+
+
+@needs_prometheus
+def test_promtool_is_clean_on_rendered_output() -> None:
+    m = Metrics()
+    m.setup_done("ready", 0.001)
+    m.set_host_regions("node-a", 2)
+    m.guest_query("e820", "ok")
+    assert promtool_check_metrics(m.render()) == []
+
+
+def test_promtool_helper_reports_problems() -> None:
+    """The check above can fail: promtool flags a counter without _total."""
+    if not tools_available():
+        pytest.skip("Debian package prometheus not installed")
+    bad = b"# HELP bad_counter x\n# TYPE bad_counter counter\nbad_counter 1\n"
+    assert promtool_check_metrics(bad) != []
+
+
+@pytest.fixture
+async def endpoint(nursery: trio.Nursery) -> AsyncIterator[tuple[Metrics, int]]:
+    metrics = Metrics()
+    port: int = await nursery.start(serve_http, "127.0.0.1", 0, {"/metrics": metrics.http_route})
+    yield metrics, port
+
+
+def scrape(port: int) -> tuple[str, bytes]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.headers["Content-Type"], response.read()
+
+
+@needs_prometheus
+async def test_live_scrape_is_promtool_clean(endpoint: tuple[Metrics, int]) -> None:
+    metrics, port = endpoint
+    metrics.setup_done("ready", 0.002)
+    content_type, body = await trio.to_thread.run_sync(scrape, port)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert b'rmrrd_setups_total{status="ready"} 1.0' in body
+    assert await trio.to_thread.run_sync(promtool_check_metrics, body) == []
+
+
+@needs_prometheus
+async def test_prometheus_server_sees_the_setup_counter(
+    endpoint: tuple[Metrics, int], tmp_path: Path
+) -> None:
+    metrics, port = endpoint
+    with PrometheusServer(tmp_path, [f"127.0.0.1:{port}"]) as prometheus:
+        await trio.to_thread.run_sync(prometheus.wait_ready)
+        query = 'rmrrd_setups_total{job="rmrrd",status="ready"}'
+        await trio.to_thread.run_sync(prometheus.wait_for_value, query, 0.0)
+        metrics.setup_done("ready", 0.001)
+        metrics.setup_done("ready", 0.002)
+        assert await trio.to_thread.run_sync(prometheus.wait_for_value, query, 2.0) == 2.0
+        assert await trio.to_thread.run_sync(prometheus.target_health) == ["up"]
