@@ -1,0 +1,67 @@
+"""Contract 4.3's checks beyond the seed rows: shared regions, unreserved regions, ranking."""
+
+from __future__ import annotations
+
+import pytest
+
+from rmrrd.checks import check_assign, check_hotplug, check_migrate, rank_migration_targets
+from rmrrd.errors import InputError
+from rmrrd.inventory import HostRegion, Inventory
+from rmrrd.pci import Bdf
+from rmrrd.planner import DomainRequest, Plan, plan
+from rmrrd.ranges import parse_range
+from rmrrd.xlcfg import DeviceSpec, Policy
+
+NIC, NIC2, HBA = Bdf.parse("00:03.0"), Bdf.parse("00:03.1"), Bdf.parse("00:04.0")
+HOST = Inventory("h", (
+    HostRegion(parse_range("0xd0000000-0xd0ffffff"), (NIC, NIC2)),   # shared, in the MMIO hole
+    HostRegion(parse_range("0xe8000000-0xe8000fff"), (HBA,)),        # in the hole, not reserved
+))
+PEERS = {
+    "clean": Inventory("clean", (HostRegion(parse_range("0xe0000000-0xe0000fff"), (HBA,)),)),
+    "bad": Inventory("bad", (HostRegion(parse_range("0x1000000-0x1000fff"), (HBA,)),
+                             HostRegion(parse_range("0xfee00000-0xfee00fff"), (NIC,)))),
+}
+
+
+@pytest.fixture
+def layout() -> Plan:
+    return plan(DomainRequest(memory_mib=2048, pci=(DeviceSpec(NIC),)), HOST, PEERS)
+
+
+def test_region_shared_with_another_domains_device_fails_even_relaxed(layout: Plan) -> None:
+    verdict = check_assign(layout, HOST, DeviceSpec(NIC, Policy.RELAXED), {NIC2: 5})
+    assert verdict.verdict == "fail"
+    assert [str(c) for c in verdict.conflicts] == ["0xd0000000-0xd0ffffff shared 0000:00:03.1"]
+    assert "domain 5" in verdict.reason
+
+
+def test_unreserved_region_warns_whatever_the_policy(layout: Plan) -> None:
+    for policy in Policy:
+        verdict = check_hotplug(layout, HOST, DeviceSpec(HBA, policy), {})
+        assert verdict.verdict == "warn"
+        assert [str(c) for c in verdict.conflicts] == ["0xe8000000-0xe8000fff unreserved 0000:00:04.0"]
+
+
+def test_device_without_regions_is_ok(layout: Plan) -> None:
+    verdict = check_assign(layout, HOST, DeviceSpec(Bdf.parse("00:1f.3")), {NIC2: 5})
+    assert (verdict.verdict, verdict.conflicts) == ("ok", ())
+
+
+def test_migrate_to_unknown_host_is_input_error(layout: Plan) -> None:
+    with pytest.raises(InputError, match="migrate target 'nowhere'"):
+        check_migrate(layout, PEERS, "nowhere")
+
+
+def test_migrate_without_devices_only_warns(layout: Plan) -> None:
+    verdict = check_migrate(layout, PEERS, "bad")
+    assert verdict.verdict == "warn"
+    assert [str(c) for c in verdict.conflicts] == ["0x1000000-0x1000fff ram 0000:00:04.0",
+                                                   "0xfee00000-0xfee00fff firmware 0000:00:03.0"]
+    assert check_migrate(layout, PEERS, "bad", [DeviceSpec(HBA)]).verdict == "fail"
+
+
+def test_ranking_puts_fewest_conflicts_first(layout: Plan) -> None:
+    ranked = rank_migration_targets(layout, PEERS)
+    assert [name for name, _ in ranked] == ["clean", "bad"]
+    assert [v.count("warn") for _, v in ranked] == [1, 2]   # "clean" is unreserved only

@@ -1,0 +1,61 @@
+"""``rmrrd plan`` through ``rmrrd.cli.main``: options, output forms, exit statuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rmrrd.cli import main
+
+_ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
+_SEED = ["plan", "--inventory", str(_ETC / "node-a.yaml"), "--peer", str(_ETC / "node-b.yaml"),
+         "--memory", "4096", "--mmio-hole", "1024", "--hotplug", "0000:00:14.0", "--migrate", "node-b"]
+
+
+def test_seed_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*_SEED, "--pci", "0000:00:02.0", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert set(answer) == {"status", "error", "lowmem_end", "highmem_end", "regions", "e820"}
+    assert (answer["status"], answer["lowmem_end"], answer["highmem_end"]) == ("ready", "0xa0000000", "0x160000000")
+    assert {"range": "0xa0000000-0xa37fffff", "source": "pci 0000:00:02.0", "conflict": "none",
+            "action": "avoided"} in answer["regions"]
+    assert answer["e820"][0] == "0x0-0x9ffff ram"
+
+
+def test_seed_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*_SEED, "--pci", "0000:00:02.0"]) == 0
+    out = capsys.readouterr().out
+    assert "lowmem_end   0xa0000000" in out
+    assert any(line.split() == ["0xe0000-0xeffff", "hotplug", "0000:00:14.0", "bios", "warned"]
+               for line in out.splitlines())
+
+
+def test_strict_conflict_exits_1_and_relaxed_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*_SEED, "--pci", "0000:00:02.0", "--mem-boundary", "4096"]) == 1
+    assert "status       error" in capsys.readouterr().out
+    assert main([*_SEED, "--pci", "0000:00:02.0,rdm_policy=relaxed", "--mem-boundary", "4096"]) == 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--mmio-hole", "64"], "mmio_hole 64 MiB is outside"),
+    (["--migrate", "node-z"], "migrate host 'node-z' is not a known peer"),
+    (["--rdm", "strategy=all"], "strategy='all'"),
+    (["--reserve", "0x1000-0x1001"], "not page granular"),
+])
+def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], extra: list[str],
+                                         message: str) -> None:
+    assert main([*_SEED, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_inventory_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["plan", "--inventory", str(tmp_path / "absent.yaml"), "--memory", "1024"]) == 2
+    assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_same_peer_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*_SEED, "--peer", str(_ETC / "node-b.yaml")]) == 2
+    assert "peer host 'node-b' is in both" in capsys.readouterr().err
