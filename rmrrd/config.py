@@ -32,7 +32,9 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 from rmrrd.errors import InputError
+from rmrrd.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB
 from rmrrd.logs import LEVELS
+from rmrrd.xlcfg import parse_rdm
 
 DEFAULT_CONFIG_PATH = Path("/etc/rmrrd/rmrrd.yaml")
 DEFAULT_XENSTORED_SOCKET = Path("/run/xenstored/socket")
@@ -287,15 +289,12 @@ def _peer(reader: _Reader, node: yaml.Node) -> PeerSource:
 
 
 def _rdm(reader: _Reader, node: yaml.Node) -> str:
-    """An xl.cfg ``rdm=`` string: ``strategy=host`` and/or ``policy=strict|relaxed``."""
+    """An xl.cfg ``rdm=`` string, checked by the same parser the domains' strings get."""
     value = _text(reader, node)
-    allowed = {"strategy": ("host",), "policy": ("strict", "relaxed")}
-    for item in value.split(","):
-        key, _, setting = item.strip().partition("=")
-        if setting not in allowed.get(key, ()):
-            raise _Bad(
-                f"expected xl.cfg rdm= items strategy=host, policy=strict|relaxed, got {item!r}"
-            )
+    try:
+        parse_rdm(value)
+    except InputError as exc:
+        raise _Bad(f"expected an xl.cfg rdm= string: {exc}") from None
     return value
 
 
@@ -353,9 +352,10 @@ _SCHEMA: dict[str, dict[str, _Convert]] = {
     },
     "defaults": {
         "rdm": _rdm,
-        # xl.cfg bounds the MMIO hole below 4 GiB; rmrrd allows 1 MiB..3840 MiB.
+        # Nothing above 4 GiB is low memory, so a larger boundary would mean nothing.
         "rdm_mem_boundary": _int_between(1, 4096),
-        "mmio_hole": _int_between(1, 3840),
+        # xl's own limits (tools/xl/xl_parse.c, see rmrrd.guest_layout).
+        "mmio_hole": _int_between(MMIO_HOLE_MIN_MIB, MMIO_HOLE_MAX_MIB),
     },
     "metrics": {"listen": _listen},
     "limits": {

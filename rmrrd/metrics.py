@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
 
 from rmrrd import __version__
+from rmrrd.guest_layout import FIXED_AREAS
 
 OTHER = "other"
 #: The classic text format.  Recent client_python labels it ``version=1.0.0`` (UTF-8
@@ -32,9 +33,10 @@ OTHER = "other"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 SETUP_STATUSES = ("ready", "error")
-#: What a region can overlap: contract 4.1's conflict kinds, plus ``shared`` (4.3:
-#: a region of a device assigned to another domain).
-CONFLICT_KINDS = ("ram", "vga", "bios", "firmware", "acpi", "mmio", "shared")
+#: What a region can overlap: guest RAM, hvmloader's fixed areas (vga, rom, bios,
+#: firmware), and from the toolstack checks (4.3) ``shared`` (a device of another
+#: domain) and ``unreserved`` (a region the domain did not reserve at setup).
+CONFLICT_KINDS = ("ram", *(area.kind for area in FIXED_AREAS), "shared", "unreserved")
 CONFLICT_ACTIONS = ("avoided", "warned", "failed")
 REQUEST_OPS = ("assign", "hotplug", "migrate")
 VERDICTS = ("ok", "warn", "fail")

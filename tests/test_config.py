@@ -112,7 +112,7 @@ def test_every_problem_is_listed_at_once() -> None:
     assert "limits.max_allocations: expected an integer from 1 to 4096, got 0" in found[2]
     assert "peers[0]:" in found[3]
     assert "metrics.listen:" in found[4]
-    assert "defaults.rdm:" in found[5] and "'strategy=all'" in found[5]
+    assert "defaults.rdm: expected an xl.cfg rdm= string" in found[5] and "'all'" in found[5]
     assert "lgo: unknown key" in found[6]
 
 
@@ -130,6 +130,8 @@ def test_every_problem_is_listed_at_once() -> None:
         ("limits: {query_rate: 2.5}\n", "expected a positive integer, got 2.5"),
         ("limits: {shutdown_grace_seconds: 0}\n", "expected more than 0"),
         ("limits: {max_query_length: 8192}\n", "from 16 to 4096"),
+        ("defaults: {mmio_hole: 128}\n", "defaults.mmio_hole: expected an integer from 256 to 3840, got 128"),
+        ("defaults: {rdm: 'policy=strict,policy=relaxed'}\n", "defaults.rdm: expected an xl.cfg rdm= string"),
         ("metrics: {listen: '127.0.0.1:70000'}\n", "metrics.listen"),
         ("log: {level: loud}\n", "log.level: expected one of debug, info, warning, error"),
         ("xenstore: {path: }\n", "xenstore.path: expected a non-empty string, got nothing"),

@@ -66,7 +66,12 @@ def test_wheel_carries_unit_config_and_inventories(wheel: Path) -> None:
 
 def test_installed_wheel_gives_command_and_data(wheel: Path, tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), str(wheel)])
+    installed_before = run([sys.executable, "-m", "pip", "show", "-f", "rmrrd"]).stdout
+    # --ignore-installed: without it pip first uninstalls the rmrrd of *this*
+    # environment (the shared editable install) before installing into --prefix.
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+         "--prefix", str(prefix), str(wheel)])
+    assert run([sys.executable, "-m", "pip", "show", "-f", "rmrrd"]).stdout == installed_before
     for path in DATA:
         assert (prefix / path).is_file(), path
     assert (prefix / DATA[0]).read_text() == (ROOT / "systemd/rmrrd.service").read_text()
