@@ -104,10 +104,14 @@ def conflict_kinds(rng: Range, ram: RangeSet) -> tuple[str, ...]:
     In address order, each kind once; empty when the range is clear (in the MMIO hole
     or above the highest RAM).
     """
-    hits: list[tuple[int, str]] = [
-        (max(part.start, rng.start), "ram") for part in ram if part.overlaps(rng)
-    ] if ram.overlaps(rng) else []
-    hits += [(max(area.range.start, rng.start), area.kind) for area in FIXED_AREAS if area.range.overlaps(rng)]
+    # At most three RAM ranges and four areas: plain comparisons beat any index here,
+    # and this runs once per region (tens of thousands with strategy=host).
+    start, end = rng.start, rng.end
+    hits = [(max(part.start, start), "ram") for part in ram if part.start < end and start < part.end]
+    hits += [(max(area.range.start, start), area.kind) for area in FIXED_AREAS
+             if area.range.start < end and start < area.range.end]
+    if len(hits) < 2:
+        return tuple(kind for _, kind in hits)
     kinds: list[str] = []
     for _, kind in sorted(hits):
         if kind not in kinds:

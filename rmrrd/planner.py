@@ -183,8 +183,8 @@ def requested_regions(request: DomainRequest, host: Inventory,
     for spec in request.hotplug:
         regions += _device_regions(host, spec, Source.of("hotplug", str(spec.bdf)), None)
     if request.rdm.strategy is Strategy.HOST:
-        regions += [ReservedRegion(hr.range, (Source.of("host"),), hr.devices, request.rdm.policy)
-                    for hr in host.regions]
+        host_source = (Source.of("host"),)
+        regions += [ReservedRegion(hr.range, host_source, hr.devices, request.rdm.policy) for hr in host.regions]
     for name in request.migrate:
         peer = peers.get(name)
         if peer is None:
@@ -259,7 +259,7 @@ def _e820(ram: RangeSet, regions: Iterable[PlannedRegion]) -> tuple[E820Entry, .
     and keeps it from hvmloader): the guest keeps that RAM.  Reserved ranges that
     touch are coalesced, so entries are sorted and never overlap.
     """
-    outside_ram = RangeSet(region.range for region in regions if not ram.overlaps(region.range))
+    outside_ram = RangeSet(region.range for region in regions if "ram" not in region.conflict)
     entries = [E820Entry(r, "ram") for r in ram] + [E820Entry(r, "reserved")
                                                     for r in E820_FIXED_RESERVED | outside_ram]
     return tuple(sorted(entries, key=lambda entry: entry.range.start))

@@ -71,8 +71,8 @@ def test_invariants(case: tuple[DomainRequest, Inventory, dict[str, Inventory]])
     # Merging covers exactly what was asked for and keeps every source.
     asked = requested_regions(request, host, peers)
     assert result.reserved == RangeSet(r.range for r in asked)
-    for region in asked:
-        holder = [p for p in result.regions if p.range.contains(region.range)]
-        assert len(holder) == 1 and set(region.sources) <= set(holder[0].sources)
+    for wanted in asked:
+        holder = [p for p in result.regions if p.range.contains(wanted.range)]
+        assert len(holder) == 1 and set(wanted.sources) <= set(holder[0].sources)
     ranges = [r.range for r in result.regions]
     assert all(a.end <= b.start for a, b in zip(ranges, ranges[1:]))
