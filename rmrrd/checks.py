@@ -62,10 +62,10 @@ class Verdict:
         return sum(1 for conflict in self.conflicts if conflict.severity == severity)
 
 
-def _layout_conflicts(rng: Range, device: Device | None, policy: Policy, plan: Plan,
+def _layout_conflicts(rng: Range, device: Device | None, policy: Policy, ram: RangeSet,
                       reserved: RangeSet) -> list[Conflict]:
-    """What one device region meets in the guest as laid out."""
-    kinds = conflict_kinds(rng, plan.ram)
+    """What one device region meets in a guest with ``ram`` and ``reserved`` regions."""
+    kinds = conflict_kinds(rng, ram)
     if kinds:
         severity: VerdictName = "fail" if policy is Policy.STRICT else "warn"
         return [Conflict(rng, kind, device, severity) for kind in kinds]
@@ -105,12 +105,12 @@ def _advice(conflict: Conflict, assigned_elsewhere: Mapping[Bdf, int] | None) ->
 
 def _check_device(what: str, plan: Plan, host: Inventory, device: DeviceSpec,
                   assigned_elsewhere: Mapping[Bdf, int]) -> Verdict:
-    reserved = plan.reserved
+    ram, reserved = plan.ram, plan.reserved
     regions = host.regions_for(device.bdf)
     conflicts: list[Conflict] = []
     for region in regions:
         conflicts += _shared_conflicts(region, assigned_elsewhere)
-        conflicts += _layout_conflicts(region.range, device.bdf, device.policy, plan, reserved)
+        conflicts += _layout_conflicts(region.range, device.bdf, device.policy, ram, reserved)
     clear = "its regions are reserved and clear of guest RAM" if regions else "it has no reserved regions"
     return _verdict(f"{what} {device.bdf}", conflicts, clear, assigned_elsewhere)
 
@@ -140,16 +140,16 @@ def check_migrate(plan: Plan, peers: Mapping[str, Inventory], target: str,
     if inventory is None:
         known = ", ".join(sorted(peers)) or "none"
         raise InputError(f"migrate target {target!r} is not a known peer (known: {known})")
-    reserved = plan.reserved
+    ram, reserved = plan.ram, plan.reserved
     conflicts: list[Conflict] = []
     if devices:
         for spec in devices:
             for region in inventory.regions_for(spec.bdf):
-                conflicts += _layout_conflicts(region.range, spec.bdf, spec.policy, plan, reserved)
+                conflicts += _layout_conflicts(region.range, spec.bdf, spec.policy, ram, reserved)
     else:
         for region in inventory.regions:
             device = region.devices[0] if region.devices else None
-            conflicts += _layout_conflicts(region.range, device, Policy.RELAXED, plan, reserved)
+            conflicts += _layout_conflicts(region.range, device, Policy.RELAXED, ram, reserved)
     return _verdict(f"migrate to {target}", conflicts, "its regions are clear of the guest's RAM")
 
 
