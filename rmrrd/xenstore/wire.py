@@ -283,7 +283,7 @@ class Decoder:
         self._buf = bytearray()
         self._pos = 0  # start of the first unconsumed byte in _buf
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
         if self._pos:
             # Drop consumed bytes before growing, so the buffer stays small.
