@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,38 @@ def test_any_text_parses_or_raises_config_error(text: str) -> None:
         assert exc.problems and all(p.startswith(str(SOURCE)) for p in exc.problems)
     else:
         assert isinstance(result, Config)
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 100_000) | st.floats(allow_nan=False)
+    | st.sampled_from(["dmar", "ivrs", "info", "127.0.0.1:1", "http://h:1", "policy=strict", "x", ""]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _sections() -> st.SearchStrategy[dict[str, object]]:
+    from rmrrd.config import _SCHEMA
+
+    keys = st.sampled_from([f"{s}.{k}" for s, ks in _SCHEMA.items() for k in ks] + ["peers", "bogus.key"])
+    return st.dictionaries(keys, _VALUES, max_size=6)
+
+
+@given(_sections())
+def test_any_structured_file_parses_or_lists_problems_with_lines(flat: dict[str, object]) -> None:
+    """Well-formed YAML with real key names and arbitrary values: Config or ConfigError."""
+    import yaml
+
+    tree: dict[str, object] = {}
+    for dotted, item in flat.items():
+        section, _, key = dotted.partition(".")
+        if key:
+            existing = tree.setdefault(section, {})
+            if isinstance(existing, dict):
+                existing[key] = item
+        else:
+            tree[section] = item
+    try:
+        parse(yaml.safe_dump(tree))
+    except ConfigError as exc:
+        assert all(re.match(r"/etc/rmrrd/rmrrd\.yaml:\d+: ", p) for p in exc.problems), exc.problems

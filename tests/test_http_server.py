@@ -150,3 +150,10 @@ async def test_silent_client_is_disconnected_after_timeout(
 async def test_bind_failure_is_an_oserror(nursery: trio.Nursery, port: int) -> None:
     with pytest.raises(OSError):
         await nursery.start(serve_http, HOST, port, ROUTES)
+
+
+async def test_a_stalled_client_does_not_hold_up_others(port: int) -> None:
+    stalled = await trio.open_tcp_stream(HOST, port)
+    async with stalled:
+        await stalled.send_all(b"GET /hel")  # and nothing more
+        assert (await fetch_in_thread(port, "/hello"))[0] == 200
