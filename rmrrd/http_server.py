@@ -13,6 +13,8 @@ bytes and applies the limits an endpoint on a dom0 needs even on loopback:
 * a connection that does not deliver a complete request within ``timeout`` seconds
   is closed (slow or idle clients cannot pile up);
 * only ``GET`` and ``HEAD`` exist (``405`` otherwise); unknown paths get ``404``;
+* at most ``max_connections`` connections are served at once; one more gets ``503``
+  and is closed, so file descriptors stay bounded whatever clients do;
 * malformed HTTP gets ``400`` and closes that connection only; a route that raises
   gets ``500`` and is logged; nothing a client sends stops the listener.
 """
@@ -32,6 +34,7 @@ Route = Callable[[], Awaitable[tuple[int, str, bytes]]]
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024
 DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_MAX_CONNECTIONS = 64
 _READ_CHUNK = 4096
 # After an error answer: how long and how much of the client's leftovers to drain.
 _LINGER_SECONDS = 2.0
@@ -53,6 +56,7 @@ async def serve_http(
     *,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` (path to route) on ``host:port`` until cancelled.
@@ -65,8 +69,18 @@ async def serve_http(
     bound: int = listeners[0].socket.getsockname()[1]
     log.info("HTTP listener on %s port %d: %s", host, bound, ", ".join(sorted(routes)))
 
+    slots = trio.CapacityLimiter(max_connections)
+
     async def handler(stream: trio.SocketStream) -> None:
-        await _serve_connection(stream, routes, max_request_bytes, timeout)
+        try:
+            slots.acquire_on_behalf_of_nowait(stream)
+        except trio.WouldBlock:
+            await _refuse(stream)
+            return
+        try:
+            await _serve_connection(stream, routes, max_request_bytes, timeout)
+        finally:
+            slots.release_on_behalf_of(stream)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handler, listeners)
@@ -98,6 +112,17 @@ async def _serve_connection(
                 conn.start_next_cycle()
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
         # The client went away mid-answer: that connection's problem only.
+        return
+
+
+async def _refuse(stream: trio.SocketStream) -> None:
+    """Answer 503 without reading the request: every connection slot is taken."""
+    conn = h11.Connection(h11.SERVER)
+    try:
+        async with stream:
+            await _send_error(stream, conn, 503, "too many connections")
+            await _linger(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
         return
 
 

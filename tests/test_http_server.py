@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import trio
@@ -157,3 +158,20 @@ async def test_a_stalled_client_does_not_hold_up_others(port: int) -> None:
     async with stalled:
         await stalled.send_all(b"GET /hel")  # and nothing more
         assert (await fetch_in_thread(port, "/hello"))[0] == 200
+
+
+async def test_connections_beyond_the_limit_get_503(nursery: trio.Nursery) -> None:
+    port = await nursery.start(partial(serve_http, HOST, 0, ROUTES, max_connections=1))
+    holder = await trio.open_tcp_stream(HOST, port)
+    async with holder:
+        await holder.send_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"hello\n" in await holder.receive_some(4096)  # the slot is held (keep-alive)
+        answer = await raw(port, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503 ")
+    # The slot is free again once the holder has gone.
+    for _ in range(100):
+        if (await raw(port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(b"HTTP/1.1 200 "):
+            break
+        await trio.sleep(0.01)
+    else:
+        raise AssertionError("the connection slot was never released")
