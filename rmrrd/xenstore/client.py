@@ -434,25 +434,28 @@ class XenstoreClient(_Operations):
 
     # -- connection lifetime ---------------------------------------------------------
 
-    async def _maintain(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _maintain(
+        self, stream: trio.abc.Stream | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Keep a connection up for the client's lifetime (runs as a background task).
 
-        The first connect's error propagates to ``open_xenstore``; later ones back off
-        exponentially with jitter and try again.
+        ``stream`` is the first connection, made by ``open_xenstore`` so its error
+        reaches the caller unwrapped; later connects back off exponentially, with
+        jitter, until one works.
         """
         delay = BACKOFF_FIRST
         while True:
             try:
-                stream = await self._connect()
+                if stream is None:
+                    stream = await self._connect()
             except ConnectionLost as exc:
-                if self.generation < 0:
-                    raise
                 log.warning("%s: reconnect failed (%s); next try in %.2f s", self.name, exc, delay)
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_FIRST
             conn = Connection(stream, self._on_event, self.name)
+            stream = None
             self.generation += 1
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._serve, conn, nursery.cancel_scope)
@@ -516,8 +519,9 @@ async def open_xenstore(
     # The body's exception is raised outside the nursery, so callers see it as it
     # is, not wrapped in an ExceptionGroup with the background task.
     body_error: BaseException | None = None
+    stream = await connect()
     async with trio.open_nursery() as nursery:
-        await nursery.start(client._maintain)
+        await nursery.start(client._maintain, stream)
         try:
             yield client
         except BaseException as exc:

@@ -1,0 +1,225 @@
+"""The client against a fake xenstored played with the codec over in-memory streams,
+with trio's autojump clock: timeouts, drops, backoff and misbehaving servers, no sleeping."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, open_xenstore
+from rmrrd.xenstore.client_watch import QUEUE_LIMIT
+from rmrrd.xenstore.wire import HEADER, Again, Decoder, Op, Packet, RemoteProtocolError, encode, error_packet
+
+
+class FakeServer:
+    """One accepted connection, as the test drives it."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.decoder = Decoder()
+
+    async def receive(self) -> Packet:
+        while (packet := self.decoder.next_packet()) is None:
+            data = await self.stream.receive_some(65536)
+            assert data, "client closed the connection"
+            self.decoder.feed(data)
+        return packet
+
+    async def send(self, *packets: Packet) -> None:
+        await self.stream.send_all(b"".join(map(encode, packets)))
+
+    async def answer(self, request: Packet, payload: bytes = b"OK\0") -> None:
+        await self.send(Packet(request.op, request.req_id, request.tx_id, payload))
+
+
+class Connector:
+    """Hands the client in-memory streams, failing the first ``failures`` tries."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.attempts = 0
+        self.accepted_send, self.accepted = trio.open_memory_channel[FakeServer](10)
+
+    async def __call__(self) -> trio.abc.Stream:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionLost("fake: nobody listening")
+        client_end, server_end = trio.testing.memory_stream_pair()
+        self.accepted_send.send_nowait(FakeServer(server_end))
+        return client_end
+
+
+async def test_replies_matched_by_req_id_in_any_order(autojump_clock: trio.testing.MockClock) -> None:
+    connector = Connector()
+    async with open_xenstore(connect=connector) as xs:
+        server = await connector.accepted.receive()
+        results: dict[str, bytes] = {}
+
+        async def read(path: str) -> None:
+            results[path] = await xs.read(path)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, "/a")
+            nursery.start_soon(read, "/b")
+            first, second = await server.receive(), await server.receive()
+            assert first.req_id != second.req_id
+            await server.answer(second, b"value of " + second.payload[:-1])
+            await server.answer(first, b"value of " + first.payload[:-1])
+        assert results == {"/a": b"value of /a", "/b": b"value of /b"}
+
+
+async def test_timeout_then_late_reply_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+    connector = Connector()
+    async with open_xenstore(connect=connector, timeout=3) as xs:
+        server = await connector.accepted.receive()
+        start = trio.current_time()
+        with pytest.raises(XenstoreTimeout, match="READ within 3"):
+            await xs.read("/slow")
+        assert trio.current_time() - start == pytest.approx(3)
+        late = await server.receive()
+        await server.answer(late, b"too late")
+
+        async def serve_one() -> None:
+            request = await server.receive()
+            await server.answer(request, b"fresh")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_one)
+            assert await xs.read("/next") == b"fresh"
+
+
+async def test_drop_fails_in_flight_at_once_then_backoff_restores_watches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    connector = Connector()
+    reconnects: list[float] = []
+
+    async def on_reconnect() -> None:
+        reconnects.append(trio.current_time())
+
+    async with open_xenstore(connect=connector, timeout=100, on_reconnect=on_reconnect) as xs:
+        server = await connector.accepted.receive()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_until_two_events, xs)
+            watch = await server.receive()
+            assert (watch.op, watch.payload) == (Op.WATCH, b"/w\0tok\0")
+            await server.answer(watch)
+            await server.send(Packet(Op.WATCH_EVENT, 0, 0, b"/w\0tok\0"))
+
+            failures: list[BaseException] = []
+
+            async def doomed() -> None:
+                with pytest.raises(ConnectionLost) as info:
+                    await xs.read("/x")
+                failures.append(info.value)
+
+            for _ in range(3):
+                nursery.start_soon(doomed)
+            for _ in range(3):
+                await server.receive()
+            connector.failures = 3
+            dropped_at = trio.current_time()
+            await server.stream.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(failures) == 3 and trio.current_time() == dropped_at  # at once, no timeout
+            server = await connector.accepted.receive()
+            rewatch = await server.receive()  # the watch is registered again
+            assert (rewatch.op, rewatch.payload) == (Op.WATCH, b"/w\0tok\0")
+            assert connector.attempts == 5  # first connect, three refused, this one
+            # Backed off 0.05, 0.1, 0.2 s, each jittered down to no less than half.
+            assert 0.175 <= trio.current_time() - dropped_at <= 0.35
+            await server.answer(rewatch)
+            await server.send(Packet(Op.WATCH_EVENT, 0, 0, b"/w\0tok\0"))
+        assert len(reconnects) == 1 and xs.generation == 1
+
+
+async def _watch_until_two_events(xs: XenstoreClient) -> None:
+    async with xs.watch("/w", "tok") as events:
+        for _ in range(2):
+            assert (await events.__anext__()).path == "/w"
+
+
+async def test_wrong_reply_type_and_garbage(autojump_clock: trio.testing.MockClock) -> None:
+    connector = Connector()
+    async with open_xenstore(connect=connector) as xs:
+        server = await connector.accepted.receive()
+        async with trio.open_nursery() as nursery:
+
+            async def answer_with_mkdir() -> None:
+                request = await server.receive()
+                await server.send(Packet(Op.MKDIR, request.req_id, 0, b"OK\0"))
+
+            nursery.start_soon(answer_with_mkdir)
+            with pytest.raises(RemoteProtocolError, match="MKDIR reply to a READ"):
+                await xs.read("/a")
+
+            async def answer_with_garbage() -> None:
+                await server.receive()
+                await server.stream.send_all(HEADER.pack(99, 0, 0, 0))
+
+            nursery.start_soon(answer_with_garbage)
+            with pytest.raises(ConnectionLost, match="unknown message type 99"):
+                await xs.read("/b")
+        await connector.accepted.receive()  # and it reconnected
+
+
+async def test_errors_raise_their_errno_class_and_give_up_after_attempts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    connector = Connector()
+    async with open_xenstore(connect=connector) as xs:
+        server = await connector.accepted.receive()
+
+        async def always_conflicting() -> None:
+            while True:
+                request = await server.receive()
+                if request.op is Op.TRANSACTION_START:
+                    await server.answer(request, b"42\0")
+                elif request.op is Op.TRANSACTION_END:
+                    assert (request.tx_id, request.payload) == (42, b"T\0")
+                    await server.send(error_packet(request.req_id, request.tx_id, "EAGAIN"))
+                else:
+                    assert request.tx_id == 42
+                    await server.answer(request)
+
+        async def body(tx: object) -> None:
+            calls.append(1)
+
+        calls: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(always_conflicting)
+            with pytest.raises(Again, match="TRANSACTION_END"):
+                await xs.run_transaction(body, attempts=4)
+            nursery.cancel_scope.cancel()
+        assert len(calls) == 4
+
+
+async def test_slow_watch_consumer_gets_one_coalesced_event(autojump_clock: trio.testing.MockClock) -> None:
+    connector = Connector()
+    async with open_xenstore(connect=connector) as xs:
+        server = await connector.accepted.receive()
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                request = await server.receive()
+                await server.answer(request)
+                events = [Packet(Op.WATCH_EVENT, 0, 0, f"/w/{i}\0t\0".encode()) for i in range(QUEUE_LIMIT + 50)]
+                await server.send(*events)
+                answer = await server.receive()  # the reader never blocked on the watch
+                await server.answer(answer, b"still responsive")
+
+            nursery.start_soon(serve)
+            async with xs.watch("/w", "t") as watch:
+                assert await xs.read("/r") == b"still responsive"
+                paths = [(await watch.__anext__()).path for _ in range(QUEUE_LIMIT + 1)]
+            assert paths[:QUEUE_LIMIT] == [f"/w/{i}" for i in range(QUEUE_LIMIT)]
+            assert paths[-1] == "/w"  # "something changed below: look again"
+            nursery.cancel_scope.cancel()
+
+
+async def test_first_connect_failure_is_clear() -> None:
+    with pytest.raises(ConnectionLost, match="cannot connect to xenstored at /nonexistent/sock"):
+        async with open_xenstore("/nonexistent/sock"):
+            pass
