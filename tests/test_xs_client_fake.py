@@ -1,7 +1,9 @@
-"""The client against a fake xenstored played with the codec over in-memory streams,
-with trio's autojump clock: timeouts, drops, backoff and misbehaving servers, no sleeping."""
+"""The client against a fake xenstored played with the codec over a socketpair, with
+trio's autojump clock: timeouts, drops, backoff and misbehaving servers, no sleeping."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 import trio
@@ -34,20 +36,20 @@ class FakeServer:
 
 
 class Connector:
-    """Hands the client in-memory streams, failing the first ``failures`` tries."""
+    """Hands the client one end of a socketpair, failing the first ``failures`` tries."""
 
     def __init__(self) -> None:
         self.failures = 0
         self.attempts = 0
         self.accepted_send, self.accepted = trio.open_memory_channel[FakeServer](10)
 
-    async def __call__(self) -> trio.abc.Stream:
+    async def __call__(self) -> socket.socket:
         self.attempts += 1
         if self.failures:
             self.failures -= 1
             raise ConnectionLost("fake: nobody listening")
-        client_end, server_end = trio.testing.memory_stream_pair()
-        self.accepted_send.send_nowait(FakeServer(server_end))
+        client_end, server_end = socket.socketpair()
+        self.accepted_send.send_nowait(FakeServer(trio.SocketStream(trio.socket.from_stdlib_socket(server_end))))
         return client_end
 
 

@@ -11,9 +11,8 @@ Usage::
 Where it connects (``locate_xenstore``): the ``path`` argument, else
 ``$XENSTORED_PATH``, else the dom0 sockets ``/run/xenstored/socket`` and
 ``/var/run/xenstored/socket``, else the xenbus device ``/dev/xen/xenbus`` (the same
-framing through the kernel; opened non-blocking and driven by
-``trio.lowlevel.FdStream``, since the xenbus driver supports poll and O_NONBLOCK, so no
-thread is needed).
+framing through the kernel; opened non-blocking and polled like the socket, since
+the xenbus driver supports poll and O_NONBLOCK, so no thread is needed).
 
 Behaviour worth knowing:
 
@@ -34,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -42,7 +42,7 @@ from typing import TypeVar
 
 import trio
 
-from rmrrd.xenstore.client_conn import ConnectionLost, Connection
+from rmrrd.xenstore.client_conn import Channel, Connection, ConnectionLost, DeviceChannel
 from rmrrd.xenstore.client_watch import Watch, WatchEvent
 from rmrrd.xenstore.wire import (
     Again,
@@ -81,7 +81,7 @@ BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 5.0
 TRANSACTION_ATTEMPTS = 16
 
-Connector = Callable[[], Awaitable[trio.abc.Stream]]
+Connector = Callable[[], Awaitable[Channel]]
 
 
 class XenstoreTimeout(XenstoreError):
@@ -107,19 +107,29 @@ def locate_xenstore(path: str | None = None) -> str:
     return XENBUS_DEVICE
 
 
-async def _open_path(path: str) -> trio.abc.Stream:
-    """A stream to ``path``: a unix socket, or the xenbus character device."""
+async def _open_path(path: str) -> Channel:
+    """A channel to ``path``: a unix socket, or the xenbus character device."""
     try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise ConnectionLost(f"cannot connect to xenstored at {path}: {exc.strerror}") from None
-    try:
-        if stat.S_ISCHR(mode):
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-            return trio.lowlevel.FdStream(fd)
-        return await trio.open_unix_socket(path)
+        if stat.S_ISCHR(os.stat(path).st_mode):
+            return DeviceChannel(os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     except OSError as exc:
         raise ConnectionLost(f"cannot connect to xenstored at {path}: {exc.strerror or exc}") from None
+    try:
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:  # listen backlog full: wait for room, then check
+            await trio.lowlevel.wait_writable(sock)
+            if error := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                raise OSError(error, os.strerror(error)) from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectionLost(f"cannot connect to xenstored at {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _decode_path(raw: bytes, what: str) -> str:
@@ -435,7 +445,7 @@ class XenstoreClient(_Operations):
     # -- connection lifetime ---------------------------------------------------------
 
     async def _maintain(
-        self, stream: trio.abc.Stream | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, stream: Channel | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Keep a connection up for the client's lifetime (runs as a background task).
 

@@ -1,37 +1,83 @@
-"""One live connection to xenstored: a reader task, a writer task, replies matched by req_id.
+"""One live connection to xenstored: a reader task, a writer, replies matched by req_id.
 
 The client (``client.py``) makes a new ``Connection`` after every reconnect; this
 module knows nothing about reconnecting, watches or operations.
 
-Why the shape:
+Why the shape (each choice measured with ``bench/bench_xenstore.py``, see
+``docs/xenstore-client.md``):
 
-* **One writer task, one output buffer.**  A request is encoded by its caller (so a
-  bad request fails there, with a LocalProtocolError) and appended to a buffer; the
-  writer sends whatever has piled up in one ``send_all``.  Pipelined requests
-  therefore coalesce into few syscalls, and a caller that is cancelled never leaves
-  half a message on the stream (only the writer touches it).
+* **A raw non-blocking descriptor, not a trio stream.**  A unix socket or the
+  xenbus device, driven with ``trio.lowlevel.wait_readable``/``wait_writable``.
+  trio's SocketStream adds a scheduler pass per send and per receive; for a
+  request/reply protocol that is most of the cost of a round trip.
+* **Requests are sent by their caller when the line is idle.**  The caller encodes
+  its request (so a bad one fails there, as LocalProtocolError) and, if no write is
+  under way, hands it to the kernel at once with a non-blocking ``send``: no await,
+  so a cancelled caller never leaves half a message behind.  Whatever the kernel
+  does not take goes to a buffer that one writer task drains; requests made while
+  it drains pile up behind it and go out together, so pipelined requests coalesce
+  into few syscalls.
 * **One reader task.**  It decodes every complete packet of each chunk and hands
-  each reply straight to the task waiting for it, with
-  ``trio.lowlevel.reschedule``: no per-request Event or channel, which keeps the
-  cost per request low (see ``docs/xenstore-client.md`` for the numbers).  Watch
-  events go to a callback.
-* **Failure is loud and immediate.**  When either task sees the stream end or
-  break, every waiting request gets ConnectionLost at once, never a hang.
+  each reply straight to the task waiting for it with ``trio.lowlevel.reschedule``:
+  no per-request Event or channel.  Watch events go to a callback.
+* **Failure is loud and immediate.**  When the stream ends or breaks, every waiting
+  request gets ConnectionLost at once, never a hang.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import outcome
 import trio
 
-from rmrrd.xenstore.wire import Decoder, Op, Packet, RemoteProtocolError, XenstoreError
+from rmrrd.xenstore.wire import HEADER, Decoder, Op, Packet, RemoteProtocolError, XenstoreError
 
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
+
+
+class Channel(Protocol):
+    """A non-blocking byte pipe to xenstored: ``socket.socket`` fits as it is."""
+
+    def fileno(self) -> int: ...
+
+    def send(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def recv(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class DeviceChannel:
+    """The xenbus character device (``/dev/xen/xenbus``) as a Channel.
+
+    The kernel driver gathers one message at a time from write() (its buffer holds
+    one header plus XENSTORE_PAYLOAD_MAX), so each send writes at most one message;
+    the writer loop sends the rest.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def send(self, data: bytes | bytearray | memoryview, /) -> int:
+        view = memoryview(data)
+        size = HEADER.size + HEADER.unpack_from(view)[3] if len(view) >= HEADER.size else len(view)
+        return os.write(self._fd, view[:size])
+
+    def recv(self, size: int, /) -> bytes:
+        return os.read(self._fd, size)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class ConnectionLost(XenstoreError):
@@ -45,15 +91,15 @@ class ConnectionLost(XenstoreError):
 
 
 class Connection:
-    """Framing and request matching over one trio stream (unix socket or xenbus device)."""
+    """Framing and request matching over one Channel (unix socket or xenbus device)."""
 
-    def __init__(self, stream: trio.abc.Stream, on_event: Callable[[Packet], None], name: str) -> None:
-        self.stream = stream
+    def __init__(self, channel: Channel, on_event: Callable[[Packet], None], name: str) -> None:
+        self.channel = channel
         self.name = name
         self._on_event = on_event
         self._pending: dict[int, trio.lowlevel.Task] = {}
         self._out = bytearray()
-        self._writer: trio.lowlevel.Task | None = None  # set while the writer is parked
+        self._writer: trio.lowlevel.Task | None = None  # set while the writer is idle
         self.closed: str | None = None  # why, once the connection is down
 
     async def call(self, req_id: int, data: bytes) -> Packet:
@@ -64,11 +110,20 @@ class Connection:
         """
         if self.closed is not None:
             raise ConnectionLost(self.closed)
-        self._out += data
         writer = self._writer
-        if writer is not None:
-            self._writer = None
-            trio.lowlevel.reschedule(writer)
+        if writer is None:
+            self._out += data  # a write is under way: queue behind it
+        else:
+            try:
+                sent = self.channel.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the writer meets the same error and closes the connection
+            if sent < len(data):
+                self._out += data[sent:]
+                self._writer = None
+                trio.lowlevel.reschedule(writer)
         self._pending[req_id] = trio.lowlevel.current_task()
 
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
@@ -79,7 +134,7 @@ class Connection:
         return reply
 
     async def run(self) -> None:
-        """Serve the stream until it ends or breaks; then fail every waiting request."""
+        """Serve the channel until it ends or breaks; then fail every waiting request."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._guard, self._write_loop, nursery.cancel_scope)
@@ -89,23 +144,29 @@ class Connection:
             pending, self._pending = self._pending, {}
             for task in pending.values():
                 trio.lowlevel.reschedule(task, outcome.Error(ConnectionLost(f"{self.name}: {self.closed}")))
-            with trio.CancelScope(shield=True):
-                await self.stream.aclose()
+            self.channel.close()
 
     async def _guard(self, loop: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
         # Either loop ending means the connection is unusable: record the first
         # reason and stop the other loop.  Anything else is a bug and propagates.
         try:
             await loop()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, RemoteProtocolError) as exc:
+        except (OSError, RemoteProtocolError) as exc:
             self.closed = self.closed or f"{type(exc).__name__}: {exc}"
         scope.cancel()
 
     async def _read_loop(self) -> None:
         decoder = Decoder()
         pending = self._pending
+        channel = self.channel
         while True:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            # Waiting first, even when data may be there, keeps the reader from
+            # starving other tasks under a flood; it costs no extra pass.
+            await trio.lowlevel.wait_readable(channel)
+            try:
+                data = channel.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
             if not data:
                 self.closed = "xenstored closed the connection"
                 if decoder.buffered:
@@ -124,6 +185,7 @@ class Connection:
                 trio.lowlevel.reschedule(task, outcome.Value(packet))
 
     async def _write_loop(self) -> None:
+        channel = self.channel
         while True:
             if not self._out:
                 self._writer = trio.lowlevel.current_task()
@@ -134,4 +196,9 @@ class Connection:
 
                 await trio.lowlevel.wait_task_rescheduled(abort)
             data, self._out = self._out, bytearray()
-            await self.stream.send_all(data)
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[channel.send(view) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(channel)
