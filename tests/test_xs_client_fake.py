@@ -3,6 +3,7 @@ trio's autojump clock: timeouts, drops, backoff and misbehaving servers, no slee
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -10,6 +11,7 @@ import trio
 import trio.testing
 
 from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, open_xenstore
+from rmrrd.xenstore.client_conn import DeviceChannel
 from rmrrd.xenstore.client_watch import QUEUE_LIMIT
 from rmrrd.xenstore.wire import HEADER, Again, Decoder, Op, Packet, RemoteProtocolError, encode, error_packet
 
@@ -225,3 +227,18 @@ async def test_first_connect_failure_is_clear() -> None:
     with pytest.raises(ConnectionLost, match="cannot connect to xenstored at /nonexistent/sock"):
         async with open_xenstore("/nonexistent/sock"):
             pass
+
+
+def test_device_channel_writes_one_message_per_write() -> None:
+    # The xenbus driver takes one message per write(); a pipe stands in for it.
+    read_end, write_end = os.pipe()
+    channel = DeviceChannel(write_end)
+    try:
+        first, second = encode(Packet(Op.READ, 1, 0, b"/a\0")), encode(Packet(Op.WRITE, 2, 0, b"/b\0v"))
+        assert channel.send(first + second) == len(first)
+        assert channel.send(second) == len(second)
+        assert os.read(read_end, 1000) == first + second
+        assert channel.fileno() == write_end and not os.get_blocking(write_end)
+    finally:
+        channel.close()
+        os.close(read_end)

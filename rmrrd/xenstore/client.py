@@ -46,7 +46,6 @@ from rmrrd.xenstore.client_conn import Channel, Connection, ConnectionLost, Devi
 from rmrrd.xenstore.client_watch import Watch, WatchEvent
 from rmrrd.xenstore.wire import (
     Again,
-    InvalidArgument,
     LocalProtocolError,
     NoEntry,
     NotSupported,
@@ -197,7 +196,7 @@ class _Operations:
             offset = sum(map(len, chunks))
             try:
                 payload = await self._path_request(Op.DIRECTORY_PART, path, str(offset).encode())
-            except (NotSupported, InvalidArgument):
+            except NotSupported:  # as libxenstore: no DIRECTORY_PART means E2BIG
                 raise TooBig(f"children of {path} exceed one payload and the server has no DIRECTORY_PART") from None
             gen, sep, chunk = payload.partition(b"\0")
             if not sep or (chunk and not chunk.endswith(b"\0")):
