@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -55,10 +57,16 @@ class Connector:
         return client_end
 
 
-async def test_replies_matched_by_req_id_in_any_order(autojump_clock: trio.testing.MockClock) -> None:
+@asynccontextmanager
+async def connected(timeout: float = 10) -> AsyncIterator[tuple[XenstoreClient, FakeServer, Connector]]:
+    """A client connected to a fresh fake server: (client, server, connector)."""
     connector = Connector()
-    async with open_xenstore(connect=connector) as xs:
-        server = await connector.accepted.receive()
+    async with open_xenstore(connect=connector, timeout=timeout) as xs:
+        yield xs, await connector.accepted.receive(), connector
+
+
+async def test_replies_matched_by_req_id_in_any_order(autojump_clock: trio.testing.MockClock) -> None:
+    async with connected() as (xs, server, connector):
         results: dict[str, bytes] = {}
 
         async def read(path: str) -> None:
@@ -75,9 +83,7 @@ async def test_replies_matched_by_req_id_in_any_order(autojump_clock: trio.testi
 
 
 async def test_timeout_then_late_reply_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
-    connector = Connector()
-    async with open_xenstore(connect=connector, timeout=3) as xs:
-        server = await connector.accepted.receive()
+    async with connected(timeout=3) as (xs, server, connector):
         start = trio.current_time()
         with pytest.raises(XenstoreTimeout, match="READ within 3"):
             await xs.read("/slow")
@@ -146,9 +152,7 @@ async def _watch_until_two_events(xs: XenstoreClient) -> None:
 
 
 async def test_wrong_reply_type_and_garbage(autojump_clock: trio.testing.MockClock) -> None:
-    connector = Connector()
-    async with open_xenstore(connect=connector) as xs:
-        server = await connector.accepted.receive()
+    async with connected() as (xs, server, connector):
         async with trio.open_nursery() as nursery:
 
             async def answer_with_mkdir() -> None:
@@ -172,9 +176,7 @@ async def test_wrong_reply_type_and_garbage(autojump_clock: trio.testing.MockClo
 async def test_errors_raise_their_errno_class_and_give_up_after_attempts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    connector = Connector()
-    async with open_xenstore(connect=connector) as xs:
-        server = await connector.accepted.receive()
+    async with connected() as (xs, server, connector):
 
         async def always_conflicting() -> None:
             while True:
@@ -201,9 +203,7 @@ async def test_errors_raise_their_errno_class_and_give_up_after_attempts(
 
 
 async def test_slow_watch_consumer_gets_one_coalesced_event(autojump_clock: trio.testing.MockClock) -> None:
-    connector = Connector()
-    async with open_xenstore(connect=connector) as xs:
-        server = await connector.accepted.receive()
+    async with connected() as (xs, server, connector):
         async with trio.open_nursery() as nursery:
 
             async def serve() -> None:
