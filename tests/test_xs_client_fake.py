@@ -15,7 +15,17 @@ import trio.testing
 from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, open_xenstore
 from rmrrd.xenstore.client_conn import DeviceChannel
 from rmrrd.xenstore.client_watch import QUEUE_LIMIT
-from rmrrd.xenstore.wire import HEADER, Again, Decoder, Op, Packet, RemoteProtocolError, encode, error_packet
+from rmrrd.xenstore.wire import (
+    HEADER,
+    Again,
+    Decoder,
+    Op,
+    Packet,
+    RemoteProtocolError,
+    TooBig,
+    encode,
+    error_packet,
+)
 
 
 class FakeServer:
@@ -242,3 +252,41 @@ def test_device_channel_writes_one_message_per_write() -> None:
     finally:
         channel.close()
         os.close(read_end)
+
+
+async def test_directory_parts_restart_when_the_node_changes(autojump_clock: trio.testing.MockClock) -> None:
+    # As C xenstored answers: <gen>|<names>|*, the last part ending in an empty name.
+    script = [
+        (b"0", b"7\0alpha\0beta\0"),
+        (b"11", b"8\0gamma\0delta\0"),  # generation 8: the node changed, start over
+        (b"0", b"8\0alpha\0beta\0"),
+        (b"11", b"8\0gamma\0\0"),  # the last part
+    ]
+    async with connected() as (xs, server, connector):
+
+        async def serve() -> None:
+            listing = await server.receive()
+            assert listing.op is Op.DIRECTORY
+            await server.send(error_packet(listing.req_id, 0, "E2BIG"))
+            for offset, reply in script:
+                request = await server.receive()
+                assert (request.op, request.payload) == (Op.DIRECTORY_PART, b"/d\0" + offset + b"\0")
+                await server.answer(request, reply)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            assert await xs.directory("/d") == ["alpha", "beta", "gamma"]
+
+
+async def test_directory_too_big_without_directory_part(autojump_clock: trio.testing.MockClock) -> None:
+    async with connected() as (xs, server, connector):
+
+        async def serve() -> None:
+            for errno_name in ("E2BIG", "ENOSYS"):
+                request = await server.receive()
+                await server.send(error_packet(request.req_id, 0, errno_name))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            with pytest.raises(TooBig, match="no DIRECTORY_PART"):
+                await xs.directory("/huge")
