@@ -74,6 +74,10 @@ def test_xenstore_binary() -> Path:
             check=True, capture_output=True, timeout=300,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        # CI installs it (scripts/bootstrap): there, a missing binary is a failure,
+        # not a reason to skip the conformance run.
+        if os.environ.get("CI"):
+            raise
         pytest.skip(f"cannot fetch test-xenstore: {exc}")
     return Path(out.stdout.decode().strip())
 
