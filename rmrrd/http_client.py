@@ -10,7 +10,7 @@ end is another machine that may be down, slow or broken:
 * the whole exchange (name lookup, connect, request, answer) has one deadline;
 * the body is bounded (``max_body`` bytes, 16 MiB by default): a ``Content-Length``
   over the bound is refused before reading, a body that grows past it is cut off;
-* the status line and headers are bounded by h11's ``max_incomplete_event_size``;
+* the status line and headers are bounded (h11's ``max_incomplete_event_size``);
 * only ``http://`` URLs and status 200 are accepted; redirects are not followed
   (a peer's ``/inventory`` never redirects, and following one could lead anywhere).
 
@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 #: Status line plus headers: an inventory answer has a handful of short headers.
-MAX_HEADER_BYTES = 64 * 1024
-_READ_CHUNK = 65536
+#: h11 checks it only while the headers are incomplete, so one read more may pass:
+#: the read size matches, keeping the real bound at twice this.
+MAX_HEADER_BYTES = 16 * 1024
+_READ_CHUNK = MAX_HEADER_BYTES
 
 
 class HttpError(InputError):
