@@ -20,9 +20,9 @@ EXIT_USAGE = 2
 def _commands() -> list[ModuleType]:
     # Imported here, not at module top, so `rmrrd --help` stays fast and one broken
     # subcommand cannot stop the others from loading in tests.
-    from rmrrd.commands import inventory, plan, xenstored
+    from rmrrd.commands import check, demo, inventory, plan, run, xenstored
 
-    return [inventory, plan, xenstored]
+    return [run, check, demo, inventory, plan, xenstored]
 
 
 class _Parser(argparse.ArgumentParser):

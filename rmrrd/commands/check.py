@@ -1,0 +1,90 @@
+"""``rmrrd check assign|hotplug|migrate``: ask a running daemon, wait for the verdict.
+
+Writes one ``/tool/rmrrd/request/<id>`` node through xenstore (contract 4.3), watches
+for ``/tool/rmrrd/result/<id>/verdict`` and prints the result.  Exit status: 0 ok,
+1 fail, 3 warn (contract 5); 2 for bad arguments or when no verdict comes in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+from typing import Any
+
+import trio
+
+from rmrrd.errors import InputError
+from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT
+from rmrrd.xenstore.client import XenstoreClient, open_xenstore
+from rmrrd.xenstore.client_conn import ConnectionLost
+from rmrrd.xenstore.wire import NoEntry
+
+from rmrrd.daemon.requests import format_request, parse_request
+from rmrrd.daemon.xsutil import read_list, read_text
+
+EXIT_STATUS = {"ok": 0, "fail": 1, "warn": 3}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("check", help="check an assign, hotplug or migrate against a running rmrrd")
+    parser.add_argument("op", choices=("assign", "hotplug", "migrate"))
+    parser.add_argument("--domid", type=int, required=True, help="the guest's domain id")
+    parser.add_argument("--device", action="append", default=[], metavar="SPEC",
+                        help="xl pci= spec, e.g. 0000:00:14.0,rdm_policy=relaxed (repeatable for migrate)")
+    parser.add_argument("--target", help="migrate: the peer host (default: rank every peer)")
+    parser.add_argument("--xenstore", help="xenstored socket (default: $XENSTORED_PATH, then dom0's)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=run)
+
+
+async def ask(xs: XenstoreClient, request: str, timeout: float) -> dict[str, Any]:
+    """Write ``request`` and return the result once its verdict is there."""
+    req_id = f"cli-{os.getpid()}-{secrets.token_hex(4)}"
+    result = f"{RESULT_ROOT}/{req_id}"
+    async with xs.watch(result) as events:
+        await xs.write(f"{REQUEST_ROOT}/{req_id}", request)
+        verdict = None
+        with trio.move_on_after(timeout):
+            async for _ in events:  # the initial event, then one per key written
+                verdict = await read_text(xs, f"{result}/verdict")
+                if verdict is not None:
+                    break
+        if verdict is None:
+            await _withdraw(xs, req_id)
+            raise InputError(f"no verdict within {timeout:g} s: is rmrrd running on this xenstore?")
+    return {"id": req_id, "verdict": verdict, "reason": await read_text(xs, f"{result}/reason") or "",
+            "conflicts": list((await read_list(xs, f"{result}/conflict")).values()),
+            "ranking": list((await read_list(xs, f"{result}/rank")).values())}
+
+
+async def _withdraw(xs: XenstoreClient, req_id: str) -> None:
+    try:
+        await xs.rm(f"{REQUEST_ROOT}/{req_id}")
+    except NoEntry:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    request = format_request(args.op, args.domid, tuple(args.device), args.target)
+    parse_request(request)  # refuse bad arguments here, with the same words as the daemon
+
+    async def main() -> dict[str, Any]:
+        async with open_xenstore(args.xenstore) as xs:
+            return await ask(xs, request, args.timeout)
+
+    try:
+        result = trio.run(main)
+    except ConnectionLost as exc:
+        raise InputError(f"cannot reach xenstore: {exc}") from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['verdict']}: {result['reason']}")
+        for conflict in result["conflicts"]:
+            print(f"  conflict {conflict}")
+        for line in result["ranking"]:
+            print(f"  peer {line}")
+    return EXIT_STATUS[result["verdict"]]

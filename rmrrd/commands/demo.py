@@ -1,0 +1,21 @@
+"""``rmrrd demo``: the seed scenario end to end (contract 7); see :mod:`rmrrd.demo`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rmrrd.demo import demo
+from rmrrd.logs import LEVELS, setup_logging
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("demo", help="run the seed scenario on an embedded simulated xenstored")
+    parser.add_argument("--log-level", choices=LEVELS, default="error",
+                        help="the daemon's log lines interleaved with the report (default: errors only)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    return demo()

@@ -1,0 +1,63 @@
+"""``rmrrd run``: the daemon in the foreground, as systemd runs it (contract 5).
+
+``--simulate`` starts the embedded simulated xenstored on ``xenstore.path`` (as
+``xenstore.embedded: true`` does), so the daemon can be seen working on a machine
+without Xen.  ``--check-config`` loads the configuration and every inventory it
+names, reports, and exits: 0 when all is valid, 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from rmrrd.config import DEFAULT_CONFIG_PATH, Config, default_config, load_config
+from rmrrd.logs import LEVELS, setup_logging
+from rmrrd.xenstore.client_conn import ConnectionLost
+
+from rmrrd.daemon.service import load_host, load_peer_inventories, run_service
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run the daemon in the foreground")
+    parser.add_argument("--config", type=Path,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH} if it exists, else built-in defaults)")
+    parser.add_argument("--simulate", action="store_true",
+                        help="start the embedded simulated xenstored on xenstore.path")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and inventories, then exit")
+    parser.add_argument("--log-level", choices=LEVELS, help="override log.level of the configuration")
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    """The configuration named on the command line, or the default file, or defaults."""
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    return (load_config(path) if path is not None else default_config()), path
+
+
+def run(args: argparse.Namespace) -> int:
+    config, path = config_from_args(args)
+    setup_logging(args.log_level or config.log.level)
+    if args.check_config:
+        host = load_host(config)
+        peers = trio.run(load_peer_inventories, config, {})
+        print(f"{path or 'built-in defaults'}: valid; host {host.host} with {len(host.regions)} regions, "
+              f"{len(peers)} peers ({', '.join(sorted(peers)) or 'none'})")
+        return 0
+    try:
+        trio.run(partial(run_service, config, simulate=args.simulate, config_path=path))
+    except ConnectionLost as exc:
+        print(f"rmrrd run: cannot reach xenstore at {config.xenstore.path}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,78 @@
+"""Guest queries (contract 4.2): one watch per domain on its ``rmrr/query/``.
+
+The guest is untrusted.  Whatever it writes is bounded (xenstored's own quotas and
+``limits.max_query_length``), rate limited per domain, answered by the pure
+:func:`rmrrd.guest_queries.handle_query`, and can only ever cause a write to that
+domain's own ``reply/<id>`` and the removal of its own ``query/<id>``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from rmrrd.guest_queries import QueryResult, handle_query
+from rmrrd.schema import answer_path, is_valid_id
+from rmrrd.xenstore.client import Transaction
+from rmrrd.xenstore.wire import NoEntry
+
+from rmrrd.daemon.context import Context
+from rmrrd.daemon.state import Domain
+from rmrrd.daemon.xsutil import rm_quietly
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED = QueryResult("error EBUSY query rate limit reached; retry later", "other", "rejected")
+
+
+async def serve_guest_queries(ctx: Context, domain: Domain, *,
+                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer the domain's queries until cancelled (when the domain is forgotten)."""
+    queries = f"{answer_path(domain.domid)}/query"
+    async with ctx.xs.watch(queries) as events:
+        task_status.started()
+        async for event in events:
+            ctx.metrics.watch_event("query")
+            if event.path == queries:
+                # The initial event (also after a reconnect): answer what is waiting.
+                try:
+                    pending = await ctx.xs.directory(queries)
+                except NoEntry:
+                    pending = []
+                for name in pending:
+                    await answer_query(ctx, domain, name)
+            elif event.path.startswith(queries + "/"):
+                await answer_query(ctx, domain, event.path[len(queries) + 1:].split("/", 1)[0])
+
+
+async def answer_query(ctx: Context, domain: Domain, name: str) -> None:
+    """Answer ``query/<name>`` into ``reply/<name>`` and remove the query, atomically."""
+    base = answer_path(domain.domid)
+    query = f"{base}/query/{name}"
+    if not is_valid_id(name):
+        # No reply can be named after it; removing it is the answer.
+        await rm_quietly(ctx.xs, query)
+        ctx.metrics.guest_query("other", "rejected")
+        log.debug("domain %d: query node %r has an invalid id: removed", domain.domid, name[:40])
+        return
+    try:
+        raw = await ctx.xs.read(query)
+    except NoEntry:
+        return  # answered already: our own removal fires the watch as well
+    if not domain.limiter.take(trio.current_time()):
+        result = RATE_LIMITED
+    elif domain.plan is None:
+        result = QueryResult("error ENODEV this domain has no reserved-memory answer yet", "other", "error")
+    else:
+        result = handle_query(raw, domain.plan, domain.allocations,
+                              max_length=ctx.config.limits.max_query_length)
+
+    async def reply(tx: Transaction) -> None:
+        await tx.write(f"{base}/reply/{name}", result.reply)
+        await rm_quietly(tx, query)
+
+    await ctx.xs.run_transaction(reply)
+    ctx.metrics.guest_query(result.kind, result.outcome)
+    if result.outcome != "ok":
+        log.debug("domain %d: query %s: %s", domain.domid, name, result.reply[:120])

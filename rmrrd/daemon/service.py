@@ -1,0 +1,261 @@
+"""``rmrrd run``: one trio nursery owning every long-lived task (contract 3 and 4).
+
+Start-up order matters to systemd and to tests: inventories are loaded, the
+embedded xenstored (if any) and the HTTP listener are bound, xenstore is connected,
+watches are registered and a first reconciliation has answered everything pending;
+only then is READY=1 sent and ``task_status.started`` called.  SIGTERM/SIGINT stop
+the watches, let in-flight setups finish within ``limits.shutdown_grace_seconds``,
+and return; SIGHUP reloads the configuration and inventories, keeping the old ones
+if the new ones are invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from rmrrd.config import Config, load_config
+from rmrrd.errors import InputError
+from rmrrd.host_inventory import build_host_inventory
+from rmrrd.http_server import serve_http
+from rmrrd.inventory import Inventory
+from rmrrd.inventory_yaml import inventory_to_json
+from rmrrd.metrics import Metrics
+from rmrrd.peers import load_peers
+from rmrrd.schema import LIBXL_ROOT, REQUEST_ROOT, STATUS_KEY, classify_libxl_path, is_valid_id
+from rmrrd.sdnotify import Notifier, watchdog_loop
+from rmrrd.xenstore.client import open_xenstore
+from rmrrd.xenstore.server import serve_xenstored
+
+from rmrrd.daemon.context import Context
+from rmrrd.daemon.domains import Domains
+from rmrrd.daemon.state import Registry
+from rmrrd.daemon.toolstack import ToolstackHandler
+from rmrrd.daemon.xsutil import rm_quietly
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceHandle:
+    """What ``run_service`` reports once it serves: where to reach it."""
+
+    http_port: int
+    xenstore_path: Path
+
+
+def load_host(config: Config) -> Inventory:
+    """This host's inventory from ``host.sources`` (raises InputError)."""
+    root = config.host.sysfs_root
+    return build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
+                                sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
+
+
+async def load_peer_inventories(config: Config, previous: dict[str, Inventory]) -> dict[str, Inventory]:
+    """The peers' inventories; a peer that fails to load keeps its previous one."""
+    loaded = await load_peers(list(config.peers), exclude=config.host.name)
+    for problem in loaded.problems:
+        log.warning("peers: %s", problem)
+    peers = dict(loaded.peers)
+    if loaded.problems:
+        for name, inventory in previous.items():
+            peers.setdefault(name, inventory)
+    return peers
+
+
+class Daemon:
+    """The watches and handlers, over one connected xenstore client."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.toolstack = ToolstackHandler(ctx)
+        self.ready = trio.Event()
+        self._watchers = trio.CancelScope()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`stop`; then let in-flight setups finish, within the grace."""
+        async with trio.open_nursery() as work:
+            self.domains = Domains(self.ctx, work)
+            with self._watchers:
+                async with trio.open_nursery() as watchers:
+                    await watchers.start(self._watch_libxl)
+                    await watchers.start(self._watch_requests)
+                    await watchers.start(self._watch_special, "@introduceDomain", self.domains.introduced)
+                    await watchers.start(self._watch_special, "@releaseDomain", self.domains.released)
+                    await self.ready.wait()
+                    task_status.started()
+            with trio.move_on_after(self.ctx.config.limits.shutdown_grace_seconds):
+                await self.domains.queue.wait_idle()
+            work.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self._watchers.cancel()
+
+    async def _watch_libxl(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.ctx.xs.watch(LIBXL_ROOT) as events:
+            task_status.started()
+            async for event in events:
+                self.ctx.metrics.watch_event("setup")
+                what = classify_libxl_path(event.path)
+                if what is None:
+                    continue
+                if what.domid is None:
+                    # The initial event, again after every reconnect: reconcile.
+                    await self._guarded("reconcile", self.domains.reconcile)
+                    self.ready.set()
+                elif what.request or what.domain_node:
+                    self.domains.changed(what.domid)
+
+    async def _watch_requests(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.ctx.xs.watch(REQUEST_ROOT) as events:
+            task_status.started()
+            # Checks need the domains' plans: wait for the first reconciliation.
+            await self.ready.wait()
+            async for event in events:
+                self.ctx.metrics.watch_event("request")
+                if event.path == REQUEST_ROOT:
+                    await self._guarded("toolstack requests", self.toolstack.scan)
+                elif event.path.startswith(REQUEST_ROOT + "/"):
+                    req_id = event.path[len(REQUEST_ROOT) + 1:].split("/", 1)[0]
+                    if is_valid_id(req_id):
+                        await self._guarded(f"request {req_id}", partial(self.toolstack.handle, req_id))
+                    else:
+                        await rm_quietly(self.ctx.xs, f"{REQUEST_ROOT}/{req_id}")
+                        log.warning("request %r: invalid id, removed unanswered", req_id[:40])
+
+    async def _watch_special(self, path: str, handler: Callable[[], Awaitable[None]], *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.ctx.xs.watch(path) as events:
+            task_status.started()
+            async for _ in events:
+                self.ctx.metrics.watch_event("release" if path == "@releaseDomain" else "introduce")
+                await self._guarded(path, handler)
+
+    async def _guarded(self, what: str, handler: Callable[[], Awaitable[None]]) -> None:
+        """Run a handler to completion even during shutdown, and contain its failure.
+
+        A handler that fails (xenstore dropped mid-way, say) is logged; the next
+        event or the reconcile after the reconnect does the work again.
+        """
+        with trio.move_on_after(self.ctx.config.limits.shutdown_grace_seconds) as scope:
+            scope.shield = True
+            try:
+                await handler()
+            except Exception as exc:
+                log.error("%s failed: %s: %s", what, type(exc).__name__, exc)
+                log.debug("%s failed", what, exc_info=True)
+
+
+async def reload(ctx: Context, config_path: Path | None) -> None:
+    """SIGHUP: read the configuration and inventories again; keep the old on error."""
+    try:
+        config = load_config(config_path) if config_path is not None else ctx.config
+        host = load_host(config)
+        peers = await load_peer_inventories(config, ctx.peers)
+    except InputError as exc:
+        log.error("reload failed, keeping the running configuration: %s", exc)
+        return
+    if len(host.regions) != len(ctx.host.regions):
+        log.info("reload: host %s regions %d -> %d", host.host, len(ctx.host.regions), len(host.regions))
+    added, removed = sorted(set(peers) - set(ctx.peers)), sorted(set(ctx.peers) - set(peers))
+    log.info("reload: %d peers (added: %s; removed: %s)", len(peers), ", ".join(added) or "none",
+             ", ".join(removed) or "none")
+    for name in removed:
+        ctx.metrics.forget_host(name)
+    ctx.config, ctx.host, ctx.peers = config, host, peers
+    _count_regions(ctx)
+
+
+def _count_regions(ctx: Context) -> None:
+    ctx.metrics.set_host_regions(ctx.host.host, len(ctx.host.regions))
+    for name, inventory in ctx.peers.items():
+        ctx.metrics.set_host_regions(name, len(inventory.regions))
+
+
+async def run_service(config: Config, *, simulate: bool = False, config_path: Path | None = None,
+                      notifier: Notifier | None = None, install_signals: bool = True,
+                      task_status: trio.TaskStatus[ServiceHandle] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or until cancelled)."""
+    notifier = notifier or Notifier.from_env()
+    host = load_host(config)
+    peers = await load_peer_inventories(config, {})
+    metrics = Metrics()
+    ctx_box: list[Context] = []
+    daemon_box: list[Daemon] = []
+
+    async def inventory_route() -> tuple[int, str, bytes]:
+        current = ctx_box[0].host if ctx_box else host
+        return 200, "application/json", json.dumps(inventory_to_json(current)).encode() + b"\n"
+
+    async def health_route() -> tuple[int, str, bytes]:
+        if daemon_box and daemon_box[0].ready.is_set():
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+        return 503, "text/plain; charset=utf-8", b"starting\n"
+
+    async def on_reconnect() -> None:
+        metrics.reconnected()
+        log.warning("xenstore reconnected: reconciling")
+
+    routes = {"/metrics": metrics.http_route, "/inventory": inventory_route, "/healthz": health_route}
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if install_signals \
+            else _no_signals() as signals:
+        async with trio.open_nursery() as root:
+            xs_path = config.xenstore.path
+            if simulate or config.xenstore.embedded:
+                await root.start(partial(serve_xenstored, xs_path, persist=config.xenstore.persist))
+                log.info("embedded simulated xenstored on %s", xs_path)
+            port = await root.start(partial(serve_http, config.metrics.host, config.metrics.port, routes))
+            log.info("HTTP listener on %s:%d (/metrics, /inventory, /healthz)", config.metrics.host, port)
+            async with open_xenstore(str(xs_path), on_reconnect=on_reconnect) as xs:
+                registry = Registry(query_rate=config.limits.query_rate, query_burst=config.limits.query_burst,
+                                    max_allocations=config.limits.max_allocations)
+                ctx = Context(xs, config, host, peers, registry, metrics)
+                ctx_box.append(ctx)
+                _count_regions(ctx)
+                daemon = Daemon(ctx)
+                daemon_box.append(daemon)
+                async with trio.open_nursery() as serving:
+                    await serving.start(daemon.serve)
+                    notifier.ready(f"serving {len(registry)} domains; host {host.host} "
+                                   f"with {len(host.regions)} regions, {len(peers)} peers")
+                    root.start_soon(watchdog_loop, notifier)
+                    log.info("rmrrd ready: host %s, %d regions, %d peers", host.host, len(host.regions), len(peers))
+                    task_status.started(ServiceHandle(port, Path(xs_path)))
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            notifier.status("reloading")
+                            await reload(ctx, config_path)
+                            notifier.status(f"serving {len(registry)} domains")
+                            continue
+                        log.info("signal %s: stopping", signal.Signals(signum).name)
+                        break
+                    notifier.stopping()
+                    daemon.stop()
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    await xs.write(STATUS_KEY, "stopped")
+            root.cancel_scope.cancel()
+
+
+class _no_signals:
+    """A signal receiver that never receives: for running the service in-process."""
+
+    def __enter__(self) -> _no_signals:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> _no_signals:
+        return self
+
+    async def __anext__(self) -> int:
+        await trio.sleep_forever()
+        raise StopAsyncIteration

@@ -1,0 +1,94 @@
+"""Small xenstore helpers the daemon's handlers share."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import trio
+
+from rmrrd.errors import InputError
+from rmrrd.pci import Bdf
+from rmrrd.xenstore.client import Transaction, XenstoreClient
+from rmrrd.xenstore.wire import NoEntry, Perm
+
+T = TypeVar("T")
+Ops = Transaction | XenstoreClient
+"""Anything that reads and writes: a transaction, or the client outside one."""
+
+
+async def gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Await every call concurrently and return their results in order.
+
+    On one connection this pipelines the requests: a dozen reads or writes cost one
+    round trip instead of a dozen.  Only for calls whose order does not matter.
+    """
+    results: list[T | None] = [None] * len(calls)
+
+    async def run(index: int, call: Callable[[], Awaitable[T]]) -> None:
+        results[index] = await call()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for index, call in enumerate(calls):
+                nursery.start_soon(run, index, call)
+    except BaseExceptionGroup as group:
+        # Callers catch by type (NoEntry, Again, ConnectionLost) as if the calls had
+        # been made one by one: raise the first real failure, not the group.
+        failure = next((exc for exc in _leaves(group) if not isinstance(exc, trio.Cancelled)), None)
+        if failure is None:
+            raise
+        raise failure from group
+    return results  # type: ignore[return-value]
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return leaves
+
+
+async def read_text(tx: Ops, path: str) -> str | None:
+    """A node's value as ASCII text, or None if it does not exist.
+
+    Raises :class:`InputError` naming the path if the value is not ASCII: the
+    values rmrrd reads are numbers, xl.cfg strings and xenstore paths.
+    """
+    try:
+        raw = await tx.read(path)
+    except NoEntry:
+        return None
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: value is not ASCII") from None
+
+
+async def read_list(tx: Ops, path: str) -> dict[str, str]:
+    """The children of a numbered list node (``pci/0``, ``pci/1``...) as {n: value}, in order."""
+    try:
+        names = await tx.directory(path)
+    except NoEntry:
+        return {}
+    names.sort(key=lambda name: (len(name), name))
+    values = await gather([lambda name=name: read_text(tx, f"{path}/{name}") for name in names])
+    return {name: value for name, value in zip(names, values) if value is not None}
+
+
+async def rm_quietly(tx: Ops, path: str) -> None:
+    """Remove a node if it is there; a missing one is what we wanted anyway."""
+    try:
+        await tx.rm(path)
+    except NoEntry:
+        pass
+
+
+def device_key(bdf: Bdf) -> str:
+    """A BDF as a xenstore path component (``:`` and ``.`` are not allowed in paths)."""
+    return str(bdf).replace(":", "-").replace(".", "-")
+
+
+def guest_perms(domid: int, access: str) -> list[Perm]:
+    """Owned by dom0, nobody else may touch it, except ``domid`` with ``access``."""
+    return [Perm(0, "n")] if domid == 0 else [Perm(0, "n"), Perm(domid, access)]
