@@ -94,16 +94,23 @@ async def _fetch(url: str, timeout: float) -> _Found:
     target = inventory_url(url)
     try:
         body = await http_get(target, timeout=timeout)
-        try:
-            obj = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            # ValueError covers JSONDecodeError and bytes that are not UTF-8/16/32;
-            # RecursionError, arrays nested thousands deep.
-            raise InputError(f"{target}: not valid JSON: {exc}") from None
-        found.inventories.append((target, inventory_from_json(obj, target)))
+        # Decoding and validating up to 16 MiB is CPU work of a second or more:
+        # a thread keeps the loop answering guests meanwhile.
+        found.inventories.append((target, await trio.to_thread.run_sync(_decode, body, target)))
     except InputError as exc:
         found.problems.append(str(exc))
     return found
+
+
+def _decode(body: bytes, source: str) -> Inventory:
+    """A peer's JSON answer as an inventory; :class:`InputError` naming ``source``."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and bytes that are not UTF-8/16/32;
+        # RecursionError, arrays nested thousands deep.
+        raise InputError(f"{source}: not valid JSON: {exc}") from None
+    return inventory_from_json(obj, source)
 
 
 async def _load_source(source: PeerSource, timeout: float) -> _Found:

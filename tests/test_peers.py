@@ -70,6 +70,7 @@ async def test_directory_reads_every_yaml_file_and_reports_the_broken_one(tmp_pa
     write(tmp_path, ".hidden.yaml", "not: [valid")
     load = await load_peers([tmp_path])
     assert load.peers == {"node-a": NODE_A, "node-b": NODE_B}
+    assert list(load.peers) == ["node-a", "node-b"]  # files in sorted order
     assert len(load.problems) == 1
     # The file and the line of the bad device (function 9 does not exist).
     assert load.problems[0].startswith(f"{tmp_path / 'c.yaml'}:4: regions[0].devices[0]:")
@@ -170,10 +171,11 @@ async def test_server_that_never_answers_times_out_and_others_still_load(
     silent_url = await serve_raw(nursery, silent)
     good_url = await serve(nursery, {"/inventory": inventory_route(NODE_A)})
     file = write(tmp_path, "node-b.yaml", dump_inventory_yaml(NODE_B))
-    load = await load_peers([silent_url, good_url, file], timeout=0.5)
+    # The deadline applies to the good peer too: generous, so a busy machine still makes it.
+    load = await load_peers([silent_url, good_url, file], timeout=2)
     assert received.is_set()
     assert load.peers == {"node-a": NODE_A, "node-b": NODE_B}
-    assert load.problems == (f"{silent_url}/inventory: no complete answer within 0.5 s",)
+    assert load.problems == (f"{silent_url}/inventory: no complete answer within 2 s",)
 
 
 async def test_answer_that_stalls_midway_times_out(nursery: trio.Nursery) -> None:
