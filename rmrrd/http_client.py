@@ -69,7 +69,7 @@ async def http_get(url: str, *, timeout: float, max_body: int = DEFAULT_MAX_BODY
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    # The Host header carries the port only when it is not the default (RFC 9110 7.2);
+    # The Host header carries the port as the URL gives it (RFC 9110 7.2: absent means 80);
     # an IPv6 literal keeps its brackets there.
     authority = f"[{host}]" if ":" in host else host
     if parts.port is not None:
