@@ -132,7 +132,7 @@ def _region(obj: Any, source: str, locate: _Locate, path: _KeyPath) -> HostRegio
     except InputError as exc:
         raise InputError(f"{_where(source, locate, range_path)}: {exc}") from None
     texts = _list(obj["devices"], source, locate, (*path, "devices"))
-    devices: list[Device] = []
+    devices: dict[Device, None] = {}  # ordered, and a set for the duplicate check
     for index, item in enumerate(texts):
         item_path = (*path, "devices", index)
         text = _string(item, source, locate, item_path)
@@ -146,7 +146,7 @@ def _region(obj: Any, source: str, locate: _Locate, path: _KeyPath) -> HostRegio
             raise InputError(f"{_where(source, locate, item_path)}: {exc}") from None
         if device in devices:
             raise InputError(f"{_where(source, locate, item_path)}: device {device} listed twice")
-        devices.append(device)
+        devices[device] = None
     return HostRegion(rng, tuple(devices))
 
 

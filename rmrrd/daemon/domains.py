@@ -53,7 +53,7 @@ class Domains:
     async def released(self) -> None:
         """``@releaseDomain`` fired: forget every introduced domain that is gone."""
         known = [domain for domain in self._ctx.registry if domain.introduced]
-        alive = await gather([lambda d=d: self._ctx.xs.is_introduced(d.domid) for d in known])
+        alive = await gather(lambda domain: self._ctx.xs.is_introduced(domain.domid), known)
         for domain, up in zip(known, alive):
             if not up:
                 self._released.add(domain.domid)
@@ -62,7 +62,7 @@ class Domains:
     async def introduced(self) -> None:
         """``@introduceDomain`` fired: note which known domains are now introduced."""
         pending = [domain for domain in self._ctx.registry if not domain.introduced]
-        alive = await gather([lambda d=d: self._ctx.xs.is_introduced(d.domid) for d in pending])
+        alive = await gather(lambda domain: self._ctx.xs.is_introduced(domain.domid), pending)
         for domain, up in zip(pending, alive):
             domain.introduced = domain.introduced or up
 
@@ -88,8 +88,8 @@ class Domains:
         for domid in sorted(live):
             self.queue.submit(domid)
         await self.queue.wait_idle()
-        await gather([lambda: xs.write(STATUS_KEY, "ready"), lambda: xs.write(VERSION_KEY, __version__),
-                      lambda: xs.write(PID_KEY, str(os.getpid()))])
+        status = {STATUS_KEY: "ready", VERSION_KEY: __version__, PID_KEY: str(os.getpid())}
+        await gather(lambda key: xs.write(key, status[key]), status)
         log.info("reconciled: %d domains answered", len(self._ctx.registry))
 
     async def _load_attached(self, live: set[int]) -> None:
@@ -119,7 +119,7 @@ class Domains:
         except NoEntry:
             return
         gone = [domid for domid in map(parse_domid, names) if domid is not None and domid not in live]
-        present = await gather([lambda d=d: xs.exists(answer_path(d)) for d in gone])
+        present = await gather(lambda domid: xs.exists(answer_path(domid)), gone)
         for domid, has_answer in zip(gone, present):
             if has_answer:
                 await rm_quietly(xs, answer_path(domid))

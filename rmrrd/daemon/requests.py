@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 from rmrrd.errors import InputError
 from rmrrd.schema import parse_domid
@@ -61,7 +61,7 @@ def parse_request(text: str) -> ToolRequest:
             raise InputError(f"op={op} takes no target")
         if len(devices) != 1:
             raise InputError(f"op={op} needs exactly one device=SPEC, got {len(devices)}")
-    return ToolRequest(cast(Op, op), domid, devices, target)
+    return ToolRequest(op, domid, devices, target)
 
 
 def _single(words: dict[str, list[str]], key: str) -> str:

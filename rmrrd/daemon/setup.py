@@ -56,8 +56,8 @@ async def read_setup_input(tx: Transaction, domid: int) -> SetupInput | None:
     if generation is None:
         return None
     memory, mmio_hole, config, mem_boundary = await gather(
-        [lambda key=key: read_text(tx, f"{base}/{key}") for key in ("memory", "mmio_hole", "config", "mem_boundary")])
-    lists = await gather([lambda key=key: read_list(tx, f"{base}/{key}") for key in DEVICE_LISTS])
+        lambda key: read_text(tx, f"{base}/{key}"), ("memory", "mmio_hole", "config", "mem_boundary"))
+    lists = await gather(lambda key: read_list(tx, f"{base}/{key}"), DEVICE_LISTS)
     return SetupInput(generation, memory, mmio_hole, config, mem_boundary, dict(zip(DEVICE_LISTS, lists)))
 
 
@@ -83,19 +83,18 @@ async def write_answer(tx: Transaction, domid: int, generation: str, outcome: Se
     ``query/`` and the ``reply/`` nodes stay, so queries in flight are not lost.
     """
     base = answer_path(domid)
-    await gather([lambda key=key: rm_quietly(tx, f"{base}/{key}") for key in OWNED_ANSWER_KEYS])
+    await gather(lambda key: rm_quietly(tx, f"{base}/{key}"), OWNED_ANSWER_KEYS)
     await tx.mkdir(base)
     await tx.set_perms(base, guest_perms(domid, "r"))
-    await gather([lambda: tx.mkdir(f"{base}/query"), lambda: tx.mkdir(f"{base}/reply")])
-    await gather([lambda: tx.set_perms(f"{base}/query", guest_perms(domid, "b")),
-                  lambda: tx.set_perms(f"{base}/reply", guest_perms(domid, "r"))])
+    dirs = {f"{base}/query": guest_perms(domid, "b"), f"{base}/reply": guest_perms(domid, "r")}
+    await gather(tx.mkdir, dirs)
+    await gather(lambda path: tx.set_perms(path, dirs[path]), dirs)
     entries = answer_entries(generation, outcome.plan, outcome.error)
-    await gather([lambda key=key, value=value: tx.write(f"{base}/{key}", value) for key, value in entries])
+    await gather(lambda entry: tx.write(f"{base}/{entry[0]}", entry[1]), entries)
 
 
 async def read_answer_generation(tx: Transaction, domid: int) -> str | None:
     """The generation of the complete answer already in xenstore, if any."""
     base = answer_path(domid)
-    generation, status = await gather([lambda: read_text(tx, f"{base}/generation"),
-                                       lambda: read_text(tx, f"{base}/status")])
+    generation, status = await gather(lambda key: read_text(tx, f"{base}/{key}"), ("generation", "status"))
     return generation if status is not None else None

@@ -83,7 +83,7 @@ class ToolstackHandler:
             raw = await ctx.xs.read(path)
         except NoEntry:
             return  # answered already (our own removal fires the watch too)
-        op, request, ranking = "other", None, []
+        op, request, ranking = "other", None, list[str]()
         try:
             request = parse_request(raw.decode("ascii"))
             op = request.op
@@ -104,7 +104,7 @@ class ToolstackHandler:
                 assert request is not None
                 bdf = request.devices[0].bdf
                 writes.append((f"{assigned_path(request.domid)}/{device_key(bdf)}", f"{bdf} {request.op}"))
-            await gather([lambda k=k, v=v: tx.write(k, v) for k, v in writes])
+            await gather(lambda write: tx.write(*write), writes)
             await rm_quietly(tx, path)
 
         await ctx.xs.run_transaction(answer)

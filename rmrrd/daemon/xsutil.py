@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import trio
@@ -13,25 +13,27 @@ from rmrrd.xenstore.client import Transaction, XenstoreClient
 from rmrrd.xenstore.wire import NoEntry, Perm
 
 T = TypeVar("T")
+A = TypeVar("A")
 Ops = Transaction | XenstoreClient
 """Anything that reads and writes: a transaction, or the client outside one."""
 
 
-async def gather(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Await every call concurrently and return their results in order.
+async def gather(fn: Callable[[A], Awaitable[T]], args: Iterable[A]) -> list[T]:
+    """Await ``fn(arg)`` for every arg concurrently and return the results in order.
 
     On one connection this pipelines the requests: a dozen reads or writes cost one
     round trip instead of a dozen.  Only for calls whose order does not matter.
     """
-    results: list[T | None] = [None] * len(calls)
+    items = list(args)
+    results: list[T | None] = [None] * len(items)
 
-    async def run(index: int, call: Callable[[], Awaitable[T]]) -> None:
-        results[index] = await call()
+    async def run(index: int, arg: A) -> None:
+        results[index] = await fn(arg)
 
     try:
         async with trio.open_nursery() as nursery:
-            for index, call in enumerate(calls):
-                nursery.start_soon(run, index, call)
+            for index, arg in enumerate(items):
+                nursery.start_soon(run, index, arg)
     except BaseExceptionGroup as group:
         # Callers catch by type (NoEntry, Again, ConnectionLost) as if the calls had
         # been made one by one: raise the first real failure, not the group.
@@ -72,7 +74,7 @@ async def read_list(tx: Ops, path: str) -> dict[str, str]:
     except NoEntry:
         return {}
     names.sort(key=lambda name: (len(name), name))
-    values = await gather([lambda name=name: read_text(tx, f"{path}/{name}") for name in names])
+    values = await gather(lambda name: read_text(tx, f"{path}/{name}"), names)
     return {name: value for name, value in zip(names, values) if value is not None}
 
 
