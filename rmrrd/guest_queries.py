@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rmrrd.errors import InputError
 from rmrrd.guest_layout import conflict_kinds
@@ -173,7 +173,7 @@ def _arity(verb: str, args: Sequence[str], low: int, high: int, usage: str) -> N
 
 @dataclass(frozen=True, slots=True)
 class E820Query:
-    kind: Kind = "e820"
+    kind: ClassVar[Kind] = "e820"
 
     def answer(self, plan: Plan, allocations: Allocations) -> QueryResult:
         entries = [str(entry) for entry in plan.e820]
@@ -182,7 +182,7 @@ class E820Query:
 
 @dataclass(frozen=True, slots=True)
 class RegionsQuery:
-    kind: Kind = "regions"
+    kind: ClassVar[Kind] = "regions"
 
     def answer(self, plan: Plan, allocations: Allocations) -> QueryResult:
         # The same ranges, in the same order, as the answer's region/<n>/range keys.
@@ -205,7 +205,7 @@ class CheckQuery:
     """``check START-END``: is the range clear of everything the guest must not map over?"""
 
     range: Range
-    kind: Kind = "check"
+    kind: ClassVar[Kind] = "check"
 
     def answer(self, plan: Plan, allocations: Allocations) -> QueryResult:
         kinds: list[str] = []
@@ -224,7 +224,7 @@ class AllocQuery:
     size: int
     align: int
     below: int | None
-    kind: Kind = "alloc"
+    kind: ClassVar[Kind] = "alloc"
 
     def answer(self, plan: Plan, allocations: Allocations) -> QueryResult:
         if allocations.full:
@@ -245,7 +245,7 @@ class FreeQuery:
     """``free START-END``: give back exactly one earlier allocation."""
 
     range: Range
-    kind: Kind = "free"
+    kind: ClassVar[Kind] = "free"
 
     def answer(self, plan: Plan, allocations: Allocations) -> QueryResult:
         if allocations.remove(self.range):
