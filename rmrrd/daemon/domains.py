@@ -17,6 +17,7 @@ from rmrrd.schema import (ASSIGNED_ROOT, LIBXL_ROOT, PID_KEY, STATUS_KEY, VERSIO
                           assigned_path, parse_domid)
 from rmrrd.pci import Bdf
 from rmrrd.errors import InputError
+from rmrrd.guest_queries import Allocations
 from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
@@ -162,6 +163,9 @@ class Domains:
         if outcome is None:
             return
         domain = ctx.registry.ensure(domid)
+        if state == "written" and domain.generation is not None:
+            # A new layout is a new boot: BARs placed in the old one mean nothing.
+            domain.allocations = Allocations(ctx.config.limits.max_allocations)
         domain.generation, domain.request, domain.plan = generation, outcome.request, outcome.plan
         if not domain.introduced:
             domain.introduced = await ctx.xs.is_introduced(domid)
