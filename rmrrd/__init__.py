@@ -1,11 +1,31 @@
 """rmrrd: the reserved-device-memory daemon for Xen hosts.
 
-Module map (pure logic first, I/O last):
+Module map, pure logic first (no I/O: testable without a socket), I/O last.
+
+The core (contract sections 1, 2, 4.1, 4.3):
 
 - ``errors``: the error family (``InputError`` for anything a user must fix).
-- ``ranges``, ``pci``: page-granular address ranges and PCI addresses.
-- ``inventory``: a host's reserved regions and their devices.
-- ``cli``, ``commands/``: the ``rmrrd`` command line.
+- ``ranges``: page-granular address ranges and range sets; ``pci``: PCI addresses.
+- ``inventory``: a host's reserved regions and their devices; ``inventory_yaml``: the
+  YAML and JSON forms; ``acpi``, ``dmar``, ``ivrs``: the firmware tables;
+  ``sysfs_pci``, ``host_inventory``: this host's inventory from its sources;
+  ``peers``, ``http_client``: peer hosts' inventories.
+- ``xlcfg``: xl.cfg ``rdm=`` and ``pci=`` strings; ``guest_layout``: hvmloader's fixed
+  areas; ``regions``: reserved regions and merging; ``planner``: the layout (4.1);
+  ``checks``: assign / hotplug / migrate verdicts (4.3); ``guest_queries``: answers
+  to a guest's queries (4.2); ``rate_limit``: a token bucket.
+- ``schema``: where everything lives in xenstore.
+
+Xenstore (``xenstore/``): ``wire`` (the sans-IO codec), ``client`` (trio client with
+reconnects), ``store*`` (the simulated xenstored's pure state machine), ``server``
+(its trio layer).
+
+The daemon (``daemon/``): ``setup``, ``queries``, ``toolstack``, ``domains``
+(reconciliation), ``service`` (the nursery, signals, HTTP, sd_notify). Operations:
+``config``, ``logs``, ``sdnotify``, ``http_server``, ``metrics``.
+
+The command line: ``cli`` and one module per subcommand in ``commands/``; ``demo``
+plays the seed scenario.
 """
 
 __version__ = "0.1.0"
