@@ -1,0 +1,345 @@
+"""``rmrrd run --simulate`` as a real subprocess, driven by Debian's xenstore-utils (H9's).
+
+The end-to-end tests play the toolstack with the genuine ``xenstore-write`` /
+``xenstore-read`` / ``xenstore-list`` / ``xenstore-rm`` / ``xenstore-watch`` binaries
+(``XENSTORED_PATH`` pointing at the daemon's embedded simulated xenstored), so what
+they check is what a dom0 script would see, through libxenstore, not through rmrrd's
+own client.  Import by module name (pytest puts tests/ on sys.path).
+
+Waiting is event driven wherever xenstore offers an event: :func:`watching` runs
+``xenstore-watch`` and re-reads a value after every event until it is what the test
+waits for, under one deadline.  Only the daemon's start-up, before its socket exists,
+is a bounded poll.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+REPO = Path(__file__).resolve().parent.parent
+INVENTORIES = REPO / "etc" / "inventories"
+XENSTORE_TOOLS = Path("/usr/bin/xenstore-write")
+START_TIMEOUT = 15.0
+WAIT_TIMEOUT = 10.0
+STOP_TIMEOUT = 15.0
+
+D1, D2, D3 = "0000:00:14.0", "0000:00:02.0", "0000:03:00.0"
+SEED_DOMAIN = {"memory": "4096", "mmio_hole": "1024", "pci/0": D2, "hotplug/0": D1, "migrate/0": "node-b"}
+"""Domain 1 of the seed scenario (contract 7), as keys under ``/libxl/<domid>/rdm/``."""
+
+needs_xenstore_tools = pytest.mark.skipif(not XENSTORE_TOOLS.exists(), reason="xenstore-utils not installed")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (config refuses port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_config(workdir: Path, port: int, limits: Mapping[str, int | float] | None = None) -> Path:
+    """A config for the seed hosts: node-a is this host, node-b its peer."""
+    lines = [
+        "xenstore:",
+        f"  path: {workdir / 'xenstored.socket'}",
+        "host:",
+        "  name: node-a",
+        f"  sources: [{INVENTORIES / 'node-a.yaml'}]",
+        f"peers: [{INVENTORIES / 'node-b.yaml'}]",
+        "metrics:",
+        f"  listen: 127.0.0.1:{port}",
+        "log:",
+        "  level: debug",
+    ]
+    if limits:
+        lines.append("limits:")
+        lines += [f"  {key}: {value}" for key, value in limits.items()]
+    path = workdir / "rmrrd.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rmrrd_argv(*args: str) -> list[str]:
+    """The rmrrd command line with this interpreter (the venv's, where rmrrd is installed)."""
+    return [sys.executable, "-m", "rmrrd", *args]
+
+
+@dataclass
+class Xenstore:
+    """A xenstored socket, reached through the genuine xenstore-utils binaries."""
+
+    socket: Path
+    env: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.env = dict(os.environ, XENSTORED_PATH=str(self.socket))
+
+    def guest_socket(self, domid: int) -> Path:
+        """Where the simulated xenstored accepts ``domid``'s connection once introduced."""
+        return Path(f"{self.socket}.d/{domid}")
+
+    async def tool(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        done = await trio.run_process(list(argv), env=self.env, capture_stdout=True,
+                                      capture_stderr=True, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode().strip()}")
+        return done
+
+    async def read(self, path: str) -> str | None:
+        """``xenstore-read PATH``, or None when the node is not there."""
+        done = await self.tool("xenstore-read", path, check=False)
+        if done.returncode != 0:
+            assert b"couldn't read path" in done.stderr, done.stderr
+            return None
+        return done.stdout.decode().removesuffix("\n")
+
+    async def read_many(self, *paths: str) -> list[str]:
+        """Several values with one ``xenstore-read`` (one transaction); all must exist."""
+        done = await self.tool("xenstore-read", *paths)
+        values = done.stdout.decode().split("\n")[:-1]
+        assert len(values) == len(paths), done.stdout
+        return values
+
+    async def list(self, path: str) -> list[str]:
+        """``xenstore-list PATH``; empty when the node is not there."""
+        done = await self.tool("xenstore-list", path, check=False)
+        return done.stdout.decode().split() if done.returncode == 0 else []
+
+    async def write(self, pairs: Mapping[str, str]) -> None:
+        """Every pair with one ``xenstore-write`` call: the tool wraps it in one transaction."""
+        await self.tool("xenstore-write", *(item for pair in pairs.items() for item in pair))
+
+    async def rm(self, path: str) -> None:
+        await self.tool("xenstore-rm", path)
+
+
+class _Lines:
+    """Lines from a byte stream (xenstore-watch prints one event path per line)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self._buffer:
+            data = await self._stream.receive_some(4096)
+            if not data:
+                raise AssertionError("xenstore-watch exited")
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+
+@dataclass
+class Watching:
+    """A running ``xenstore-watch``; :meth:`until` waits for a value to be as wanted."""
+
+    xs: Xenstore
+    events: _Lines
+
+    async def until(self, path: str, wanted: Callable[[str | None], bool], timeout: float = WAIT_TIMEOUT) -> str | None:
+        """Re-read ``path`` after every event until ``wanted`` holds; its last value.
+
+        The value is read before the first wait too, so a change that happened
+        between starting the watch and calling this is not missed.
+        """
+        with trio.fail_after(timeout):
+            while True:
+                value = await self.xs.read(path)
+                if wanted(value):
+                    return value
+                await self.events.next()
+
+
+@asynccontextmanager
+async def watching(xs: Xenstore, path: str) -> AsyncIterator[Watching]:
+    """Run ``xenstore-watch PATH`` for the block; events are registered on entry.
+
+    Entry waits for the watch's initial event (xenstored fires one on registration),
+    so anything the block writes afterwards is seen.
+    """
+    process = await trio.lowlevel.open_process(["xenstore-watch", path], env=xs.env, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        lines = _Lines(process.stdout)
+        with trio.fail_after(WAIT_TIMEOUT):
+            assert await lines.next() == path
+        yield Watching(xs, lines)
+    finally:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+@dataclass
+class DaemonProcess:
+    """A running ``rmrrd run --simulate``: its xenstore, HTTP port, process and log."""
+
+    xs: Xenstore
+    http_port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    config: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"rmrrd did not stop on SIGTERM within {STOP_TIMEOUT} s:\n{self.log_text()}") from None
+
+
+def wait_until_serving(xs: Xenstore, process: subprocess.Popen[bytes], log: Path, *, status: bool = True) -> None:
+    """Poll (bounded) until the xenstored answers and, with ``status``, rmrrd says ``ready``.
+
+    The only poll of the suite: before the socket exists there is nothing to watch.
+    """
+    argv = ["xenstore-read", "/tool/rmrrd/status"] if status else ["xenstore-exists", "/"]
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited {process.returncode}:\n{log.read_text(errors='replace')}")
+        if xs.socket.exists():
+            done = subprocess.run(argv, env=xs.env, capture_output=True, timeout=START_TIMEOUT, check=False)
+            if done.returncode == 0 and (not status or done.stdout == b"ready\n"):
+                return
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"{process.args} not serving within {START_TIMEOUT} s:\n{log.read_text(errors='replace')}")
+
+
+@contextmanager
+def daemon_process(workdir: Path, limits: Mapping[str, int | float] | None = None) -> Iterator[DaemonProcess]:
+    """Start ``rmrrd run --simulate`` in ``workdir``; stop it with SIGTERM afterwards.
+
+    A daemon that does not exit 0 on SIGTERM fails the test that used it.
+    """
+    port = free_port()
+    config = write_config(workdir, port, limits)
+    log = workdir / "rmrrd.log"
+    xs = Xenstore(workdir / "xenstored.socket")
+    with log.open("wb") as out:
+        process = subprocess.Popen(rmrrd_argv("run", "--simulate", "--config", str(config)),
+                                   stdout=out, stderr=subprocess.STDOUT, env=xs.env)
+    daemon = DaemonProcess(xs, port, process, log, config)
+    try:
+        wait_until_serving(xs, process, log)
+        yield daemon
+    finally:
+        status = daemon.stop()
+    assert status == 0, f"rmrrd exited {status} on SIGTERM:\n{daemon.log_text()}"
+
+
+@contextmanager
+def xenstored_process(workdir: Path) -> Iterator[Xenstore]:
+    """``rmrrd xenstored`` alone: a xenstore on which no rmrrd answers."""
+    xs = Xenstore(workdir / "bare.socket")
+    log = workdir / "xenstored.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(rmrrd_argv("xenstored", "--socket", str(xs.socket)),
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_serving(xs, process, log, status=False)
+        yield xs
+    finally:
+        process.terminate()
+        process.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture
+def daemon_limits() -> Mapping[str, int | float]:
+    """``limits.*`` of the daemon under test; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+def rmrrd_daemon(tmp_path: Path, daemon_limits: Mapping[str, int | float]) -> Iterator[DaemonProcess]:
+    """A fresh daemon per test, so what one test assigns never shares a region in another."""
+    with daemon_process(tmp_path, daemon_limits) as daemon:
+        yield daemon
+
+
+# --- the toolstack's side, through the tools -----------------------------------------------
+
+@dataclass(frozen=True)
+class Region:
+    range: str
+    source: str
+    conflict: str
+    action: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A domain's answer (contract 4.1) as ``xenstore-read`` shows it."""
+
+    generation: str
+    status: str
+    error: str | None
+    lowmem_end: str | None
+    highmem_end: str | None
+    regions: dict[str, Region]
+    e820: list[str]
+
+
+async def read_answer(xs: Xenstore, domid: int) -> Answer:
+    base = f"/local/domain/{domid}/rmrr"
+    generation, status = await xs.read_many(f"{base}/generation", f"{base}/status")
+    regions: dict[str, Region] = {}
+    for n in sorted(await xs.list(f"{base}/region"), key=int):
+        fields = await xs.read_many(*(f"{base}/region/{n}/{key}" for key in ("range", "source", "conflict", "action")))
+        regions[fields[0]] = Region(*fields)
+    e820_keys = sorted(await xs.list(f"{base}/e820"), key=int)
+    e820 = await xs.read_many(*(f"{base}/e820/{n}" for n in e820_keys)) if e820_keys else []
+    return Answer(generation, status, await xs.read(f"{base}/error"), await xs.read(f"{base}/lowmem_end"),
+                  await xs.read(f"{base}/highmem_end"), regions, e820)
+
+
+async def request_setup(xs: Xenstore, domid: int, keys: Mapping[str, str], generation: str = "1") -> Answer:
+    """Write a domain's keys and ``request`` in one ``xenstore-write``; wait for the answer."""
+    base = f"/local/domain/{domid}/rmrr"
+    async with watching(xs, f"{base}/generation") as watch:
+        await xs.write({**{f"/libxl/{domid}/rdm/{key}": value for key, value in keys.items()},
+                        f"/libxl/{domid}/rdm/request": generation})
+        await watch.until(f"{base}/generation", lambda value: value == generation)
+    return await read_answer(xs, domid)
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: str
+    reason: str
+    conflicts: list[str]
+
+
+async def toolstack_check(xs: Xenstore, req_id: str, request: str) -> Result:
+    """``xenstore-write /tool/rmrrd/request/<id>``; wait for and read the verdict."""
+    base = f"/tool/rmrrd/result/{req_id}"
+    async with watching(xs, base) as watch:
+        await xs.write({f"/tool/rmrrd/request/{req_id}": request})
+        verdict = await watch.until(f"{base}/verdict", lambda value: value is not None)
+    assert verdict is not None
+    conflicts = sorted(await xs.list(f"{base}/conflict"), key=int)
+    return Result(verdict, await xs.read(f"{base}/reason") or "",
+                  await xs.read_many(*(f"{base}/conflict/{n}" for n in conflicts)) if conflicts else [])
