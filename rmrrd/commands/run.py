@@ -17,11 +17,13 @@ from typing import Any
 
 import trio
 
+from rmrrd.cli import EXIT_USAGE
 from rmrrd.config import DEFAULT_CONFIG_PATH, Config, default_config, load_config
 from rmrrd.logs import LEVELS, setup_logging
+from rmrrd.peers import load_peers
 from rmrrd.xenstore.client_conn import ConnectionLost
 
-from rmrrd.daemon.service import load_host, load_peer_inventories, run_service
+from rmrrd.daemon.service import load_host, run_service
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +50,34 @@ def config_from_args(args: argparse.Namespace) -> tuple[Config, Path | None]:
 
 def run(args: argparse.Namespace) -> int:
     config, path = config_from_args(args)
-    setup_logging(args.log_level or config.log.level)
+    level = args.log_level or config.log.level
+    setup_logging(level)
     if args.check_config:
-        host = load_host(config)
-        peers = trio.run(load_peer_inventories, config, {})
-        print(f"{path or 'built-in defaults'}: valid; host {host.host} with {len(host.regions)} regions, "
-              f"{len(peers)} peers ({', '.join(sorted(peers)) or 'none'})")
-        return 0
+        return check_config(config, path)
     try:
-        trio.run(partial(run_service, config, simulate=args.simulate, config_path=path))
+        trio.run(partial(run_service, config, simulate=args.simulate, config_path=path, log_level=args.log_level))
     except ConnectionLost as exc:
         print(f"rmrrd run: cannot reach xenstore at {config.xenstore.path}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_config(config: Config, path: Path | None) -> int:
+    """``--check-config``: load what the daemon would load at start, say what it found.
+
+    An invalid file never gets here (``load_config`` raised, and the CLI exits 2 with
+    file, line and key); a host inventory that cannot be built raises the same way.
+    A peer that cannot be read is only a warning to the running daemon (it keeps
+    serving with the others), but a configuration check exists to catch exactly
+    that before a restart, so here it fails the check.
+    """
+    host = load_host(config)
+    loaded = trio.run(partial(load_peers, list(config.peers), exclude=config.host.name))
+    # load_peers has logged each problem on stderr, one line each.
+    verdict = f"INVALID, {len(loaded.problems)} peer problems (logged above)" if loaded.problems else "valid"
+    print(f"{path or 'built-in defaults'}: {verdict}; "
+          f"xenstore {config.xenstore.path}{' (embedded)' if config.xenstore.embedded else ''}; "
+          f"HTTP {config.metrics.listen}; host {host.host} with {len(host.regions)} regions; "
+          f"{len(loaded.peers)} peers ({', '.join(sorted(loaded.peers)) or 'none'}); "
+          f"log level {config.log.level}")
+    return EXIT_USAGE if loaded.problems else 0

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import trio
 
+from rmrrd import __version__
 from rmrrd.config import Config, load_config
 from rmrrd.errors import InputError
+from rmrrd.logs import setup_logging
 from rmrrd.host_inventory import build_host_inventory
 from rmrrd.http_server import serve_http
 from rmrrd.inventory import Inventory
@@ -31,11 +33,13 @@ from rmrrd.metrics import Metrics
 from rmrrd.peers import load_peers
 from rmrrd.schema import LIBXL_ROOT, REQUEST_ROOT, STATUS_KEY, classify_libxl_path, is_valid_id
 from rmrrd.sdnotify import Notifier, watchdog_loop
-from rmrrd.xenstore.client import open_xenstore
+from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 from rmrrd.xenstore.server import serve_xenstored
+from rmrrd.xenstore.wire import XenstoreError
 
 from rmrrd.daemon.context import Context
 from rmrrd.daemon.domains import Domains
+from rmrrd.daemon.service_reload import config_changes, inventory_changes, peer_changes
 from rmrrd.daemon.state import Registry
 from rmrrd.daemon.toolstack import ToolstackHandler
 from rmrrd.daemon.xsutil import rm_quietly
@@ -52,21 +56,30 @@ class ServiceHandle:
 
 
 def load_host(config: Config) -> Inventory:
-    """This host's inventory from ``host.sources`` (raises InputError)."""
+    """This host's inventory from ``host.sources``.
+
+    Raises InputError naming the configuration file and key first, so an operator
+    reading ``--check-config`` or the journal knows which setting led to the file.
+    """
     root = config.host.sysfs_root
-    return build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
-                                sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
+    try:
+        return build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
+                                    sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
+    except InputError as exc:
+        raise InputError(f"{config.source or 'built-in defaults'}: host.sources: {exc}") from None
 
 
 async def load_peer_inventories(config: Config, previous: dict[str, Inventory]) -> dict[str, Inventory]:
-    """The peers' inventories; a peer that fails to load keeps its previous one."""
+    """The peers' inventories; a peer that fails to load keeps its previous one.
+
+    ``load_peers`` has logged each problem already; here only what is kept is said.
+    """
     loaded = await load_peers(list(config.peers), exclude=config.host.name)
-    for problem in loaded.problems:
-        log.warning("peers: %s", problem)
     peers = dict(loaded.peers)
     if loaded.problems:
-        for name, inventory in previous.items():
-            peers.setdefault(name, inventory)
+        for name in sorted(set(previous) - set(peers)):
+            peers[name] = previous[name]
+            log.warning("peer %s: keeping the inventory loaded before", name)
     return peers
 
 
@@ -78,6 +91,8 @@ class Daemon:
         self.toolstack = ToolstackHandler(ctx)
         self.ready = trio.Event()
         self._watchers = trio.CancelScope()
+        #: When in-flight work must be done by; set by :meth:`stop`.
+        self._deadline = float("inf")
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`stop`; then let in-flight setups finish, within the grace."""
@@ -91,11 +106,19 @@ class Daemon:
                     await watchers.start(self._watch_special, "@releaseDomain", self.domains.released)
                     await self.ready.wait()
                     task_status.started()
-            with trio.move_on_after(self.ctx.config.limits.shutdown_grace_seconds):
+            # One deadline for the whole shutdown, fixed when it began: a shielded
+            # handler still running (see _guarded) and the setups after it share
+            # it, so SIGTERM to exit stays within the grace, not a multiple of it.
+            with trio.move_on_at(self._deadline) as grace:
                 await self.domains.queue.wait_idle()
+            if grace.cancelled_caught:
+                log.warning("shutdown: domain setups still running after %.1f s, abandoned; "
+                            "the next start answers them", self.ctx.config.limits.shutdown_grace_seconds)
             work.cancel_scope.cancel()
 
     def stop(self) -> None:
+        """Stop taking new events; :meth:`serve` returns once in-flight work is done."""
+        self._deadline = trio.current_time() + self.ctx.config.limits.shutdown_grace_seconds
         self._watchers.cancel()
 
     async def _watch_libxl(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -144,6 +167,7 @@ class Daemon:
         A handler that fails (xenstore dropped mid-way, say) is logged; the next
         event or the reconcile after the reconnect does the work again.
         """
+        # Started before stop() at the latest, so this ends by stop()'s deadline too.
         with trio.move_on_after(self.ctx.config.limits.shutdown_grace_seconds) as scope:
             scope.shield = True
             try:
@@ -153,24 +177,37 @@ class Daemon:
                 log.debug("%s failed", what, exc_info=True)
 
 
-async def reload(ctx: Context, config_path: Path | None) -> None:
-    """SIGHUP: read the configuration and inventories again; keep the old on error."""
+async def reload(ctx: Context, config_path: Path | None, log_level: str | None = None) -> bool:
+    """SIGHUP: read the configuration and inventories again; keep the old on error.
+
+    Nothing is half-applied: the new configuration, host inventory and peers are all
+    read first and swapped in together, or none is.  ``log_level`` is the command
+    line's ``--log-level``, which outranks ``log.level`` in the file.  One log line
+    per change says what the reload did.  Returns whether it applied.
+    """
     try:
         config = load_config(config_path) if config_path is not None else ctx.config
         host = load_host(config)
         peers = await load_peer_inventories(config, ctx.peers)
     except InputError as exc:
-        log.error("reload failed, keeping the running configuration: %s", exc)
-        return
-    if len(host.regions) != len(ctx.host.regions):
-        log.info("reload: host %s regions %d -> %d", host.host, len(ctx.host.regions), len(host.regions))
-    added, removed = sorted(set(peers) - set(ctx.peers)), sorted(set(ctx.peers) - set(peers))
-    log.info("reload: %d peers (added: %s; removed: %s)", len(peers), ", ".join(added) or "none",
-             ", ".join(removed) or "none")
-    for name in removed:
+        # ConfigError lists one problem per line; the journal wants one line.
+        log.error("reload failed, keeping the running configuration: %s", str(exc).replace("\n", "; "))
+        return False
+    changes = [str(change) for change in config_changes(ctx.config, config)]
+    changes += [f"host {host.host}: {line}" for line in inventory_changes(ctx.host, host)]
+    changes += peer_changes(ctx.peers, peers)
+    for line in changes:
+        log.info("reload: %s", line)
+    log.info("reload done from %s: %d changes", config_path or "built-in defaults", len(changes))
+    if log_level is None and config.log.level != ctx.config.log.level:
+        setup_logging(config.log.level)
+    for name in set(ctx.peers) - set(peers):
         ctx.metrics.forget_host(name)
+    if host.host != ctx.host.host:
+        ctx.metrics.forget_host(ctx.host.host)
     ctx.config, ctx.host, ctx.peers = config, host, peers
     _count_regions(ctx)
+    return True
 
 
 def _count_regions(ctx: Context) -> None:
@@ -180,9 +217,14 @@ def _count_regions(ctx: Context) -> None:
 
 
 async def run_service(config: Config, *, simulate: bool = False, config_path: Path | None = None,
-                      notifier: Notifier | None = None, install_signals: bool = True,
+                      log_level: str | None = None, notifier: Notifier | None = None,
+                      install_signals: bool = True,
                       task_status: trio.TaskStatus[ServiceHandle] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the daemon until SIGTERM/SIGINT (or until cancelled)."""
+    """Run the daemon until SIGTERM/SIGINT (or until cancelled).
+
+    ``config_path`` is the file SIGHUP re-reads (None: only the inventories are
+    re-read); ``log_level`` is a ``--log-level`` that outranks the file's on reload.
+    """
     notifier = notifier or Notifier.from_env()
     host = load_host(config)
     peers = await load_peer_inventories(config, {})
@@ -200,8 +242,9 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
         return 503, "text/plain; charset=utf-8", b"starting\n"
 
     async def on_reconnect() -> None:
+        # The client logs the reconnect itself; the reconcile follows from the
+        # watches' initial events, which it re-registers.
         metrics.reconnected()
-        log.warning("xenstore reconnected: reconciling")
 
     routes = {"/metrics": metrics.http_route, "/inventory": inventory_route, "/healthz": health_route}
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if install_signals \
@@ -210,9 +253,7 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
             xs_path = config.xenstore.path
             if simulate or config.xenstore.embedded:
                 await root.start(partial(serve_xenstored, xs_path, persist=config.xenstore.persist))
-                log.info("embedded simulated xenstored on %s", xs_path)
             port = await root.start(partial(serve_http, config.metrics.host, config.metrics.port, routes))
-            log.info("HTTP listener on %s:%d (/metrics, /inventory, /healthz)", config.metrics.host, port)
             async with open_xenstore(str(xs_path), on_reconnect=on_reconnect) as xs:
                 registry = Registry(query_rate=config.limits.query_rate, query_burst=config.limits.query_burst,
                                     max_allocations=config.limits.max_allocations)
@@ -223,25 +264,41 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
                 daemon_box.append(daemon)
                 async with trio.open_nursery() as serving:
                     await serving.start(daemon.serve)
-                    notifier.ready(f"serving {len(registry)} domains; host {host.host} "
-                                   f"with {len(host.regions)} regions, {len(peers)} peers")
+                    notifier.ready(_status_line(ctx))
                     root.start_soon(watchdog_loop, notifier)
-                    log.info("rmrrd ready: host %s, %d regions, %d peers", host.host, len(host.regions), len(peers))
+                    log.info("rmrrd %s ready: %s", __version__, _status_line(ctx))
                     task_status.started(ServiceHandle(port, Path(xs_path)))
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            notifier.status("reloading")
-                            await reload(ctx, config_path)
-                            notifier.status(f"serving {len(registry)} domains")
+                            notifier.status("reloading configuration and inventories")
+                            await reload(ctx, config_path, log_level)
+                            notifier.status(_status_line(ctx))
                             continue
-                        log.info("signal %s: stopping", signal.Signals(signum).name)
+                        log.info("signal %s: stopping within %.1f s", signal.Signals(signum).name,
+                                 ctx.config.limits.shutdown_grace_seconds)
                         break
                     notifier.stopping()
+                    notifier.status("stopping: finishing in-flight answers")
                     daemon.stop()
-                with trio.move_on_after(1) as scope:
-                    scope.shield = True
-                    await xs.write(STATUS_KEY, "stopped")
+                await _mark_stopped(xs)
             root.cancel_scope.cancel()
+    log.info("rmrrd stopped")
+
+
+def _status_line(ctx: Context) -> str:
+    """What ``systemctl status`` shows: the scale of what the daemon serves."""
+    return (f"serving {len(ctx.registry)} domains; host {ctx.host.host} with {len(ctx.host.regions)} "
+            f"regions, {len(ctx.peers)} peers")
+
+
+async def _mark_stopped(xs: XenstoreClient) -> None:
+    """``/tool/rmrrd/status`` = ``stopped``, best effort: xenstore may be gone too."""
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        try:
+            await xs.write(STATUS_KEY, "stopped")
+        except XenstoreError as exc:
+            log.warning("cannot mark %s stopped: %s", STATUS_KEY, exc)
 
 
 class _no_signals:
