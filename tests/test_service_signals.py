@@ -1,0 +1,124 @@
+"""SIGTERM, SIGINT and SIGHUP against ``rmrrd run`` as a subprocess."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import trio
+
+from test_service_support import (Daemon, XenstoredProcess, daemons, read_key, setup_domain,  # noqa: F401
+                                  start_daemon, workdir, write_request, xenstored)
+from rmrrd.daemon.xsutil import read_text
+from rmrrd.demo import SEED_DOMAIN
+from rmrrd.schema import answer_path
+from rmrrd.xenstore.client import open_xenstore
+
+BURST = 40
+
+
+def _answers(xenstore: Path, domids: range) -> dict[int, tuple[str | None, str | None]]:
+    """(status, generation) of each domain's answer: both set, or both absent."""
+
+    async def run() -> dict[int, tuple[str | None, str | None]]:
+        async with open_xenstore(str(xenstore)) as xs:
+            return {domid: (await read_text(xs, f"{answer_path(domid)}/status"),
+                            await read_text(xs, f"{answer_path(domid)}/generation")) for domid in domids}
+
+    return trio.run(run)
+
+
+def test_sigterm_mid_burst_leaves_whole_answers_and_a_restart_finishes(
+        workdir: Path, daemons: list[Daemon], xenstored: XenstoredProcess) -> None:
+    daemon = start_daemon(workdir, xenstore=xenstored.path)
+    daemons.append(daemon)
+    daemon.wait_healthy()
+    domids = range(10, 10 + BURST)
+
+    async def burst() -> None:
+        async with open_xenstore(str(xenstored.path)) as xs:
+            for domid in domids:
+                await write_request(xs, domid, SEED_DOMAIN)
+            daemon.process.send_signal(signal.SIGTERM)
+
+    trio.run(burst)
+    assert daemon.wait_exit() == 0
+    first = _answers(xenstored.path, domids)
+    # Whatever was in flight finished as a whole answer (one transaction each).
+    assert all((status is None) == (generation is None) for status, generation in first.values())
+    assert all(status in (None, "ready") for status, _ in first.values())
+
+    again = start_daemon(workdir, xenstore=xenstored.path)
+    daemons.append(again)
+    again.wait_healthy()
+    # The reconcile of the next start answers what the stop left.
+    assert set(_answers(xenstored.path, domids).values()) == {("ready", "1")}
+    assert again.stop(signal.SIGINT) == 0
+
+
+def test_sighup_uses_a_changed_inventory_for_the_next_setup(workdir: Path, daemons: list[Daemon]) -> None:
+    daemon = start_daemon(workdir)
+    daemons.append(daemon)
+    daemon.wait_healthy()
+    before = setup_domain(daemon.xenstore, 1, {"memory": "1024", "pci/0": "0000:05:00.0"})
+    assert before["status"] == "ready" and not any(key.startswith("region") for key in before)
+
+    inventory = workdir / "node-a.yaml"
+    inventory.write_text(inventory.read_text()
+                         + "  - range: 0x7f000000-0x7f0fffff\n    devices: [\"0000:05:00.0\"]\n")
+    mark = len(daemon.log_lines())
+    daemon.process.send_signal(signal.SIGHUP)
+    assert "1 changes" in daemon.wait_for_log("reload done", after=mark)
+    assert "reload: host node-a: region 0x7f000000-0x7f0fffff (0000:05:00.0) added" in daemon.log()
+
+    after = setup_domain(daemon.xenstore, 2, {"memory": "1024", "pci/0": "0000:05:00.0"})
+    assert after["status"] == "ready"
+    assert "region 0x7f000000-0x7f0fffff" in after
+    # Domain 1 was built on the old layout and keeps its answer.
+    assert read_key(daemon.xenstore, f"{answer_path(1)}/region/0/range") is None
+    assert daemon.stop() == 0
+
+
+def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons: list[Daemon]) -> None:
+    daemon = start_daemon(workdir)
+    daemons.append(daemon)
+    daemon.wait_healthy()
+    good = daemon.config.read_text()
+    daemon.config.write_text(good + "limits:\n  query_rat: 5\n")
+    mark = len(daemon.log_lines())
+    daemon.process.send_signal(signal.SIGHUP)
+    line = daemon.wait_for_log("reload failed", after=mark)
+    assert re.search(rf"{re.escape(str(daemon.config))}:\d+: limits\.query_rat: unknown key", line)
+    assert line.startswith(tuple("0123456789")) and " ERROR " in line
+    # Still serving, on the old configuration.
+    assert setup_domain(daemon.xenstore, 1)["status"] == "ready"
+    assert daemon.get("/healthz")[0] == 200
+
+    # A valid change afterwards applies and is named key by key.
+    daemon.config.write_text(good + "limits:\n  results_kept: 10\n  query_rate: 5\nlog:\n  level: debug\n")
+    mark = len(daemon.log_lines())
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_log("reload done", after=mark)
+    log = "\n".join(daemon.log_lines()[mark:])
+    assert "reload: limits.results_kept: 256 -> 10" in log
+    assert "limits.query_rate: 20 -> 5 (takes effect at the next restart)" in log
+    assert "log.level: info -> debug" in log
+    # log.level took effect: debug lines appear from now on.
+    mark = len(daemon.log_lines())
+    setup_domain(daemon.xenstore, 2)
+    daemon.stop()
+    assert any(" DEBUG " in line for line in daemon.log_lines()[mark:])
+
+
+def test_log_level_on_the_command_line_outranks_the_file_on_reload(workdir: Path, daemons: list[Daemon]) -> None:
+    daemon = start_daemon(workdir, args=("--log-level", "warning"), extra_config="log:\n  level: debug\n")
+    daemons.append(daemon)
+    daemon.wait_healthy()
+    daemon.process.send_signal(signal.SIGHUP)
+    setup_domain(daemon.xenstore, 1)
+    assert daemon.stop() == 0
+    # Warnings (the seed domain's conflicts) and nothing below.
+    lines = daemon.log_lines()
+    assert any(" WARNING " in line for line in lines)
+    assert not any(" INFO " in line or " DEBUG " in line for line in lines)
