@@ -159,13 +159,15 @@ class Daemon:
 
 def start_daemon(workdir: Path, *, xenstore: Path | None = None, extra_config: str = "",
                  env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-                 set_watchdog_pid: bool = False) -> Daemon:
+                 set_watchdog_pid: bool = False, journal: bool = False) -> Daemon:
     """``rmrrd run --config`` on the seed hosts.
 
     Without ``xenstore`` the daemon runs its embedded simulated xenstored
     (``--simulate``); with one it connects to that socket.  ``set_watchdog_pid``
     sets ``WATCHDOG_PID`` to the daemon's own pid, as systemd does, by exec-ing
-    through a shell that exports its own ``$$``.
+    through a shell that exports its own ``$$``.  ``journal`` sets
+    ``JOURNAL_STREAM`` to the stderr file's device and inode, as systemd does
+    when stderr is the journal.
     """
     for name in ("node-a.yaml", "node-b.yaml"):
         if not (workdir / name).exists():
@@ -184,6 +186,9 @@ def start_daemon(workdir: Path, *, xenstore: Path | None = None, extra_config: s
                    if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")}
     environment.update(env or {})
     with open(stderr, "wb") as out:
+        if journal:
+            info = os.fstat(out.fileno())
+            environment["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                    env=environment, cwd=workdir)
     return Daemon(workdir, process, port, socket_path, config, stderr)
