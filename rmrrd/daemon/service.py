@@ -4,9 +4,11 @@ Start-up order matters to systemd and to tests: inventories are loaded, the
 embedded xenstored (if any) and the HTTP listener are bound, xenstore is connected,
 watches are registered and a first reconciliation has answered everything pending;
 only then is READY=1 sent and ``task_status.started`` called.  SIGTERM/SIGINT stop
-the watches, let in-flight setups finish within ``limits.shutdown_grace_seconds``,
-and return; SIGHUP reloads the configuration and inventories, keeping the old ones
-if the new ones are invalid.
+the watches and let in-flight handlers and setups finish, all within one deadline
+``limits.shutdown_grace_seconds`` after the signal (plus 1 s to write ``status =
+stopped``), and return; SIGHUP reloads the configuration and inventories, keeping
+the old ones if the new ones are invalid and logging each change
+(:mod:`rmrrd.daemon.service_reload`).  docs/operations.md describes all of it.
 """
 
 from __future__ import annotations
