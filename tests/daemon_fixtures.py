@@ -218,7 +218,7 @@ def wait_until_serving(xs: Xenstore, process: subprocess.Popen[bytes], log: Path
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"{process.args} exited {process.returncode}:\n{log.read_text(errors='replace')}")
+            raise AssertionError(f"{process.args!r} exited {process.returncode}:\n{log.read_text(errors='replace')}")
         if xs.socket.exists():
             done = subprocess.run(argv, env=xs.env, capture_output=True, timeout=START_TIMEOUT, check=False)
             if done.returncode == 0 and (not status or done.stdout == b"ready\n"):
@@ -226,7 +226,7 @@ def wait_until_serving(xs: Xenstore, process: subprocess.Popen[bytes], log: Path
         time.sleep(0.02)
     process.kill()
     process.wait()
-    raise AssertionError(f"{process.args} not serving within {START_TIMEOUT} s:\n{log.read_text(errors='replace')}")
+    raise AssertionError(f"{process.args!r} not serving within {START_TIMEOUT} s:\n{log.read_text(errors='replace')}")
 
 
 @contextmanager

@@ -33,7 +33,7 @@ async def test_seed_setup_answer_as_contract_7(rmrrd_daemon: DaemonProcess) -> N
         "0xe0000-0xeffff": Region("0xe0000-0xeffff", f"hotplug {D1}", "bios", "warned"),
     }
     # RAM is neither lost nor invented: what moved above 4 GiB is what left low RAM.
-    lowmem_end, highmem_end = int(answer.lowmem_end, 16), int(answer.highmem_end, 16)
+    lowmem_end, highmem_end = int(answer.lowmem_end or "", 16), int(answer.highmem_end or "", 16)
     assert lowmem_end + highmem_end - FOUR_GIB == 4096 * MIB
     # The e820 hvmloader would give: sorted, disjoint, its RAM exactly the layout's
     # (less the legacy VGA/BIOS hole, as hvmloader's), D2's avoided region reserved,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from functools import partial
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -65,10 +66,10 @@ async def snapshot(xs: XenstoreClient, path: str) -> dict[str, tuple[bytes, list
     return nodes
 
 
-async def denied(action: object) -> None:
+async def denied(action: Awaitable[object]) -> None:
     """The access must fail as real xenstored fails it: EACCES, or ENOENT for a hidden node."""
     with pytest.raises((PermissionDenied, NoEntry)):
-        await action  # type: ignore[misc]
+        await action
 
 
 async def test_answer_permissions_as_set(guests: DaemonProcess) -> None:
@@ -112,7 +113,7 @@ async def test_guest_reads_its_own_answer(guests: DaemonProcess) -> None:
 async def test_own_queries_e820_regions_check_alloc_free(guests: DaemonProcess) -> None:
     answer = await read_answer(guests.xs, 1)
     async with guest(guests, 1) as g1:
-        ask = lambda qid, text: guest_query(g1, 1, qid, text)  # noqa: E731
+        ask = partial(guest_query, g1, 1)
         assert await ask("e820", "e820") == "ok " + ",".join(answer.e820)
         assert await ask("regions", "regions") == "ok " + ",".join(answer.regions)
         assert await ask("c1", "check 0xb0000000-0xb0000fff") == "ok clear"
@@ -135,7 +136,7 @@ async def test_own_queries_e820_regions_check_alloc_free(guests: DaemonProcess) 
 
 async def test_malformed_oversize_and_allocation_cap(guests: DaemonProcess) -> None:
     async with guest(guests, 1) as g1:
-        ask = lambda qid, text: guest_query(g1, 1, qid, text)  # noqa: E731
+        ask = partial(guest_query, g1, 1)
         reply = await ask("m1", "alloc banana")
         assert reply.startswith("error EINVAL ") and "banana" in reply
         assert (await ask("m2", "frobnicate")).startswith("error EINVAL ")
@@ -242,3 +243,14 @@ async def test_guest_hanging_up_mid_reply_does_not_stop_the_daemon(tmp_path: Pat
                     hangup.send(request * 1000)
         # The daemon, and its xenstored, still serve.
         assert (await request_setup(daemon.xs, 3, {"memory": "1024"})).status == "ready"
+
+
+@pytest.mark.xfail(strict=True, reason="rmrrd/daemon/domains.py: released() only looks at domains already marked "
+                   "introduced, and introduced() runs in another task; a domain released right after its "
+                   "introduction is never marked, so its answer stays until /libxl/<domid> is removed")
+async def test_release_right_after_introduce_removes_the_answer(rmrrd_daemon: DaemonProcess) -> None:
+    await request_setup(rmrrd_daemon.xs, 1, {"memory": "1024"})
+    async with watching(rmrrd_daemon.xs, "/local/domain/1/rmrr") as watch, dom0(rmrrd_daemon) as xs:
+        await xs.introduce(1, 0, 0)
+        await xs.release(1)  # a domain that dies while booting
+        await watch.until("/local/domain/1/rmrr", lambda value: value is None, timeout=2)
