@@ -135,8 +135,6 @@ def test_prometheus_scrapes_the_setup_counter(workdir: Path, daemons: list[Daemo
     assert daemon.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="rmrrd/daemon/toolstack.py counts the verdict only, not its conflicts "
-                   "(metrics.CONFLICT_KINDS says shared/unreserved come from the toolstack checks)")
 def test_toolstack_conflicts_are_counted(workdir: Path, daemons: list[Daemon]) -> None:
     daemon = start_daemon(workdir)
     daemons.append(daemon)

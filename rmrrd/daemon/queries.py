@@ -14,7 +14,6 @@ import trio
 
 from rmrrd.guest_queries import QueryResult, handle_query
 from rmrrd.schema import answer_path, is_valid_id
-from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.context import Context
@@ -22,6 +21,10 @@ from rmrrd.daemon.state import Domain
 from rmrrd.daemon.xsutil import rm_quietly
 
 log = logging.getLogger(__name__)
+
+REPLIES_KEPT = 64
+"""Replies kept per domain, oldest removed first: reply nodes are dom0's, outside the
+guest's node quota, so without a bound a guest writing fresh ids would grow the store."""
 
 RATE_LIMITED = QueryResult("error EBUSY query rate limit reached; retry later", "other", "rejected")
 
@@ -68,11 +71,21 @@ async def answer_query(ctx: Context, domain: Domain, name: str) -> None:
         result = handle_query(raw, domain.plan, domain.allocations,
                               max_length=ctx.config.limits.max_query_length)
 
-    async def reply(tx: Transaction) -> None:
-        await tx.write(f"{base}/reply/{name}", result.reply)
-        await rm_quietly(tx, query)
-
-    await ctx.xs.run_transaction(reply)
+    # Reply first, then remove the query: one write is atomic for a reader, and no
+    # transaction is needed. A transaction here would conflict with every new query
+    # node the guest creates beside it, so a flooding guest would starve itself.
+    # A crash in between leaves the query, answered again after the restart.
+    await ctx.xs.write(f"{base}/reply/{name}", result.reply)
+    await rm_quietly(ctx.xs, query)
+    await _forget_old_replies(ctx, domain, name)
     ctx.metrics.guest_query(result.kind, result.outcome)
     if result.outcome != "ok":
         log.debug("domain %d: query %s: %s", domain.domid, name, result.reply[:120])
+
+
+async def _forget_old_replies(ctx: Context, domain: Domain, name: str) -> None:
+    if name in domain.replies:
+        domain.replies.remove(name)
+    domain.replies.append(name)
+    while len(domain.replies) > REPLIES_KEPT:
+        await rm_quietly(ctx.xs, f"{answer_path(domain.domid)}/reply/{domain.replies.popleft()}")

@@ -8,6 +8,7 @@ nothing.  Only trio tasks of one daemon touch it, so it needs no locks.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ class Domain:
     """Devices accepted by an ``assign`` or ``hotplug`` check, with that op."""
     introduced: bool = False
     """Seen as introduced to xenstored: only then does ``@releaseDomain`` concern it."""
+    replies: deque[str] = field(default_factory=deque)
+    """Ids of the replies written, oldest first (bounded by the query handler)."""
     queries: trio.CancelScope | None = None
     """The scope of the task answering this domain's guest queries, once started."""
 

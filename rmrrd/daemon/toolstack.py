@@ -113,6 +113,8 @@ class ToolstackHandler:
             if domain is not None:
                 domain.attached[request.devices[0].bdf] = request.op
         ctx.metrics.request_done(op, verdict.verdict, trio.current_time() - started)
+        for conflict in verdict.conflicts:
+            ctx.metrics.conflict(conflict.kind, "failed" if conflict.severity == "fail" else "warned")
         level = logging.INFO if verdict.verdict == "ok" else logging.WARNING
         subject = (f"domain {request.domid} {request.op} " + " ".join(str(d.bdf) for d in request.devices)
                    if request is not None else "malformed")
