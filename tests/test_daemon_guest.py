@@ -189,7 +189,7 @@ async def test_flood_from_one_domain_does_not_stop_anothers_queries(guests: Daem
 
         async def flood() -> None:
             # Stopped by a flag, not cancelled: a write abandoned mid-flight would leave
-            # xenstored an acknowledgement to send into a closing socket (see the xfail below).
+            # xenstored an acknowledgement to send into a closing socket (see the hang-up test below).
             nonlocal sent
             while not answered.is_set() and sent < 5000:
                 await g1.write(f"/local/domain/1/rmrr/query/f{sent}", "e820")
@@ -224,9 +224,6 @@ async def test_release_domain_removes_its_answer(guests: DaemonProcess) -> None:
     assert (await read_answer(guests.xs, 2)).status == "ready"
 
 
-@pytest.mark.xfail(strict=True, reason="rmrrd/xenstore/server.py serve_connection catches trio.BrokenResourceError, "
-                   "but its nursery raises it inside an ExceptionGroup, so a client hanging up while xenstored "
-                   "sends to it stops the embedded xenstored and with it rmrrd run --simulate")
 async def test_guest_hanging_up_mid_reply_does_not_stop_the_daemon(tmp_path: Path) -> None:
     with daemon_process(tmp_path, LIMITS) as daemon:
         await request_setup(daemon.xs, 1, SEED_DOMAIN)

@@ -115,7 +115,9 @@ class _Server:
                     nursery.start_soon(self._writer, peer)
                     await self._reader(peer)
                     nursery.cancel_scope.cancel()
-            except trio.BrokenResourceError:
+            except* trio.BrokenResourceError:
+                # Reader and writer run in one nursery, so a peer that hangs up
+                # while we send arrives wrapped in an ExceptionGroup.
                 log.debug("dom%d conn %d went away while we sent", domid, conn.id)
             finally:
                 self.peers.pop(conn.id, None)

@@ -1,0 +1,249 @@
+"""Crash safety (issue 4, acceptance 3): SIGKILL the daemon mid-burst, start it again.
+
+The daemon answers each domain in one xenstore transaction, and reconciles on
+start; together that must mean a daemon killed at any instant leaves every answer
+either absent or complete, and a restarted one brings every domain to a complete,
+current answer as if it had never stopped.  These tests check that with real
+processes: ``rmrrd xenstored`` (so the tree outlives the daemon) and ``rmrrd run``,
+killed with SIGKILL, never a polite signal.
+
+"Complete and current" is checked two ways: structurally (generation equals the
+request, status present, every ``region/<n>`` has its four keys, every ``e820``
+entry parses as a page-granular range and a type), and against the pure planner:
+the answer's keys are exactly what :func:`answer_entries` gives for the request
+now in xenstore.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from rmrrd.config import default_config
+from rmrrd.daemon.setup import decide, read_setup_input
+from rmrrd.daemon.xsutil import read_list, read_text
+from rmrrd.inventory_yaml import load_inventory_file
+from rmrrd.ranges import parse_range
+from rmrrd.schema import PID_KEY, STATUS_KEY, answer_entries, answer_path, rdm_path
+from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
+from rmrrd.xenstore.wire import NoEntry
+
+REPO = Path(__file__).resolve().parent.parent
+INVENTORIES = REPO / "etc" / "inventories"
+D1, D2 = "0000:00:14.0", "0000:00:02.0"
+BURST = 200
+KILL_AFTER = 40
+"""Answers seen before the SIGKILL: some, far from all."""
+
+
+def domain_keys(domid: int, memory_mib: int | None = None) -> dict[str, str]:
+    """A request that differs between domains, so a mixed-up answer shows."""
+    keys = {"memory": str(memory_mib or 1024 + 256 * (domid % 12)), "mmio_hole": "1024"}
+    if domid % 2 == 0:
+        keys["pci/0"] = D2
+    if domid % 3 == 0:
+        keys["hotplug/0"] = D1
+    if domid % 5 == 0:
+        keys["migrate/0"] = "node-b"
+    return keys
+
+
+class Processes:
+    """rmrrd processes of one test, each logging to its own file, all killed at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "rmrrd", *args], stdout=log, stderr=subprocess.STDOUT,
+                                       env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+        self.started.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.workdir.glob("*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+def write_config(workdir: Path, socket_path: Path, *, embedded: bool, persist: Path | None = None) -> Path:
+    import socket
+
+    with socket.socket() as probe:  # the config wants a real port; this one is free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = workdir / "rmrrd.yaml"
+    config.write_text(
+        f"xenstore: {{path: {socket_path}, embedded: {str(embedded).lower()}"
+        + (f", persist: {persist}" if persist else "") + "}\n"
+        f"host: {{name: node-a, sources: [{INVENTORIES / 'node-a.yaml'}]}}\n"
+        f"peers: [{INVENTORIES / 'node-b.yaml'}]\n"
+        f"metrics: {{listen: '127.0.0.1:{port}'}}\n")
+    return config
+
+
+async def wait_for_socket(path: Path, process: subprocess.Popen[bytes], running: Processes) -> None:
+    with trio.fail_after(20):
+        while not path.exists():
+            assert process.poll() is None, running.logs()
+            await trio.sleep(0.05)
+
+
+async def wait_serving(xs: XenstoreClient, process: subprocess.Popen[bytes], running: Processes) -> None:
+    """Until this daemon process (not a killed predecessor) has reconciled.
+
+    A SIGKILLed daemon leaves ``status=ready`` behind; ``pid`` tells them apart, and
+    the daemon writes both only once its first reconciliation has answered everything.
+    """
+    with trio.fail_after(60):
+        while not (await read_text(xs, PID_KEY) == str(process.pid) and await read_text(xs, STATUS_KEY) == "ready"):
+            assert process.poll() is None, running.logs()
+            await trio.sleep(0.05)
+
+
+async def request(xs: XenstoreClient, domid: int, keys: dict[str, str], generation: str) -> None:
+    """The toolstack's request, keys and ``request`` in one transaction.
+
+    ``/local/domain/<d>`` is created too, as libxl does when it makes a domain:
+    without it every answer would add a child to ``/local/domain`` and the daemon's
+    concurrent setups would conflict with each other (EAGAIN) on that one node.
+    """
+    base = rdm_path(domid)
+
+    async def write(tx: Transaction) -> None:
+        await tx.mkdir(f"/local/domain/{domid}")
+        for key, value in keys.items():
+            await tx.write(f"{base}/{key}", value)
+        await tx.write(f"{base}/request", generation)
+
+    await xs.run_transaction(write)
+
+
+async def burst_and_kill(xs: XenstoreClient, victim: subprocess.Popen[bytes]) -> None:
+    """Request BURST domains; SIGKILL ``victim`` once KILL_AFTER answers have appeared."""
+    async with xs.watch("/local/domain") as events:
+        async with trio.open_nursery() as nursery:
+
+            async def write_all() -> None:
+                for domid in range(1, BURST + 1):
+                    await request(xs, domid, domain_keys(domid), "1")
+
+            nursery.start_soon(write_all)
+            seen = 0
+            with trio.fail_after(60):
+                async for event in events:
+                    if event.path.endswith("/rmrr/generation"):
+                        seen += 1
+                        if seen == KILL_AFTER:
+                            victim.send_signal(signal.SIGKILL)
+                            break
+    await trio.to_thread.run_sync(victim.wait)
+
+
+async def answer_keys(xs: XenstoreClient, domid: int) -> dict[str, str]:
+    """Every key the daemon owns under the domain's answer, relative to it."""
+    base = answer_path(domid)
+    keys: dict[str, str] = {}
+    for key in ("generation", "status", "error", "lowmem_end", "highmem_end"):
+        if (value := await read_text(xs, f"{base}/{key}")) is not None:
+            keys[key] = value
+    for n in await read_list(xs, f"{base}/region"):
+        try:
+            fields = await xs.directory(f"{base}/region/{n}")
+        except NoEntry:
+            continue
+        for field in fields:
+            keys[f"region/{n}/{field}"] = await read_text(xs, f"{base}/region/{n}/{field}") or ""
+    for n, value in (await read_list(xs, f"{base}/e820")).items():
+        keys[f"e820/{n}"] = value
+    return keys
+
+
+def assert_whole(domid: int, keys: dict[str, str]) -> None:
+    """An answer is there entirely or not at all (structural check)."""
+    if not keys:
+        return
+    assert {"generation", "status"} <= keys.keys(), f"domain {domid}: half an answer: {sorted(keys)}"
+    regions = {key.split("/")[1] for key in keys if key.startswith("region/")}
+    for n in regions:
+        got = {key.split("/")[2] for key in keys if key.startswith(f"region/{n}/")}
+        assert got == {"range", "source", "conflict", "action"}, f"domain {domid}: region {n} has {sorted(got)}"
+    for key, value in keys.items():
+        if key.startswith("e820/"):
+            span, _, kind = value.partition(" ")
+            parse_range(span)
+            assert kind in ("ram", "reserved"), f"domain {domid}: {key} = {value!r}"
+    if keys["status"] == "ready":
+        assert {"lowmem_end", "highmem_end", "e820/0"} <= keys.keys(), f"domain {domid}: {sorted(keys)}"
+
+
+async def assert_current(xs: XenstoreClient, domid: int) -> None:
+    """The answer is whole, of the request now in xenstore, and what the planner says."""
+    config = default_config(environ={})
+    host = load_inventory_file(INVENTORIES / "node-a.yaml")
+    peers = {"node-b": load_inventory_file(INVENTORIES / "node-b.yaml")}
+    async with xs.transaction() as tx:
+        given = await read_setup_input(tx, domid)
+    assert given is not None
+    keys = await answer_keys(xs, domid)
+    assert_whole(domid, keys)
+    assert keys.get("generation") == given.generation, f"domain {domid}: stale answer {keys.get('generation')}"
+    outcome = decide(given, config.defaults, host, peers)
+    assert keys == dict(answer_entries(given.generation, outcome.plan, outcome.error)), f"domain {domid}"
+
+
+async def test_sigkill_mid_burst_then_restart_answers_every_domain(tmp_path: Path, processes: Processes) -> None:
+    socket_path = tmp_path / "xs.sock"
+    xenstored = processes.start("xenstored", "xenstored", "--socket", str(socket_path),
+                                "--persist", str(tmp_path / "tree"))
+    await wait_for_socket(socket_path, xenstored, processes)
+    config = write_config(tmp_path, socket_path, embedded=False)
+    daemon = processes.start("daemon-1", "run", "--config", str(config))
+    async with open_xenstore(str(socket_path)) as xs:
+        await wait_serving(xs, daemon, processes)
+        await burst_and_kill(xs, daemon)
+        assert daemon.returncode == -signal.SIGKILL
+
+        left = {domid: await answer_keys(xs, domid) for domid in range(1, BURST + 1)}
+        for domid, keys in left.items():
+            assert_whole(domid, keys)
+        answered = sorted(domid for domid, keys in left.items() if keys)
+        assert KILL_AFTER <= len(answered) < BURST, "the kill must land mid-burst"
+
+        # While the daemon is down: one answered domain's request is rewritten (a
+        # new generation, less memory), another answered domain disappears.
+        rewritten, vanished = answered[0], answered[1]
+        await request(xs, rewritten, domain_keys(rewritten, memory_mib=512), "2")
+        await xs.rm(f"/libxl/{vanished}")
+
+        daemon = processes.start("daemon-2", "run", "--config", str(config))
+        await wait_serving(xs, daemon, processes)
+        for domid in range(1, BURST + 1):
+            if domid == vanished:
+                assert not await xs.exists(answer_path(domid)), "answer of a vanished domain kept"
+            else:
+                await assert_current(xs, domid)
+        assert await read_text(xs, f"{answer_path(rewritten)}/generation") == "2"
+        assert xenstored.poll() is None, "xenstored must have outlived the daemon"
