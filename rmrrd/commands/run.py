@@ -19,6 +19,7 @@ import trio
 
 from rmrrd.cli import EXIT_USAGE
 from rmrrd.config import DEFAULT_CONFIG_PATH, Config, default_config, load_config
+from rmrrd.gc_pauses import short_gc_pauses
 from rmrrd.logs import LEVELS, setup_logging
 from rmrrd.peers import load_peers
 from rmrrd.xenstore.client_conn import ConnectionLost
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         return check_config(config, path)
     try:
-        trio.run(partial(run_service, config, simulate=args.simulate, config_path=path, log_level=args.log_level))
+        with short_gc_pauses():
+            trio.run(partial(run_service, config, simulate=args.simulate, config_path=path,
+                             log_level=args.log_level))
     except ConnectionLost as exc:
         print(f"rmrrd run: cannot reach xenstore at {config.xenstore.path}: {exc}", file=sys.stderr)
         return 1

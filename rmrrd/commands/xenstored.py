@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from rmrrd.gc_pauses import short_gc_pauses
 from rmrrd.xenstore.server import serve_xenstored
 
 log = logging.getLogger(__name__)
@@ -40,5 +41,6 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    trio.run(_serve, args)
+    with short_gc_pauses():
+        trio.run(_serve, args)
     return 0
