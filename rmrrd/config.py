@@ -411,7 +411,7 @@ class _Reader:
 
     def mapping(self, node: yaml.Node, where: str) -> list[tuple[str, yaml.Node]]:
         """The (key, value node) pairs of a mapping; duplicates and odd keys are problems."""
-        if isinstance(node, yaml.ScalarNode) and _scalar(node) is None and where:
+        if where and isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
             return []  # "limits:" with nothing under it: all defaults
         if not isinstance(node, yaml.MappingNode):
             self.problem(node, where, "expected a mapping of keys to values")
