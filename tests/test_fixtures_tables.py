@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rmrrd.commands.inventory import dmar_to_json, ivrs_to_json
-from rmrrd.dmar import dmar_inventory, parse_dmar
+from rmrrd.dmar import DmarTable, dmar_inventory, parse_dmar
 from rmrrd.inventory import UnresolvedDevice
-from rmrrd.ivrs import ivrs_inventory, parse_ivrs
+from rmrrd.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
 from rmrrd.pci import Bdf
 from rmrrd.ranges import Range
 
@@ -33,40 +34,76 @@ def test_fixtures_are_present() -> None:
 @pytest.mark.parametrize("name", BINARIES)
 def test_every_table_parses_and_walks_to_its_end(name: str) -> None:
     data = (TABLES / name).read_bytes()
+    table: DmarTable | IvrsTable
     if "DMAR" in name:
-        table = parse_dmar(data)
-        inventory = dmar_inventory(table, "h")
+        table = dmar = parse_dmar(data)
+        inventory = dmar_inventory(dmar, "h")
     else:
-        table = parse_ivrs(data)
-        inventory = ivrs_inventory(table, "h")
+        table = ivrs = parse_ivrs(data)
+        inventory = ivrs_inventory(ivrs, "h")
     last = table.subtables[-1] if table.subtables else None
     assert last is None or last.offset + last.length == len(data) == table.header.length
     assert table.header.checksum_ok
     assert all(region.range.is_page_aligned() for region in inventory.regions)
 
 
-_HEADER_KEYS = ("signature", "length", "revision", "checksum_ok", "oem_id", "oem_table_id", "oem_revision")
+def assert_matches_expected(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Compare every value ``want`` (an ``expected.json`` entry) gives, key by key.
+
+    Driven by ``want``'s own keys, so a value added to expected.json is compared too;
+    a key missing from ``got`` fails (KeyError), it is never skipped.  RMRRs and IVMDs
+    are compared element by element on the expected element's keys (``got`` adds
+    decoded fields such as ``devices``); the IVMD BDF is compared as a device, since
+    expected.json writes it without the segment.
+    """
+    assert want, "empty expected entry"
+    for key, value in want.items():
+        if key in ("rmrrs", "ivmds"):
+            assert len(got[key]) == len(value), key
+            for index, (have, expect) in enumerate(zip(got[key], value)):
+                for field, wanted in expect.items():
+                    if field == "bdf":
+                        assert Bdf.parse(have[field]) == Bdf.parse(wanted), (key, index, field)
+                    else:
+                        assert have[field] == wanted, (key, index, field)
+        else:
+            assert got[key] == value, key
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_values_match_expected(name: str) -> None:
-    want = EXPECTED[name]
+    assert_matches_expected(_decode(name), EXPECTED[name])
+
+
+def test_comparison_catches_a_wrong_value() -> None:
+    # The comparison must fail on one wrong nested value, else the test above proves nothing.
+    name = "linuxhw_DEPO-Super-Server-Supermicro-board_F84E17B9619B_DMAR.bin"
     got = _decode(name)
-    for key in _HEADER_KEYS:
-        assert got[key] == want[key], key
-    if "rmrrs" in want:
-        for key in ("host_address_width", "flags", "subtable_types", "drhds"):
-            assert got[key] == want[key], key
-        keys = ("offset", "length", "segment", "base", "limit", "scopes")
-        assert [{key: rmrr[key] for key in keys} for rmrr in got["rmrrs"]] == want["rmrrs"]
-    else:
-        assert got["ivinfo"] == want["ivinfo"]
-        assert got["subtables"] == want["subtables"]
-        assert len(got["ivmds"]) == len(want["ivmds"])
-        for have, expect in zip(got["ivmds"], want["ivmds"]):
-            for key in ("type", "flags", "devid", "aux", "start", "length"):
-                assert have[key] == expect[key], key
-            assert Bdf.parse(have["bdf"]) == Bdf.parse(expect["bdf"])
+    got["rmrrs"][1]["scopes"][0]["path"][1][0] += 1
+    with pytest.raises(AssertionError):
+        assert_matches_expected(got, EXPECTED[name])
+    ivrs = "linuxhw_ASUS-Zenbook-S16-UM5606WA_4AF98851C2C6_IVRS.bin"
+    got = _decode(ivrs)
+    got["ivmds"][1]["bdf"] = "c4:00.6"
+    with pytest.raises(AssertionError):
+        assert_matches_expected(got, EXPECTED[ivrs])
+
+
+_README_ROW = re.compile(r"^\| `([^`]+)` \| (DMAR|IVRS) \| (\d+) (RMRR|IVMD) \|", re.MULTILINE)
+_README_COUNTS = {m[1]: (m[2], int(m[3])) for m in _README_ROW.finditer((FIXTURES / "README.md").read_text())}
+
+
+def test_readme_lists_every_table() -> None:
+    assert set(_README_COUNTS) == set(BINARIES)
+
+
+@pytest.mark.parametrize("name", BINARIES)
+def test_rmrr_and_ivmd_counts_match_the_readme(name: str) -> None:
+    # The only independent value for the tables whose expected values are kept elsewhere.
+    signature, count = _README_COUNTS[name]
+    got = _decode(name)
+    assert got["signature"] == signature
+    assert len(got["rmrrs" if signature == "DMAR" else "ivmds"]) == count
 
 
 def _inventory(name: str) -> Any:

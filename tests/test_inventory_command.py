@@ -10,6 +10,7 @@ import pytest
 from rmrrd import cli
 from rmrrd.commands import inventory
 from rmrrd.inventory_yaml import inventory_from_json, load_inventory_text
+from test_fixtures_tables import assert_matches_expected
 
 ROOT = Path(__file__).parents[1]
 TABLES = ROOT / ".." / "shared" / "fixtures" / "tables"
@@ -28,14 +29,23 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, out, err
 
 
-def test_dmar_json_shows_fixture_values(capsys: pytest.CaptureFixture[str]) -> None:
-    name = "linuxhw_Toshiba-dynabook-R731-E_5949EA99A04B_DMAR.bin"
-    status, out, _ = run(capsys, "--dmar", str(TABLES / name), "--json", "--host", "toshiba")
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_json_prints_every_expected_value(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    option = "--dmar" if "DMAR" in name else "--ivrs"
+    status, out, _ = run(capsys, option, str(TABLES / name), "--json", "--host", "fixture")
     assert status == 0
     obj = json.loads(out)
-    assert obj["table"]["rmrrs"][0]["base"] == EXPECTED[name]["rmrrs"][0]["base"]
-    assert obj["table"]["drhds"] == EXPECTED[name]["drhds"]
-    assert inventory_from_json({k: v for k, v in obj.items() if k != "table"}, "out").host == "toshiba"
+    assert_matches_expected(obj["table"], EXPECTED[name])
+    inv = inventory_from_json({k: v for k, v in obj.items() if k != "table"}, "out")
+    assert inv.host == "fixture"
+
+
+def test_missing_sysfs_root_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A mistyped --sysfs-root must not quietly leave every bridged scope unresolved.
+    name = "linuxhw_HP-ProLiant-DL360-G7_60DCEE46526A_DMAR.bin"
+    status, out, err = run(capsys, "--dmar", str(TABLES / name), "--sysfs-root", str(tmp_path / "nope"))
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert str(tmp_path / "nope") in err and "sys/bus/pci/devices" in err
 
 
 def test_ivrs_table_output(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rmrrd.acpi import AcpiHeader
-from rmrrd.dmar import DmarTable, Rmrr, dmar_inventory, parse_dmar
+from rmrrd.dmar import BusLookup, DmarTable, Rmrr, dmar_inventory, parse_dmar
 from rmrrd.host_inventory import read_table
 from rmrrd.inventory import HostRegion, Inventory, UnresolvedDevice
 from rmrrd.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.yaml_file is not None:
         inv = load_inventory_file(args.yaml_file)
     elif args.dmar is not None:
-        lookup = sysfs_bus_lookup(args.sysfs_root) if args.sysfs_root is not None else None
+        lookup = _sysfs_lookup(args.sysfs_root) if args.sysfs_root is not None else None
         dmar = _parse(args.dmar, lambda data: parse_dmar(data, lookup))
         inv, table_json = dmar_inventory(dmar, host), dmar_to_json(dmar)
     else:
@@ -71,6 +71,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_inventory(inv), end="")
     return 0
+
+
+def _sysfs_lookup(root: Path) -> BusLookup:
+    """The bridges under an explicitly given root, which must hold a PCI device tree.
+
+    The library treats a missing tree as "no bridges" (a host without sysfs); here the
+    operator named the root, so a typo must not quietly leave every scope unresolved.
+    """
+    devices = root / "sys" / "bus" / "pci" / "devices"
+    if not devices.is_dir():
+        raise InputError(f"--sysfs-root {root}: no directory {devices}")
+    return sysfs_bus_lookup(root)
 
 
 def _parse(path: Path, parse: Callable[[bytes], _Table]) -> _Table:
