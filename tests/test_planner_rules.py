@@ -87,6 +87,16 @@ def test_parse_domain_request_defaults_and_keyed_entries() -> None:
     assert request.pci == (DeviceSpec(GPU, Policy.RELAXED),)
 
 
+def test_device_policy_does_not_follow_the_domain_policy() -> None:
+    # Unlike xl_parse.c, rdm=policy=relaxed leaves a device without rdm_policy strict
+    # (contract 4.1; docs/planner.md "xl differs on one default").
+    request = parse_domain_request("4096", "1024", "policy=relaxed", "4096", ["00:02.0"])
+    assert request.pci == (DeviceSpec(GPU, Policy.STRICT),)
+    result = plan(request, HOST, {})
+    assert result.status == "error"
+    assert _by_range(result)["0xa0000000-0xa37fffff"] == ("pci 0000:00:02.0", "ram", "failed")
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"memory": "4G"}, "memory: '4G' is not a size in MiB"),
     ({"memory": "1"}, "memory 1 MiB is below"),
