@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_counters_and_gauges() -> None:
     assert value(m, "rmrrd_request_duration_seconds_count", op="setup") == 1
     assert value(m, "rmrrd_request_duration_seconds_count", op="assign") == 1
     assert value(m, "rmrrd_request_duration_seconds_bucket", op="setup", le="0.005") == 1
-    assert value(m, "rmrrd_request_duration_seconds_bucket", op="setup", le="0.0025") == 0
+    assert value(m, "rmrrd_request_duration_seconds_bucket", op="setup", le="0.003") == 0
     assert value(m, "rmrrd_guest_queries_total", kind="check", outcome="rejected") == 1
     assert value(m, "rmrrd_xenstore_watch_events_total", watch="setup") == 1
     assert value(m, "rmrrd_xenstore_reconnects_total") == 1
@@ -94,9 +95,51 @@ def test_registries_are_independent() -> None:
     assert value(b, "rmrrd_xenstore_reconnects_total") == 0
 
 
-def test_buckets_cover_sub_millisecond_to_a_second() -> None:
-    assert LATENCY_BUCKETS[0] <= 0.0001 and LATENCY_BUCKETS[-1] >= 1.0
-    assert 0.02 in LATENCY_BUCKETS  # the bench's p99 target sits on a bucket edge
+def bucket_of(seconds: float) -> tuple[float, float]:
+    """The ``(lower, upper]`` edges of the bucket one setup of ``seconds`` is counted in."""
+    m = Metrics()
+    m.setup_done("ready", seconds)
+    counts = sorted(
+        (float(sample.labels["le"]), sample.value)
+        for family in m.registry.collect()
+        for sample in family.samples
+        if sample.name == "rmrrd_request_duration_seconds_bucket" and sample.labels["op"] == "setup"
+    )
+    assert [edge for edge, _ in counts] == [*LATENCY_BUCKETS, math.inf]
+    lower = 0.0
+    for edge, count in counts:
+        if count == 1:
+            return lower, edge
+        lower = edge
+    raise AssertionError(f"{seconds} s counted in no bucket")
+
+
+#: What bench/bench_daemon.py measured (docs/performance.md, and docs/metrics.md's
+#: runs with the daemon's own histogram scraped): paced 200/s p50 and p99, one
+#: setup's time inside the daemon during a burst of 1000 (50 to 300 ms), the burst's
+#: and the 200-in-flight row's p50 and p99 end to end, and issue 4's 5 s bound.
+BENCH_SECONDS = (
+    0.0026, 0.003, 0.0039, 0.0043, 0.0081, 0.054, 0.06, 0.097, 0.108, 0.169, 0.29,
+    0.36, 0.50, 0.63, 0.75, 1.3, 1.58, 2.78, 4.9,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("seconds", BENCH_SECONDS)
+def test_a_bench_latency_lands_in_a_narrow_bucket(seconds: float) -> None:
+    """histogram_quantile interpolates inside one bucket: its width bounds the error."""
+    lower, upper = bucket_of(seconds)
+    assert lower < seconds <= upper
+    assert upper / lower <= 5 / 3 + 1e-9, (lower, upper)
+
+
+def test_buckets_are_narrow_from_2_ms_to_5_s() -> None:
+    """Not only at the bench's figures: a setup anywhere in that range is resolved."""
+    seconds = 0.002 * 1.03
+    while seconds < 5.0:
+        lower, upper = bucket_of(seconds)
+        assert upper / lower <= 5 / 3 + 1e-9, (seconds, lower, upper)
+        seconds *= 1.03
+    assert {0.02, 5.0} <= set(LATENCY_BUCKETS)  # the alert's threshold and issue 4's bound
     assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))
 
 
