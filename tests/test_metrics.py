@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import trio
 from rmrrd import __version__
 from rmrrd.http_server import serve_http
 from rmrrd.metrics import LATENCY_BUCKETS, Metrics
-from prometheus_helpers import PrometheusServer, promtool_check_metrics, tools_available
+from prometheus_helpers import PROMTOOL, PrometheusServer, promtool_check_metrics, tools_available
 
 needs_prometheus = pytest.mark.skipif(not tools_available(), reason="Debian package prometheus not installed")
 
@@ -158,6 +160,33 @@ def test_promtool_helper_reports_problems() -> None:
         pytest.skip("Debian package prometheus not installed")
     bad = b"# HELP bad_counter x\n# TYPE bad_counter counter\nbad_counter 1\n"
     assert promtool_check_metrics(bad) != []
+
+
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+
+
+def alert_rules() -> str:
+    """The rule group docs/operations.md offers operators to paste."""
+    match = re.search(r"```yaml\n(groups:\n.*?)```", OPERATIONS.read_text(), re.S)
+    assert match, f"{OPERATIONS}: no ```yaml block starting with groups:"
+    return match.group(1)
+
+
+@needs_prometheus
+def test_documented_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    rules = tmp_path / "rmrrd-rules.yaml"
+    rules.write_text(alert_rules())
+    result = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_documented_alert_rules_name_metrics_that_exist() -> None:
+    """A renamed metric would leave an alert that never fires: promtool cannot see that."""
+    exposed = {line.split("{")[0].split(" ")[0] for line in Metrics().render().decode().splitlines()
+               if not line.startswith("#")}
+    named = set(re.findall(r"\brmrrd_[a-z_]+", alert_rules()))
+    assert named and named <= exposed, named - exposed
 
 
 @pytest.fixture
