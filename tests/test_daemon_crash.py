@@ -1,4 +1,5 @@
-"""Crash safety (issue 4, acceptance 3): SIGKILL the daemon mid-burst, start it again.
+"""Crash safety (issue 4, acceptance 3): SIGKILL the daemon mid-burst, start it again;
+and reconciliation after a xenstored restart that changed the tree meanwhile.
 
 The daemon answers each domain in one xenstore transaction, and reconciles on
 start; together that must mean a daemon killed at any instant leaves every answer
@@ -247,3 +248,51 @@ async def test_sigkill_mid_burst_then_restart_answers_every_domain(tmp_path: Pat
                 await assert_current(xs, domid)
         assert await read_text(xs, f"{answer_path(rewritten)}/generation") == "2"
         assert xenstored.poll() is None, "xenstored must have outlived the daemon"
+
+
+async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(tmp_path: Path, processes: Processes) -> None:
+    """Reconciliation after a reconnect, not only at start (issue 4, deliverable 6).
+
+    While xenstored is down, the tree changes in ways no watch can report to the
+    daemon: a second xenstored on another socket edits the saved tree (a new domain's
+    request, a rewritten request, a vanished domain), then the first comes back with
+    it.  The daemon, which never stopped, must reconnect and reconcile.
+    """
+    socket_path, tree = tmp_path / "xs.sock", tmp_path / "tree"
+    xenstored = processes.start("xenstored-1", "xenstored", "--socket", str(socket_path), "--persist", str(tree))
+    await wait_for_socket(socket_path, xenstored, processes)
+    daemon = processes.start("daemon", "run", "--config", str(write_config(tmp_path, socket_path, embedded=False)))
+    async with open_xenstore(str(socket_path)) as xs:
+        await wait_serving(xs, daemon, processes)
+        for domid in (1, 2, 3):
+            async with xs.watch(f"{answer_path(domid)}/generation") as events:
+                await request(xs, domid, domain_keys(domid), "1")
+                with trio.fail_after(20):
+                    async for _ in events:
+                        if await read_text(xs, f"{answer_path(domid)}/generation") == "1":
+                            break
+    xenstored.terminate()
+    assert await trio.to_thread.run_sync(xenstored.wait) == 0
+
+    editor_socket = tmp_path / "editor.sock"
+    editor = processes.start("xenstored-editor", "xenstored", "--socket", str(editor_socket), "--persist", str(tree))
+    await wait_for_socket(editor_socket, editor, processes)
+    async with open_xenstore(str(editor_socket)) as xs:
+        await request(xs, 4, domain_keys(4), "1")
+        await request(xs, 3, domain_keys(3, memory_mib=512), "2")
+        await xs.rm("/libxl/2")
+    editor.terminate()
+    assert await trio.to_thread.run_sync(editor.wait) == 0
+
+    xenstored = processes.start("xenstored-2", "xenstored", "--socket", str(socket_path), "--persist", str(tree))
+    await wait_for_socket(socket_path, xenstored, processes)
+    async with open_xenstore(str(socket_path)) as xs:
+        with trio.fail_after(30):  # the daemon's reconnect backoff is at most 5 s
+            while not (await read_text(xs, f"{answer_path(4)}/generation") == "1"
+                       and await read_text(xs, f"{answer_path(3)}/generation") == "2"
+                       and not await xs.exists(answer_path(2))):
+                assert daemon.poll() is None, processes.logs()
+                await trio.sleep(0.1)
+        for domid in (1, 3, 4):
+            await assert_current(xs, domid)
+    assert daemon.poll() is None, "the daemon reconnects; it does not exit"
