@@ -60,7 +60,18 @@ def test_rm_missing_node_ok_if_parent_exists_else_enoent() -> None:
     assert call(store, conn, Op.RM, b"/q/missing") == (Op.ERROR, b"ENOENT\0")
     assert call(store, conn, Op.RM, b"/p") == (Op.RM, b"OK\0")
     assert call(store, conn, Op.READ, b"/p/c") == (Op.ERROR, b"ENOENT\0")
-    assert call(store, conn, Op.DIRECTORY, b"/") == (Op.DIRECTORY, b"")
+    assert call(store, conn, Op.DIRECTORY, b"/") == (Op.DIRECTORY, b"tool\0")
+
+
+def test_fresh_store_holds_tool_xenstored_as_c_xenstored() -> None:
+    store = Store()
+    dom0, guest = store.connect(0), store.connect(5)
+    assert call(store, dom0, Op.DIRECTORY, b"/") == (Op.DIRECTORY, b"tool\0")
+    assert call(store, dom0, Op.DIRECTORY, b"/tool") == (Op.DIRECTORY, b"xenstored\0")
+    assert call(store, dom0, Op.READ, b"/tool/xenstored") == (Op.READ, b"")
+    assert call(store, dom0, Op.GET_PERMS, b"/tool/xenstored") == (Op.GET_PERMS, b"n0\0")
+    assert call(store, guest, Op.READ, b"/tool") == (Op.ERROR, b"EACCES\0")
+    assert store.tree.count(0) == 3  # the root and the two, all dom0's
 
 
 def test_guest_permissions_owner_default_and_listed_domains() -> None:
@@ -272,7 +283,7 @@ def test_directory_over_one_payload_is_e2big_and_directory_part_pages_it() -> No
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["w", "rm", "perm"]), st.lists(st.sampled_from("abc"), min_size=1, max_size=3)), max_size=25))
+@given(st.lists(st.tuples(st.sampled_from(["w", "rm", "perm"]), st.lists(st.sampled_from(["a", "b", "c", "tool"]), min_size=1, max_size=3)), max_size=25))
 def test_persisted_tree_round_trips(ops: list[tuple[str, list[str]]]) -> None:
     store = Store()
     conn = store.connect(0)
@@ -286,7 +297,8 @@ def test_persisted_tree_round_trips(ops: list[tuple[str, list[str]]]) -> None:
             call(store, conn, Op.SET_PERMS, path, b"r3", b"w4")
     again = load(dump(store), "test")
     assert dump(again) == dump(store)
+    assert again.tree.nodes.keys() == store.tree.nodes.keys()  # a removed /tool stays removed
     assert {k: v for k, v in again.tree.counts.items() if v} == {k: v for k, v in store.tree.counts.items() if v}
-    for path, node in store.tree.nodes.items():
-        twin = again.tree.nodes[path]
+    for name, node in store.tree.nodes.items():
+        twin = again.tree.nodes[name]
         assert (twin.value, twin.perms, list(twin.children)) == (node.value, node.perms, list(node.children))

@@ -38,6 +38,8 @@ from rmrrd.xenstore.wire import (
 log = logging.getLogger(__name__)
 
 SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
+INITIAL_NODES = ("/tool", "/tool/xenstored")
+"""Nodes below the root that C xenstored creates at start (``setup_structure``)."""
 # xen/include/public/xen.h: DOMID_FIRST_RESERVED; ids from it up are not domains.
 DOMID_FIRST_RESERVED = 0x7FF0
 _OK = b"OK\0"
@@ -155,8 +157,12 @@ class Store:
     def __init__(self, quotas: Quotas | None = None) -> None:
         self.quotas = quotas or Quotas()
         self.tree = Tree()
-        root = Node(b"", (Perm(0, "n"),), 0)
-        self.tree.put("/", root)
+        self.tree.put("/", Node(b"", (Perm(0, "n"),), 0))
+        # As C xenstored's setup_structure: a fresh store holds /tool/xenstored, so
+        # ``xenstore-ls /`` shows what it shows against the real daemon.
+        for path in INITIAL_NODES:
+            self.tree.nodes[_parent(path)].children[_leaf(path)] = None
+            self.tree.put(path, Node(b"", (Perm(0, "n"),), 0))
         self.special_perms: dict[str, tuple[Perm, ...]] = {p: (Perm(0, "n"),) for p in SPECIAL_PATHS}
         self.introduced: dict[int, tuple[int, int]] = {}  # domid -> (mfn, event channel)
         self.targets: dict[int, int] = {}

@@ -19,6 +19,7 @@ from typing import Any
 from rmrrd.errors import InputError
 from rmrrd.xenstore.store import Quotas, Store
 from rmrrd.xenstore.store_node import Node
+from rmrrd.xenstore.store_view import Tree
 from rmrrd.xenstore.wire import XenstoreError, format_perms, parse_perms
 
 FORMAT_VERSION = 1
@@ -58,7 +59,8 @@ def _build(document: Any, quotas: Quotas | None) -> Store:
     if document.get("version") != FORMAT_VERSION:
         raise ValueError(f"format version {document.get('version')!r}, expected {FORMAT_VERSION}")
     store = Store(quotas)
-    tree = store.tree
+    # The saved tree replaces the initial one whole (its /tool may have been removed).
+    store.tree = tree = Tree()
     for path, value, perms in document["nodes"]:
         node = Node(base64.b64decode(value, validate=True), tuple(parse_perms([p.encode() for p in perms])), 0)
         if path == "/":
@@ -68,6 +70,8 @@ def _build(document: Any, quotas: Quotas | None) -> Store:
         parent = tree.nodes[path[:cut] or "/"]  # KeyError: child listed before parent
         parent.children[path[cut + 1 :]] = None
         tree.put(path, node)
+    if "/" not in tree.nodes:
+        raise ValueError("no root node")
     for name, perms in document["special"].items():
         if name in store.special_perms:
             store.special_perms[name] = tuple(parse_perms([p.encode() for p in perms]))
