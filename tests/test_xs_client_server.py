@@ -3,6 +3,9 @@ every operation and error path, guests, transactions, big directories, restarts.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,12 +23,7 @@ from rmrrd.xenstore.wire import (
     Perm,
     PermissionDenied,
 )
-
-
-@pytest.fixture
-async def xenstored(nursery: trio.Nursery, tmp_path: Path) -> XenstoredHandle:
-    handle: XenstoredHandle = await nursery.start(serve_xenstored, tmp_path / "xs.sock")
-    return handle
+from xs_fixtures import REPO, xenstored  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -222,3 +220,47 @@ async def _cancellable_server(
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: serve_xenstored(socket_path, persist=persist, task_status=task_status))
             task_status.started(scope)
+
+
+async def _xenstored_process(socket_path: Path) -> trio.Process:
+    """``rmrrd xenstored`` as its own process, once its socket accepts connections."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "rmrrd", "xenstored", "--socket", str(socket_path)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    with trio.fail_after(20):
+        while True:
+            try:
+                await (await trio.open_unix_socket(str(socket_path))).aclose()
+                return process
+            except OSError:
+                await trio.sleep(0.05)
+
+
+async def test_sigkilled_xenstored_process_restarted_under_live_watches(tmp_path: Path) -> None:
+    # SIGKILL leaves the socket file behind: reconnect attempts meet ECONNREFUSED
+    # and back off until the new process replaces the stale socket.
+    socket_path = tmp_path / "xs.sock"
+    reconnects: list[int] = []
+    process = await _xenstored_process(socket_path)
+    try:
+        async def on_reconnect() -> None:
+            reconnects.append(client.generation)
+
+        async with open_xenstore(str(socket_path), timeout=10, on_reconnect=on_reconnect) as client:
+            async with client.watch("/w", "w") as events:
+                assert (await events.__anext__()).path == "/w"
+                process.send_signal(signal.SIGKILL)
+                await process.wait()
+                assert socket_path.is_socket()  # stale, nobody listening
+                process = await _xenstored_process(socket_path)
+                with trio.fail_after(15):
+                    assert (await events.__anext__()).path == "/w"  # re-registered: initial event again
+                    await client.write("/w/child", "1")  # a fresh tree: nothing persisted
+                    assert (await events.__anext__()).path == "/w/child"
+                # Usually one reconnect; two when the first lands in the dying
+                # process's listen backlog and is reset.  Told each time, watches back.
+                assert reconnects and reconnects[-1] == client.generation >= 1
+    finally:
+        process.kill()
+        await process.wait()

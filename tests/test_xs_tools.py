@@ -11,14 +11,81 @@ import pytest
 import trio
 
 from rmrrd.xenstore.server import XenstoredHandle
-from xs_fixtures import REPO, xenstored  # noqa: F401  (fixture)
+from rmrrd.xenstore.wire import Op
+from xs_fixtures import REPO, RawClient, xenstored  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/xenstore-write").exists(), reason="xenstore-utils not installed")
 
 
-async def _tool(handle: XenstoredHandle, *argv: str) -> subprocess.CompletedProcess[bytes]:
-    env = dict(os.environ, XENSTORED_PATH=str(handle.socket_path))
+async def _tool(handle: XenstoredHandle, *argv: str, socket: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, XENSTORED_PATH=str(socket or handle.socket_path))
     return await trio.run_process(list(argv), env=env, capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def _outcome(handle: XenstoredHandle, *argv: str, socket: Path | None = None) -> tuple[int, bytes]:
+    """Exit status and stderr: what a tool reports of the errno the server sent."""
+    done = await _tool(handle, *argv, socket=socket)
+    return done.returncode, done.stderr
+
+
+async def test_fresh_tree_lists_as_a_fresh_c_xenstored(xenstored: XenstoredHandle) -> None:
+    assert (await _tool(xenstored, "xenstore-ls", "/")).stdout == b'tool = ""\n xenstored = ""\n'
+
+
+async def test_errors_and_exit_codes_as_against_c_xenstored(xenstored: XenstoredHandle) -> None:
+    # Each message is the tool's own, but the strerror in it comes from the errno
+    # name the server answered: ENOENT, EINVAL, as C xenstored answers these.
+    assert (await _tool(xenstored, "xenstore-write", "/p", "x")).returncode == 0
+    assert await _outcome(xenstored, "xenstore-ls", "/missing") == (
+        1, b"xenstore-ls: xs_directory (/missing): No such file or directory\n"
+    )
+    assert await _outcome(xenstored, "xenstore-list", "/missing") == (1, b"xenstore-list: could not list path /missing\n")
+    assert await _outcome(xenstored, "xenstore-rm", "/p/q") == (0, b"")  # parent exists
+    assert await _outcome(xenstored, "xenstore-rm", "/a/b") == (1, b"xenstore-rm: could not remove path /a/b\n")
+    assert await _outcome(xenstored, "xenstore-rm", "/") == (1, b"xenstore-rm: could not remove path /\n")
+    assert await _outcome(xenstored, "xenstore-write", "/a/", "x") == (1, b"xenstore-write: could not write path /a/\n")
+    assert await _outcome(xenstored, "xenstore-write", "/a//b", "x") == (1, b"xenstore-write: could not write path /a//b\n")
+    assert await _outcome(xenstored, "xenstore-chmod", "/nope", "n0") == (
+        1, b"xenstore-chmod: Error occurred setting permissions on '/nope': No such file or directory\n"
+    )
+    assert await _outcome(xenstored, "xenstore-watch", "-n", "1", "/bad//path") == (
+        1, b"xenstore-watch: Unable to add watch on /bad//path\n\n"
+    )
+    assert await _outcome(xenstored, "xenstore-exists", "/missing") == (1, b"")
+    assert (await _tool(xenstored, "xenstore-list", "/")).stdout == b"tool\np\n"  # nothing changed
+
+
+async def test_a_guest_gets_c_xenstoreds_permission_errors(xenstored: XenstoredHandle) -> None:
+    dom0 = await RawClient.connect(xenstored.socket_path)
+    assert (await dom0.call(Op.INTRODUCE, b"7", b"1", b"1")).op is Op.INTRODUCE
+    await _tool(xenstored, "xenstore-write", "/secret/key", "s", "/local/domain/7/data", "d")
+    await _tool(xenstored, "xenstore-chmod", "/local/domain/7", "n7")
+    await _tool(xenstored, "xenstore-chmod", "/local/domain/7/data", "n7")
+    guest = xenstored.guest_socket(7)
+    assert await _outcome(xenstored, "xenstore-read", "/secret/key", socket=guest) == (
+        1, b"xenstore-read: couldn't read path /secret/key\n"
+    )
+    assert await _outcome(xenstored, "xenstore-ls", "/secret", socket=guest) == (
+        1, b"xenstore-ls: xs_directory (/secret): Permission denied\n"
+    )
+    # A missing node under a hidden one is EACCES too, not ENOENT (errno_from_parents).
+    assert await _outcome(xenstored, "xenstore-ls", "/secret/nothing", socket=guest) == (
+        1, b"xenstore-ls: xs_directory (/secret/nothing): Permission denied\n"
+    )
+    assert await _outcome(xenstored, "xenstore-write", "/secret/key", "mine", socket=guest) == (
+        1, b"xenstore-write: could not write path /secret/key\n"
+    )
+    assert await _outcome(xenstored, "xenstore-chmod", "/secret/key", "r7", socket=guest) == (
+        1, b"xenstore-chmod: Error occurred setting permissions on '/secret/key': Permission denied\n"
+    )
+    # Its own node: readable, relative paths under its home, but it may not give it away.
+    done = await _tool(xenstored, "xenstore-read", "data", socket=guest)
+    assert (done.returncode, done.stdout) == (0, b"d\n")
+    assert await _outcome(xenstored, "xenstore-chmod", "data", "n0", socket=guest) == (
+        1, b"xenstore-chmod: Error occurred setting permissions on 'data': Operation not permitted\n"
+    )
+    assert await _outcome(xenstored, "xenstore-chmod", "data", "n7", "r0", socket=guest) == (0, b"")
+    assert (await _tool(xenstored, "xenstore-read", "/secret/key")).stdout == b"s\n"  # unchanged
 
 
 async def test_write_read_ls_exists_rm_like_real_xenstored(xenstored: XenstoredHandle) -> None:
@@ -42,7 +109,9 @@ async def test_relative_paths_and_chmod(xenstored: XenstoredHandle) -> None:
     assert (await _tool(xenstored, "xenstore-chmod", "/local/domain/0/rel", "n0", "r5")).returncode == 0
     done = await _tool(xenstored, "xenstore-ls", "-p", "/local/domain/0")
     assert b"(n0,r5)" in done.stdout
-    assert (await _tool(xenstored, "xenstore-chmod", "/local/domain/0/rel", "x9")).returncode != 0
+    assert await _outcome(xenstored, "xenstore-chmod", "/local/domain/0/rel", "x9") == (
+        1, b"xenstore-chmod: Invalid permission specification: 'x'\n"
+    )
 
 
 async def test_directory_beyond_one_payload_through_libxenstore(xenstored: XenstoredHandle) -> None:
