@@ -7,12 +7,14 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, open_xenstore
+from rmrrd.xenstore import client as client_module
+from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, locate_xenstore, open_xenstore
 from rmrrd.xenstore.client_conn import DeviceChannel
 from rmrrd.xenstore.client_watch import QUEUE_LIMIT
 from rmrrd.xenstore.wire import (
@@ -237,6 +239,22 @@ async def test_first_connect_failure_is_clear() -> None:
     with pytest.raises(ConnectionLost, match="cannot connect to xenstored at /nonexistent/sock"):
         async with open_xenstore("/nonexistent/sock"):
             pass
+
+
+def test_locate_xenstore_argument_then_env_then_dom0_sockets_then_xenbus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "run", tmp_path / "var-run"
+    monkeypatch.setattr(client_module, "DEFAULT_SOCKETS", (str(first), str(second)))
+    monkeypatch.delenv("XENSTORED_PATH", raising=False)
+    assert locate_xenstore() == "/dev/xen/xenbus"  # nothing else there
+    second.touch()
+    assert locate_xenstore() == str(second)
+    first.touch()
+    assert locate_xenstore() == str(first)
+    monkeypatch.setenv("XENSTORED_PATH", "/env/sock")
+    assert locate_xenstore() == "/env/sock"
+    assert locate_xenstore("/arg/sock") == "/arg/sock"
 
 
 def test_device_channel_writes_one_message_per_write() -> None:

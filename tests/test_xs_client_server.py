@@ -90,6 +90,30 @@ async def test_permissions_for_a_guest_connection(xs: XenstoreClient, xenstored:
             await guest.introduce(8, 1, 1)
 
 
+async def test_set_target_release_and_reset_watches(xs: XenstoreClient, xenstored: XenstoredHandle) -> None:
+    await xs.introduce(5, 1, 1)
+    await xs.introduce(6, 1, 1)
+    await xs.write("/local/domain/5/dm", "x")
+    await xs.set_perms("/local/domain/5/dm", [Perm(5, "n")])
+    async with open_xenstore(str(xenstored.guest_socket(6)), timeout=5) as dm:
+        with pytest.raises(PermissionDenied):
+            await dm.read("/local/domain/5/dm")
+        await xs.set_target(6, 5)  # 6 now acts for 5, as a device model for its guest
+        assert await dm.read("/local/domain/5/dm") == b"x"
+    with pytest.raises(NoEntry):
+        await xs.set_target(7, 5)  # not introduced
+    async with xs.watch("/r", "r") as events:
+        assert (await events.__anext__()).path == "/r"
+        await xs.reset_watches()
+        assert [event async for event in events] == []  # ended, nothing more
+    await xs.release(5)
+    assert not await xs.is_introduced(5)
+    with pytest.raises(NoEntry):
+        await xs.read("/local/domain/5/dm")  # the released domain's nodes went with it
+    with pytest.raises(NoEntry):
+        await xs.release(5)
+
+
 async def test_watch_fires_initially_and_for_children(xs: XenstoreClient) -> None:
     async with xs.watch("/w", "tok") as events:
         assert (await events.__anext__()).path == "/w"  # the initial event

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
+
+from rmrrd.errors import InputError
 
 from rmrrd.xenstore.store import Quotas, Store
 from rmrrd.xenstore.store_persist import dump, load
@@ -302,3 +305,16 @@ def test_persisted_tree_round_trips(ops: list[tuple[str, list[str]]]) -> None:
     for name, node in store.tree.nodes.items():
         twin = again.tree.nodes[name]
         assert (twin.value, twin.perms, list(twin.children)) == (node.value, node.perms, list(node.children))
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"{not json", "Expecting property name"),
+        (b'{"version": 9}', "format version 9, expected 1"),
+        (b'{"version": 1, "nodes": [], "special": {}, "domains": {}, "targets": {}}', "no root node"),
+    ],
+)
+def test_damaged_persistence_file_is_an_input_error_naming_it(data: bytes, why: str) -> None:
+    with pytest.raises(InputError, match=f"^/var/lib/tree.json: not a saved xenstore tree: {why}"):
+        load(data, "/var/lib/tree.json")
