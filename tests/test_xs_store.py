@@ -318,3 +318,20 @@ def test_persisted_tree_round_trips(ops: list[tuple[str, list[str]]]) -> None:
 def test_damaged_persistence_file_is_an_input_error_naming_it(data: bytes, why: str) -> None:
     with pytest.raises(InputError, match=f"^/var/lib/tree.json: not a saved xenstore tree: {why}"):
         load(data, "/var/lib/tree.json")
+
+
+def test_transaction_node_and_path_length_quotas_for_guests() -> None:
+    store = Store(Quotas(transaction_nodes=3, path_max=12))
+    _guest_setup(store)
+    guest = store.connect(5)
+    tx = int(call(store, guest, Op.TRANSACTION_START, b"")[1].rstrip(b"\0"))
+    assert call(store, guest, Op.WRITE, raw=b"data\0y", tx=tx) == OK  # touches 1 node
+    assert call(store, guest, Op.WRITE, raw=b"n1\0z", tx=tx) == OK  # n1 and its parent: 3
+    assert call(store, guest, Op.WRITE, raw=b"n2\0z", tx=tx) == (Op.ERROR, b"ENOSPC\0")
+    assert call(store, guest, Op.TRANSACTION_END, b"T", tx=tx) == (Op.TRANSACTION_END, b"OK\0")
+    assert call(store, guest, Op.READ, b"n1") == (Op.READ, b"z")
+    assert call(store, guest, Op.READ, b"n2") == (Op.ERROR, b"ENOENT\0")
+    assert call(store, guest, Op.WRITE, raw=b"twelve-bytes\0v") == OK  # 12 below its home
+    assert call(store, guest, Op.WRITE, raw=b"thirteen-byte\0v") == (Op.ERROR, b"EINVAL\0")
+    dom0 = store.connect(0)  # privileged: neither quota
+    assert call(store, dom0, Op.WRITE, raw=b"/local/domain/5/thirteen-byte\0v") == OK
