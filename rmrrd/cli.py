@@ -8,6 +8,8 @@ errors become one line on stderr and exit status 2, never a trace.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -15,6 +17,8 @@ from types import ModuleType
 from rmrrd.errors import InputError
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""What a shell reports for a filter killed by SIGPIPE, as ``cat | head`` gives."""
 
 
 def _commands() -> list[ModuleType]:
@@ -51,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`rmrrd plan ... | head`): as for any Unix filter,
+        # not worth a trace.  Python would still try to flush stdout at exit and
+        # print an error, so point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return status
 
 

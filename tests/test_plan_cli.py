@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from rmrrd.cli import main
+from rmrrd.cli import EXIT_BROKEN_PIPE, main
 
 _ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 _SEED = ["plan", "--inventory", str(_ETC / "node-a.yaml"), "--peer", str(_ETC / "node-b.yaml"),
@@ -59,3 +62,15 @@ def test_missing_inventory_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_
 def test_same_peer_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*_SEED, "--peer", str(_ETC / "node-b.yaml")]) == 2
     assert "peer host 'node-b' is in both" in capsys.readouterr().err
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly() -> None:
+    """``rmrrd plan ... | head``: exit status as for SIGPIPE, no trace on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        done = subprocess.run([sys.executable, "-m", "rmrrd", *_SEED], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, "")
