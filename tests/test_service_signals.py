@@ -125,10 +125,6 @@ def test_log_level_on_the_command_line_outranks_the_file_on_reload(workdir: Path
     assert not any(" INFO " in line or " DEBUG " in line for line in lines)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shutdown waits for the xenstore client's 10 s request timeout, twice, when xenstored hangs: "
-    "the shielded UNWATCH when the watchers are cancelled, then the shielded transaction abort of each "
-    "cancelled setup (rmrrd/xenstore/client.py), so SIGTERM takes about 21 s whatever shutdown_grace_seconds says"))
 def test_sigterm_with_xenstored_hung_exits_0_within_the_grace(
         workdir: Path, daemons: list[Daemon], xenstored: XenstoredProcess) -> None:
     """The shutdown bound holds when the work cannot finish: xenstored stopped mid-burst.

@@ -79,6 +79,12 @@ DEFAULT_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 5.0
 TRANSACTION_ATTEMPTS = 16
+CLEANUP_WAIT = 1.0
+"""Seconds a cancelled block waits for its UNWATCH or transaction abort to be answered.
+
+The request is on the wire by then, so xenstored carries it out even unanswered; a
+longer wait would only hold up a shutdown while xenstored hangs (the request timeout,
+10 s, once per cleanup step)."""
 
 Connector = Callable[[], Awaitable[Channel]]
 
@@ -322,7 +328,7 @@ class XenstoreClient(_Operations):
         try:
             yield watch
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLEANUP_WAIT, shield=True):
                 await self.unwatch(path, token)
 
     async def _register(self, watch: Watch) -> None:
@@ -382,7 +388,7 @@ class XenstoreClient(_Operations):
         try:
             yield tx
         except BaseException:
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLEANUP_WAIT, shield=True):
                 await self._end_transaction(tx, commit=False)
             raise
         await self._end_transaction(tx, commit=True)
