@@ -98,7 +98,7 @@ class Metrics:
         )
         self._latency = Histogram(
             "rmrrd_request_duration_seconds",
-            "Time from starting work on a request (domain setup or toolstack check) to its answer.",
+            "Time from noticing a request (domain setup: the change's first watch event; toolstack check) to its answer.",
             ["op"],
             buckets=LATENCY_BUCKETS,
             registry=r,

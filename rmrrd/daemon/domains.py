@@ -128,16 +128,16 @@ class Domains:
 
     # --- the job ----------------------------------------------------------------
 
-    async def _job(self, domid: int) -> None:
+    async def _job(self, domid: int, triggered: float) -> None:
         if domid in self._released:
             self._released.discard(domid)
             await self._forget(domid, "released")
             return
-        await self._setup(domid)
+        await self._setup(domid, triggered)
 
-    async def _setup(self, domid: int) -> None:
+    async def _setup(self, domid: int, triggered: float) -> None:
+        """Answer the domain's request; ``triggered``: when the change was noticed."""
         ctx = self._ctx
-        started = trio.current_time()
         known = ctx.registry.get(domid)
 
         async def run(tx: Transaction) -> tuple[str, str | None, SetupOutcome | None]:
@@ -174,7 +174,7 @@ class Domains:
             self._nursery.start_soon(self._run_queries, domain, domain.queries)
         ctx.metrics.set_domains(len(ctx.registry))
         if state == "written":
-            self._report(domid, generation, outcome, trio.current_time() - started)
+            self._report(domid, generation, outcome, trio.current_time() - triggered)
 
     def _report(self, domid: int, generation: str | None, outcome: SetupOutcome, seconds: float) -> None:
         """Metrics and one log line per event: the answer, and each conflict left."""
