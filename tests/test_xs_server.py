@@ -5,9 +5,10 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 import trio
 
-from rmrrd.xenstore.server import XenstoredHandle, serve_xenstored
+from rmrrd.xenstore.server import OUTPUT_LIMIT, XenstoredHandle, serve_xenstored
 from rmrrd.xenstore.wire import Op, Packet, encode
 from xs_fixtures import RawClient, xenstored  # noqa: F401  (fixture)
 
@@ -40,6 +41,29 @@ async def test_garbage_closes_only_that_connection(xenstored: XenstoredHandle) -
     await bad.stream.send_all(struct.pack("<IIII", 999, 0, 0, 0))
     assert await bad.stream.receive_some(100) == b""
     assert (await good.call(Op.READ, b"/")).op is Op.READ
+
+
+async def test_a_watcher_that_never_reads_is_dropped_and_the_others_go_on(
+        xenstored: XenstoredHandle, caplog: pytest.LogCaptureFixture) -> None:
+    """The output quota: events pile up for a connection that does not read them;
+    past OUTPUT_LIMIT xenstored closes that connection rather than grow without bound."""
+    sleeper = await RawClient.connect(xenstored.socket_path)
+    assert (await sleeper.call(Op.WATCH, b"/", b"w")).op is Op.WATCH  # then it never reads again
+    writer = await RawClient.connect(xenstored.socket_path)
+    path = b"/" + b"n" * 3000  # each write: an event of about 3 KB for the sleeper
+    batch = encode(Packet(Op.WRITE, 0, 0, path + b"\0v")) * 100
+    for _ in range(2 * OUTPUT_LIMIT // (100 * len(path))):
+        await writer.stream.send_all(batch)
+        for _ in range(100):
+            assert (await writer.receive()).op is Op.WRITE
+    # What the sleeper's socket buffers held, then the end: xenstored hung up.
+    received = 0
+    with trio.fail_after(10):
+        while data := await sleeper.stream.receive_some(1 << 20):
+            received += len(data)
+    assert received < OUTPUT_LIMIT
+    assert "reads too slowly, closing" in caplog.text
+    assert (await writer.call(Op.READ, path)).payload == b"v"
 
 
 async def test_guest_socket_acts_as_the_guest_until_released(xenstored: XenstoredHandle) -> None:
