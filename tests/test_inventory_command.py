@@ -48,6 +48,18 @@ def test_missing_sysfs_root_is_refused(capsys: pytest.CaptureFixture[str], tmp_p
     assert str(tmp_path / "nope") in err and "sys/bus/pci/devices" in err
 
 
+@pytest.mark.parametrize(("argv", "option"), [
+    (["--ivrs", str(TABLES / "linuxhw_MECHREVO-WUJIE14XA_9249A3556422_IVRS.bin"), "--sysfs-root", "/"], "--sysfs-root"),
+    (["--yaml-file", str(ROOT / "etc" / "inventories" / "node-a.yaml"), "--sysfs-root", "/"], "--sysfs-root"),
+    (["--yaml-file", str(ROOT / "etc" / "inventories" / "node-a.yaml"), "--host", "x"], "--host"),
+])
+def test_options_that_do_not_apply_to_the_source_are_refused(
+        capsys: pytest.CaptureFixture[str], argv: list[str], option: str) -> None:
+    status, out, err = run(capsys, *argv)
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"rmrrd inventory: {option} applies to ")
+
+
 def test_ivrs_table_output(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(capsys, "--ivrs", str(TABLES / "linuxhw_MECHREVO-WUJIE14XA_9249A3556422_IVRS.bin"))
     assert status == 0

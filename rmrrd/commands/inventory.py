@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Read the one source given, print it in the format asked for."""
+    # Options that do not apply to the source are refused, not ignored: the operator
+    # who gave them expected them to change the result.
+    if args.sysfs_root is not None and args.dmar is None:
+        raise InputError("--sysfs-root applies to --dmar only: IVRS and YAML inventories name devices by BDF")
+    if args.host is not None and args.yaml_file is not None:
+        raise InputError("--host applies to a table: a YAML inventory names its host itself")
     host: str = args.host or socket.gethostname()
     table_json: dict[str, Any] | None = None
     if args.yaml_file is not None:
