@@ -17,6 +17,10 @@ request in one transaction, on fresh domids, with a watch on the answer's
   never more than 200 unanswered.
 * ``daemon paced 200/s``: N requests arriving at a steady 200 per second (an
   open loop): the latency one domain sees when the host is busy but not flooded.
+* ``toolstack checks``: N assign / hotplug / migrate checks (in turn) on the domains
+  just answered, one at a time as a toolstack asks them (it waits for the verdict
+  before it acts); latency from the request's write to the watch event of its
+  ``verdict``.
 * ``bare replay``: the same requests, then, at the daemon's concurrency, the
   daemon's own xenstore operations per domain (``read_setup_input``,
   ``read_answer_generation``, ``write_answer`` in one transaction, the guest-query
@@ -57,7 +61,8 @@ from rmrrd.daemon.domains import SETUP_CONCURRENCY  # noqa: E402
 from rmrrd.daemon.setup import decide, read_answer_generation, read_setup_input, write_answer  # noqa: E402
 from rmrrd.daemon.xsutil import gather, read_text  # noqa: E402
 from rmrrd.inventory_yaml import load_inventory_file  # noqa: E402
-from rmrrd.schema import STATUS_KEY, answer_path, rdm_path  # noqa: E402
+from rmrrd.daemon.requests import format_request  # noqa: E402
+from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT, STATUS_KEY, answer_path, rdm_path  # noqa: E402
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore  # noqa: E402
 from rmrrd.xenstore.wire import Again, NoEntry  # noqa: E402
 
@@ -216,6 +221,35 @@ async def request_domains(xs: XenstoreClient, domids: range, in_flight: int, nam
     return Row(name, len(domids), seconds, latencies)
 
 
+CHECKS = (("assign", (DOMAIN["pci/0"],), None), ("hotplug", (DOMAIN["hotplug/0"],), None),
+          ("migrate", (), DOMAIN["migrate/0"]))
+CHECKS_IN_FLIGHT = 1
+
+
+async def check_requests(xs: XenstoreClient, domids: range) -> Row:
+    """A toolstack check per domain, in turn assign, hotplug and migrate."""
+    latencies: list[float] = []
+    limiter = trio.CapacityLimiter(CHECKS_IN_FLIGHT)
+
+    async def one(index: int, domid: int) -> None:
+        op, devices, target = CHECKS[index % len(CHECKS)]
+        req_id = f"bench-{index}"
+        async with limiter, xs.watch(f"{RESULT_ROOT}/{req_id}/verdict") as events:
+            await events.__anext__()  # the initial event, before anything is written
+            sent = time.perf_counter()
+            await xs.write(f"{REQUEST_ROOT}/{req_id}", format_request(op, domid, devices, target))  # type: ignore[arg-type]
+            await events.__anext__()
+            latencies.append(time.perf_counter() - sent)
+
+    start = time.perf_counter()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for index, domid in enumerate(domids):
+                nursery.start_soon(one, index, domid)
+    return Row(f"toolstack checks, {CHECKS_IN_FLIGHT} at once", len(domids), time.perf_counter() - start,
+               latencies)
+
+
 async def replay_bare(xs: XenstoreClient, domids: range) -> Row:
     """The daemon's per-domain xenstore operations, issued by this client, no planning."""
     defaults, host = default_config(environ={}).defaults, load_inventory_file(INVENTORIES / "node-a.yaml")
@@ -266,12 +300,13 @@ async def measure(socket_path: Path, daemon: subprocess.Popen[bytes], n: int, in
         steady = await request_domains(xs, batches[1], in_flight, f"daemon {in_flight} in flight")
         await create_domains(xs, batches[2], daemon.pid)
         paced = await request_domains(xs, batches[2], n, f"daemon paced {rate:g}/s", rate)
+        checks = await check_requests(xs, batches[2])
         # The daemon would answer these too: stop it, so that only the client works.
         daemon.terminate()
         await trio.to_thread.run_sync(daemon.wait)
         await create_domains(xs, batches[3], None)
         bare = await replay_bare(xs, batches[3])
-    return [burst, steady, paced, bare]
+    return [burst, steady, paced, checks, bare]
 
 
 @contextmanager
@@ -306,15 +341,17 @@ def main() -> int:
         with services(Path(tmp)) as (socket_path, xenstored, daemon):
             with profiling(args.profile, {"daemon": daemon.pid, "xenstored": xenstored.pid}):
                 rows = trio.run(measure, socket_path, daemon, args.n, args.in_flight, args.rate)
-    paced, bare = rows[2:]
+    paced, checks, bare = rows[2:]
     print(f"{'row':<28}{'domains':>8}{'wall s':>9}{'per s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'vs bare':>9}")
     for row in rows:
-        # The paced row's wall time is set by its rate, so no ratio for it.
-        ratio = "-" if row is paced else f"{row.seconds / bare.seconds:.2f}"
+        # The paced row's wall time is set by its rate, and checks are not setups:
+        # no ratio for them.
+        ratio = "-" if row in (paced, checks) else f"{row.seconds / bare.seconds:.2f}"
         print(f"{row.name:<28}{row.domains:>8}{row.seconds:>9.2f}{row.domains / row.seconds:>8.0f}"
               f"{row.percentile(0.5) * 1000:>9.1f}{row.percentile(0.99) * 1000:>9.1f}"
               f"{max(row.latencies) * 1000:>9.1f}{ratio:>9}")
     print(f"({os.cpu_count()} cores; latency: request commit sent -> answer generation event; "
+          "checks: request written -> verdict event; "
           "bare replay latency: request commit sent -> its replayed setup done)")
     return 0
 
