@@ -22,7 +22,8 @@ reconnects), ``store*`` (the simulated xenstored's pure state machine), ``server
 
 The daemon (``daemon/``): ``setup``, ``queries``, ``toolstack``, ``domains``
 (reconciliation), ``service`` (the nursery, signals, HTTP, sd_notify). Operations:
-``config``, ``logs``, ``sdnotify``, ``http_server``, ``metrics``.
+``config``, ``logs``, ``sdnotify``, ``http_server``, ``metrics``, ``gc_pauses`` (short
+garbage-collection pauses for the long-running processes).
 
 The command line: ``cli`` and one module per subcommand in ``commands/``; ``demo``
 plays the seed scenario.
