@@ -17,6 +17,7 @@ TOOL_ROOT = "/tool/rmrrd"
 REQUEST_ROOT = f"{TOOL_ROOT}/request"
 RESULT_ROOT = f"{TOOL_ROOT}/result"
 ASSIGNED_ROOT = f"{TOOL_ROOT}/assigned"
+ALLOCATED_ROOT = f"{TOOL_ROOT}/allocated"
 STATUS_KEY = f"{TOOL_ROOT}/status"
 VERSION_KEY = f"{TOOL_ROOT}/version"
 PID_KEY = f"{TOOL_ROOT}/pid"
@@ -56,6 +57,20 @@ def answer_path(domid: int) -> str:
 def assigned_path(domid: int) -> str:
     """Devices accepted by assign/hotplug checks, kept so a restarted daemon knows them."""
     return f"{ASSIGNED_ROOT}/{domid}"
+
+
+def allocated_path(domid: int) -> str:
+    """A guest's ``alloc`` placements, kept so a restarted daemon never hands one out twice.
+
+    Under ``/tool`` (dom0's), not under the guest's ``rmrr/``: the guest must not be
+    able to forge or drop them.
+    """
+    return f"{ALLOCATED_ROOT}/{domid}"
+
+
+def allocation_key(start: int) -> str:
+    """The node of one allocation under :func:`allocated_path`: its start address."""
+    return f"{start:#x}"
 
 
 @dataclass(frozen=True, slots=True)

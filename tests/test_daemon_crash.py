@@ -32,9 +32,10 @@ from rmrrd.daemon.setup import decide, read_setup_input
 from rmrrd.daemon.xsutil import read_list, read_text
 from rmrrd.inventory_yaml import load_inventory_file
 from rmrrd.ranges import parse_range
-from rmrrd.schema import PID_KEY, STATUS_KEY, answer_entries, answer_path, rdm_path
+from rmrrd.demo import guest_query
+from rmrrd.schema import ALLOCATED_ROOT, PID_KEY, STATUS_KEY, answer_entries, answer_path, rdm_path
 from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
-from rmrrd.xenstore.wire import NoEntry
+from rmrrd.xenstore.wire import NoEntry, XenstoreError
 
 REPO = Path(__file__).resolve().parent.parent
 INVENTORIES = REPO / "etc" / "inventories"
@@ -112,6 +113,18 @@ async def wait_for_socket(path: Path, process: subprocess.Popen[bytes], running:
             await trio.sleep(0.05)
 
 
+async def start_services(workdir: Path, running: Processes
+                         ) -> tuple[Path, subprocess.Popen[bytes], Path, subprocess.Popen[bytes]]:
+    """``rmrrd xenstored --persist`` (so the tree outlives the daemon), then ``rmrrd run``
+    on it: the socket, the xenstored, the daemon's config and the daemon."""
+    socket_path = workdir / "xs.sock"
+    xenstored = running.start("xenstored", "xenstored", "--socket", str(socket_path),
+                              "--persist", str(workdir / "tree"))
+    await wait_for_socket(socket_path, xenstored, running)
+    config = write_config(workdir, socket_path, embedded=False)
+    return socket_path, xenstored, config, running.start("daemon-1", "run", "--config", str(config))
+
+
 async def wait_serving(xs: XenstoreClient, process: subprocess.Popen[bytes], running: Processes) -> None:
     """Until this daemon process (not a killed predecessor) has reconciled.
 
@@ -140,6 +153,16 @@ async def request(xs: XenstoreClient, domid: int, keys: dict[str, str], generati
         await tx.write(f"{base}/request", generation)
 
     await xs.run_transaction(write)
+
+
+async def request_answered(xs: XenstoreClient, domid: int, keys: dict[str, str], generation: str) -> None:
+    """The toolstack's request, then wait for the daemon's answer to it."""
+    async with xs.watch(f"{answer_path(domid)}/generation") as events:
+        await request(xs, domid, keys, generation)
+        with trio.fail_after(20):
+            async for _ in events:
+                if await read_text(xs, f"{answer_path(domid)}/generation") == generation:
+                    return
 
 
 async def burst_and_kill(xs: XenstoreClient, victim: subprocess.Popen[bytes]) -> None:
@@ -216,12 +239,7 @@ async def assert_current(xs: XenstoreClient, domid: int) -> None:
 
 
 async def test_sigkill_mid_burst_then_restart_answers_every_domain(tmp_path: Path, processes: Processes) -> None:
-    socket_path = tmp_path / "xs.sock"
-    xenstored = processes.start("xenstored", "xenstored", "--socket", str(socket_path),
-                                "--persist", str(tmp_path / "tree"))
-    await wait_for_socket(socket_path, xenstored, processes)
-    config = write_config(tmp_path, socket_path, embedded=False)
-    daemon = processes.start("daemon-1", "run", "--config", str(config))
+    socket_path, xenstored, config, daemon = await start_services(tmp_path, processes)
     async with open_xenstore(str(socket_path)) as xs:
         await wait_serving(xs, daemon, processes)
         await burst_and_kill(xs, daemon)
@@ -265,12 +283,7 @@ async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(tmp_path: P
     async with open_xenstore(str(socket_path)) as xs:
         await wait_serving(xs, daemon, processes)
         for domid in (1, 2, 3):
-            async with xs.watch(f"{answer_path(domid)}/generation") as events:
-                await request(xs, domid, domain_keys(domid), "1")
-                with trio.fail_after(20):
-                    async for _ in events:
-                        if await read_text(xs, f"{answer_path(domid)}/generation") == "1":
-                            break
+            await request_answered(xs, domid, domain_keys(domid), "1")
     xenstored.terminate()
     assert await trio.to_thread.run_sync(xenstored.wait) == 0
 
@@ -296,3 +309,35 @@ async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(tmp_path: P
         for domid in (1, 3, 4):
             await assert_current(xs, domid)
     assert daemon.poll() is None, "the daemon reconnects; it does not exit"
+
+
+async def test_guest_allocations_survive_a_daemon_restart(tmp_path: Path, processes: Processes) -> None:
+    """``alloc`` is remembered until ``free`` or the domain's end (contract 4.2), restarts included."""
+    socket_path, _, config, daemon = await start_services(tmp_path, processes)
+    records = f"{ALLOCATED_ROOT}/1"
+    async with open_xenstore(str(socket_path)) as xs:
+        await wait_serving(xs, daemon, processes)
+        await request_answered(xs, 1, domain_keys(1), "1")
+        await xs.introduce(1, 0, 0)
+        async with open_xenstore(f"{socket_path}.d/1") as guest:
+            first = parse_range((await guest_query(guest, 1, "a1", "alloc 0x1000000")).removeprefix("ok "))
+            assert await read_list(xs, records) == {f"{first.start:#x}": str(first)}
+            # The record is dom0's: the guest can neither forge nor drop it.
+            with pytest.raises(XenstoreError, match="EACCES"):
+                await guest.write(f"{records}/0x0", "0x0-0xfffffff")
+            with pytest.raises(XenstoreError, match="EACCES"):
+                await guest.rm(records)
+
+        daemon.send_signal(signal.SIGKILL)
+        await trio.to_thread.run_sync(daemon.wait)
+        daemon = processes.start("daemon-2", "run", "--config", str(config))
+        await wait_serving(xs, daemon, processes)
+        async with open_xenstore(f"{socket_path}.d/1") as guest:
+            second = parse_range((await guest_query(guest, 1, "a2", "alloc 0x1000000")).removeprefix("ok "))
+            assert not first.overlaps(second), "the restarted daemon handed out a placement twice"
+            assert (await guest_query(guest, 1, "f1", f"free {first}")).startswith("ok")
+        assert await read_list(xs, records) == {f"{second.start:#x}": str(second)}
+
+        # A new layout is a new boot: its allocations start afresh.
+        await request_answered(xs, 1, domain_keys(1, memory_mib=512), "2")
+        assert not await xs.exists(records)

@@ -13,8 +13,9 @@ import os
 import trio
 
 from rmrrd import __version__
-from rmrrd.schema import (ASSIGNED_ROOT, LIBXL_ROOT, PID_KEY, STATUS_KEY, VERSION_KEY, answer_path,
-                          assigned_path, parse_domid)
+from rmrrd.ranges import parse_range
+from rmrrd.schema import (ALLOCATED_ROOT, ASSIGNED_ROOT, LIBXL_ROOT, PID_KEY, STATUS_KEY, VERSION_KEY,
+                          allocated_path, answer_path, assigned_path, parse_domid)
 from rmrrd.pci import Bdf
 from rmrrd.errors import InputError
 from rmrrd.guest_queries import Allocations
@@ -70,9 +71,10 @@ class Domains:
     async def reconcile(self) -> None:
         """Make xenstore and memory agree, as if the daemon had never stopped.
 
-        Answers every request whose answer is missing or stale, removes answers and
-        attachments of domains that are gone, and rebuilds which domain holds which
-        device.  Runs on start and after every xenstore reconnect.
+        Answers every request whose answer is missing or stale, removes answers,
+        attachments and allocations of domains that are gone, and rebuilds which
+        domain holds which device and which MMIO ranges each guest was given.  Runs
+        on start and after every xenstore reconnect.
         """
         xs = self._ctx.xs
         try:
@@ -85,6 +87,7 @@ class Domains:
                 self._released.add(domain.domid)
                 self.queue.submit(domain.domid)
         await self._load_attached(live)
+        await self._load_allocations(live)
         await self._drop_orphan_answers(live)
         for domid in sorted(live):
             self.queue.submit(domid)
@@ -93,25 +96,52 @@ class Domains:
         await gather(lambda key: xs.write(key, status[key]), status)
         log.info("reconciled: %d domains answered", len(self._ctx.registry))
 
-    async def _load_attached(self, live: set[int]) -> None:
+    async def _records(self, root: str, live: set[int]) -> dict[int, dict[str, str]]:
+        """The per-domain records under ``root`` of live domains; those of gone ones removed."""
         xs = self._ctx.xs
         try:
-            names = await xs.directory(ASSIGNED_ROOT)
+            names = await xs.directory(root)
         except NoEntry:
-            return
+            return {}
+        records: dict[int, dict[str, str]] = {}
         for name in names:
             domid = parse_domid(name)
             if domid is None or domid not in live:
-                await rm_quietly(xs, f"{ASSIGNED_ROOT}/{name}")
-                continue
+                await rm_quietly(xs, f"{root}/{name}")
+            else:
+                records[domid] = await read_list(xs, f"{root}/{name}")
+        return records
+
+    async def _load_attached(self, live: set[int]) -> None:
+        """Which devices each live domain holds, from accepted assign/hotplug checks."""
+        for domid, values in (await self._records(ASSIGNED_ROOT, live)).items():
             attached: dict[Bdf, str] = {}
-            for value in (await read_list(xs, assigned_path(domid))).values():
+            for value in values.values():
                 device, _, op = value.partition(" ")
                 try:
                     attached[Bdf.parse(device)] = op
                 except InputError:
                     log.warning("domain %d: ignoring malformed attached device %r", domid, value[:40])
             self._ctx.registry.ensure(domid).attached = attached
+
+    async def _load_allocations(self, live: set[int]) -> None:
+        """Each live guest's ``alloc`` placements, as recorded by its guest-query task.
+
+        Only for domains this process has not set up yet (a start): after a reconnect
+        the allocations in memory are current, and a query being answered right now
+        may not have recorded its allocation yet.
+        """
+        for domid, values in (await self._records(ALLOCATED_ROOT, live)).items():
+            known = self._ctx.registry.get(domid)
+            if known is not None and known.plan is not None:
+                continue
+            allocations = Allocations(self._ctx.config.limits.max_allocations)
+            for value in values.values():
+                try:
+                    allocations.add(parse_range(value))
+                except InputError:
+                    log.warning("domain %d: ignoring malformed allocation record %r", domid, value[:40])
+            self._ctx.registry.ensure(domid).allocations = allocations
 
     async def _drop_orphan_answers(self, live: set[int]) -> None:
         xs = self._ctx.xs
@@ -153,7 +183,11 @@ class Domains:
                 # keep it and only relearn the plan.
                 return "relearned", given.generation, outcome
             await write_answer(tx, domid, given.generation, outcome)
-            return "written", given.generation, outcome
+            if answered is None:
+                return "written", given.generation, outcome
+            # A new layout is a new boot: BARs placed in the old one mean nothing.
+            await rm_quietly(tx, allocated_path(domid))
+            return "rewritten", given.generation, outcome
 
         state, generation, outcome = await ctx.xs.run_transaction(run)
         if state == "absent":
@@ -163,8 +197,7 @@ class Domains:
         if outcome is None:
             return
         domain = ctx.registry.ensure(domid)
-        if state == "written" and domain.generation is not None:
-            # A new layout is a new boot: BARs placed in the old one mean nothing.
+        if state == "rewritten":
             domain.allocations = Allocations(ctx.config.limits.max_allocations)
         domain.generation, domain.request, domain.plan = generation, outcome.request, outcome.plan
         if not domain.introduced:
@@ -173,7 +206,7 @@ class Domains:
             domain.queries = trio.CancelScope()
             self._nursery.start_soon(self._run_queries, domain, domain.queries)
         ctx.metrics.set_domains(len(ctx.registry))
-        if state == "written":
+        if state in ("written", "rewritten"):
             self._report(domid, generation, outcome, trio.current_time() - triggered)
 
     def _report(self, domid: int, generation: str | None, outcome: SetupOutcome, seconds: float) -> None:
@@ -216,6 +249,7 @@ class Domains:
         async def run(tx: Transaction) -> None:
             await rm_quietly(tx, answer_path(domid))
             await rm_quietly(tx, assigned_path(domid))
+            await rm_quietly(tx, allocated_path(domid))
 
         await ctx.xs.run_transaction(run)
         ctx.metrics.set_domains(len(ctx.registry))

@@ -3,7 +3,8 @@
 The guest is untrusted.  Whatever it writes is bounded (xenstored's own quotas and
 ``limits.max_query_length``), rate limited per domain, answered by the pure
 :func:`rmrrd.guest_queries.handle_query`, and can only ever cause a write to that
-domain's own ``reply/<id>`` and the removal of its own ``query/<id>``.
+domain's own ``reply/<id>`` and the removal of its own ``query/<id>`` (and, for
+``alloc`` and ``free``, the dom0-owned record of that domain's allocations).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import trio
 
 from rmrrd.guest_queries import QueryResult, handle_query
-from rmrrd.schema import answer_path, is_valid_id
+from rmrrd.ranges import Range
+from rmrrd.schema import allocated_path, allocation_key, answer_path, is_valid_id
 from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.context import Context
@@ -68,19 +70,32 @@ async def answer_query(ctx: Context, domain: Domain, name: str) -> None:
     elif domain.plan is None:
         result = QueryResult("error ENODEV this domain has no reserved-memory answer yet", "other", "error")
     else:
+        held = set(domain.allocations.ranges())
         result = handle_query(raw, domain.plan, domain.allocations,
                               max_length=ctx.config.limits.max_query_length)
+        await _record_allocations(ctx, domain.domid, held, set(domain.allocations.ranges()))
 
-    # Reply first, then remove the query: one write is atomic for a reader, and no
-    # transaction is needed. A transaction here would conflict with every new query
-    # node the guest creates beside it, so a flooding guest would starve itself.
-    # A crash in between leaves the query, answered again after the restart.
+    # The allocation record first, then the reply, then remove the query: one write
+    # is atomic for a reader, and no transaction is needed. A transaction here would
+    # conflict with every new query node the guest creates beside it, so a flooding
+    # guest would starve itself. A crash in between leaves the query, answered again
+    # after the restart; an allocation recorded but never replied is then held until
+    # the domain's end (bounded by the cap), never handed out twice.
     await ctx.xs.write(f"{base}/reply/{name}", result.reply)
     await rm_quietly(ctx.xs, query)
     await _forget_old_replies(ctx, domain, name)
     ctx.metrics.guest_query(result.kind, result.outcome)
     if result.outcome != "ok":
         log.debug("domain %d: query %s: %s", domain.domid, name, result.reply[:120])
+
+
+async def _record_allocations(ctx: Context, domid: int, before: set[Range], after: set[Range]) -> None:
+    """Mirror an ``alloc`` or ``free`` into ``/tool/rmrrd/allocated/<domid>``."""
+    base = allocated_path(domid)
+    for gone in before - after:
+        await rm_quietly(ctx.xs, f"{base}/{allocation_key(gone.start)}")
+    for new in after - before:
+        await ctx.xs.write(f"{base}/{allocation_key(new.start)}", str(new))
 
 
 async def _forget_old_replies(ctx: Context, domain: Domain, name: str) -> None:
