@@ -83,6 +83,9 @@ BAD_ARGUMENTS = [
     (["assign", "--domid", "1", "--device", "0000:zz:02.0"], "0000:zz:02.0"),
     (["hotplug", "--domid", "1", "--device", D1, "--target", "node-b"], "target"),
     (["migrate", "--domid", "1", "--target", "node/b"], "node/b"),
+    (["migrate", "--domid", "1", "--target", "node b"], "--target 'node b': expected one word"),
+    (["hotplug", "--domid", "1", "--device", f"{D1} op=assign"], f"--device '{D1} op=assign': expected one word"),
+    (["hotplug", "--domid", "1", "--device", ""], "--device '': expected one word"),
 ]
 
 

@@ -68,6 +68,12 @@ async def _withdraw(xs: XenstoreClient, req_id: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The request is one line of space-separated words: a space inside an argument
+    # would split it, and the daemon would complain about a word the user never wrote.
+    for option, values in (("--device", args.device), ("--target", [] if args.target is None else [args.target])):
+        for value in values:
+            if not value or any(char.isspace() for char in value):
+                raise InputError(f"{option} {value!r}: expected one word, without spaces")
     request = format_request(args.op, args.domid, tuple(args.device), args.target)
     parse_request(request)  # refuse bad arguments here, with the same words as the daemon
 
