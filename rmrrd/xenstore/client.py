@@ -35,6 +35,7 @@ import os
 import random
 import socket
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -144,13 +145,14 @@ def _decode_path(raw: bytes, what: str) -> str:
         raise RemoteProtocolError(f"{what} {raw[:60]!r} is not ASCII") from None
 
 
-class _Operations:
+class _Operations(ABC):
     """The node operations, shared by the client (tx 0) and a transaction (its tx id)."""
 
     _tx_id = 0
 
+    @abstractmethod
     async def _request(self, op: Op, payload: bytes) -> bytes:
-        raise NotImplementedError
+        """Send one request in this context (client or transaction); its reply payload."""
 
     async def _path_request(self, op: Op, path: str, *more: bytes, special_ok: bool = False) -> bytes:
         validate_path(path, special_ok=special_ok)
