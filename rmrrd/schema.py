@@ -26,6 +26,7 @@ DEVICE_LISTS = ("pci", "hotplug", "migrate", "reserve")
 """The numbered lists under ``/libxl/<domid>/rdm/`` (contract 4.1)."""
 
 SCALAR_KEYS = ("memory", "mmio_hole", "config", "mem_boundary")
+"""The single-valued keys under ``/libxl/<domid>/rdm/``, in the order setup reads them."""
 
 _DOMID_RE = re.compile(r"0|[1-9][0-9]{0,4}")
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -98,15 +99,6 @@ def classify_libxl_path(path: str) -> LibxlEvent | None:
         return None
     rest = parts[3:]
     return LibxlEvent(domid, request=rest == ["rdm", "request"], domain_node=not rest)
-
-
-def query_id_from_path(domid: int, path: str) -> str | None:
-    """The ``<id>`` of ``/local/domain/<domid>/rmrr/query/<id>``, else None."""
-    prefix = f"{answer_path(domid)}/query/"
-    if not path.startswith(prefix):
-        return None
-    rest = path[len(prefix):]
-    return rest if "/" not in rest else None
 
 
 OWNED_ANSWER_KEYS = ("generation", "status", "error", "lowmem_end", "highmem_end", "region", "e820")

@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from rmrrd.daemon.requests import format_request, parse_request
 from rmrrd.errors import InputError
 from rmrrd.pci import Bdf
-from rmrrd.schema import classify_libxl_path, parse_domid, query_id_from_path
+from rmrrd.schema import classify_libxl_path, parse_domid
 from rmrrd.xlcfg import Policy
 
 
@@ -85,9 +85,3 @@ def test_classify_libxl_paths() -> None:
     assert other is not None and not other.request and not other.domain_node
     assert classify_libxl_path("/libxl/dom4/rdm/request") is None
     assert classify_libxl_path("/local/domain/4") is None
-
-
-def test_query_id_only_for_direct_children() -> None:
-    assert query_id_from_path(3, "/local/domain/3/rmrr/query/abc") == "abc"
-    assert query_id_from_path(3, "/local/domain/3/rmrr/query/abc/def") is None
-    assert query_id_from_path(3, "/local/domain/4/rmrr/query/abc") is None

@@ -16,7 +16,7 @@ from rmrrd.config import DefaultsConfig
 from rmrrd.errors import InputError
 from rmrrd.inventory import Inventory
 from rmrrd.planner import DomainRequest, Plan, parse_domain_request, plan
-from rmrrd.schema import DEVICE_LISTS, OWNED_ANSWER_KEYS, answer_entries, answer_path, rdm_path
+from rmrrd.schema import DEVICE_LISTS, OWNED_ANSWER_KEYS, SCALAR_KEYS, answer_entries, answer_path, rdm_path
 from rmrrd.xenstore.client import Transaction
 
 from rmrrd.daemon.xsutil import gather, guest_perms, read_list, read_text, rm_quietly
@@ -55,8 +55,7 @@ async def read_setup_input(tx: Transaction, domid: int) -> SetupInput | None:
     generation = await read_text(tx, f"{base}/request")
     if generation is None:
         return None
-    memory, mmio_hole, config, mem_boundary = await gather(
-        lambda key: read_text(tx, f"{base}/{key}"), ("memory", "mmio_hole", "config", "mem_boundary"))
+    memory, mmio_hole, config, mem_boundary = await gather(lambda key: read_text(tx, f"{base}/{key}"), SCALAR_KEYS)
     lists = await gather(lambda key: read_list(tx, f"{base}/{key}"), DEVICE_LISTS)
     return SetupInput(generation, memory, mmio_hole, config, mem_boundary, dict(zip(DEVICE_LISTS, lists)))
 
