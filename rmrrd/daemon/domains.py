@@ -18,7 +18,6 @@ from rmrrd.schema import (ALLOCATED_ROOT, ASSIGNED_ROOT, LIBXL_ROOT, PID_KEY, ST
                           allocated_path, answer_path, assigned_path, parse_domid)
 from rmrrd.pci import Bdf
 from rmrrd.errors import InputError
-from rmrrd.guest_queries import Allocations
 from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
@@ -135,7 +134,7 @@ class Domains:
             known = self._ctx.registry.get(domid)
             if known is not None and known.plan is not None:
                 continue
-            allocations = Allocations(self._ctx.config.limits.max_allocations)
+            allocations = self._ctx.registry.new_allocations()
             for value in values.values():
                 try:
                     allocations.add(parse_range(value))
@@ -198,7 +197,7 @@ class Domains:
             return
         domain = ctx.registry.ensure(domid)
         if state == "rewritten":
-            domain.allocations = Allocations(ctx.config.limits.max_allocations)
+            domain.allocations = ctx.registry.new_allocations()
         domain.generation, domain.request, domain.plan = generation, outcome.request, outcome.plan
         if not domain.introduced:
             domain.introduced = await ctx.xs.is_introduced(domid)

@@ -67,10 +67,13 @@ class Registry:
         """The domain's record, created empty on first sight."""
         domain = self._domains.get(domid)
         if domain is None:
-            domain = Domain(domid, TokenBucket(self._query_rate, self._query_burst),
-                            Allocations(self._max_allocations))
+            domain = Domain(domid, TokenBucket(self._query_rate, self._query_burst), self.new_allocations())
             self._domains[domid] = domain
         return domain
+
+    def new_allocations(self) -> Allocations:
+        """An empty allocation table with the cap fixed when the daemon started."""
+        return Allocations(self._max_allocations)
 
     def forget(self, domid: int) -> Domain | None:
         return self._domains.pop(domid, None)
