@@ -20,7 +20,7 @@ from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.context import Context
 from rmrrd.daemon.state import Domain
-from rmrrd.daemon.xsutil import rm_quietly
+from rmrrd.daemon.xsutil import keep_newest, rm_quietly
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ async def answer_query(ctx: Context, domain: Domain, name: str) -> None:
     # the domain's end (bounded by the cap), never handed out twice.
     await ctx.xs.write(f"{base}/reply/{name}", result.reply)
     await rm_quietly(ctx.xs, query)
-    await _forget_old_replies(ctx, domain, name)
+    await keep_newest(ctx.xs, domain.replies, name, REPLIES_KEPT, f"{base}/reply")
     ctx.metrics.guest_query(result.kind, result.outcome)
     if result.outcome != "ok":
         log.debug("domain %d: query %s: %s", domain.domid, name, result.reply[:120])
@@ -96,11 +96,3 @@ async def _record_allocations(ctx: Context, domid: int, before: set[Range], afte
         await rm_quietly(ctx.xs, f"{base}/{allocation_key(gone.start)}")
     for new in after - before:
         await ctx.xs.write(f"{base}/{allocation_key(new.start)}", str(new))
-
-
-async def _forget_old_replies(ctx: Context, domain: Domain, name: str) -> None:
-    if name in domain.replies:
-        domain.replies.remove(name)
-    domain.replies.append(name)
-    while len(domain.replies) > REPLIES_KEPT:
-        await rm_quietly(ctx.xs, f"{answer_path(domain.domid)}/reply/{domain.replies.popleft()}")

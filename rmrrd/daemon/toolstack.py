@@ -21,7 +21,7 @@ from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.context import Context
 from rmrrd.daemon.requests import ToolRequest, parse_request
-from rmrrd.daemon.xsutil import device_key, gather, rm_quietly
+from rmrrd.daemon.xsutil import device_key, gather, keep_newest, rm_quietly
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,4 @@ class ToolstackHandler:
         subject = (f"domain {request.domid} {request.op} " + " ".join(str(d.bdf) for d in request.devices)
                    if request is not None else "malformed")
         log.log(level, "request %s: %s: %s: %s", req_id, subject.strip(), verdict.verdict, verdict.reason)
-        await self._remember(req_id)
-
-    async def _remember(self, req_id: str) -> None:
-        if req_id in self._results:
-            self._results.remove(req_id)
-        self._results.append(req_id)
-        while len(self._results) > self._ctx.config.limits.results_kept:
-            oldest = self._results.popleft()
-            try:
-                await self._ctx.xs.rm(f"{RESULT_ROOT}/{oldest}")
-            except NoEntry:
-                pass
+        await keep_newest(ctx.xs, self._results, req_id, ctx.config.limits.results_kept, RESULT_ROOT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -84,6 +85,19 @@ async def rm_quietly(tx: Ops, path: str) -> None:
         await tx.rm(path)
     except NoEntry:
         pass
+
+
+async def keep_newest(tx: Ops, kept: deque[str], name: str, limit: int, parent: str) -> None:
+    """Note ``parent/name`` as the newest of ``kept``; remove the oldest beyond ``limit``.
+
+    For the nodes rmrrd writes per request (results, replies): without a bound, a
+    client writing fresh ids would grow the store without end.
+    """
+    if name in kept:
+        kept.remove(name)
+    kept.append(name)
+    while len(kept) > limit:
+        await rm_quietly(tx, f"{parent}/{kept.popleft()}")
 
 
 def device_key(bdf: Bdf) -> str:
