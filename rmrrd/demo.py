@@ -51,17 +51,23 @@ def find_inventories() -> Path:
     raise InputError("cannot find the sample inventories node-a.yaml and node-b.yaml (etc/inventories)")
 
 
+async def write_request(xs: XenstoreClient, domid: int, keys: dict[str, str], generation: str = "1") -> None:
+    """A domain's request as a toolstack writes it: its keys and ``request``, in one transaction."""
+    base = rdm_path(domid)
+
+    async def write(tx: Transaction) -> None:
+        for key, value in keys.items():
+            await tx.write(f"{base}/{key}", value)
+        await tx.write(f"{base}/request", generation)
+
+    await xs.run_transaction(write)
+
+
 async def create_domain(xs: XenstoreClient, domid: int, keys: dict[str, str], generation: str = "1") -> dict[str, str]:
     """Write a domain's request as a toolstack does, and wait for rmrrd's answer."""
-    base, answer = rdm_path(domid), answer_path(domid)
+    answer = answer_path(domid)
     async with xs.watch(f"{answer}/generation") as events:
-
-        async def write(tx: Transaction) -> None:
-            for key, value in keys.items():
-                await tx.write(f"{base}/{key}", value)
-            await tx.write(f"{base}/request", generation)
-
-        await xs.run_transaction(write)
+        await write_request(xs, domid, keys, generation)
         with trio.fail_after(10):
             async for _ in events:
                 if await read_text(xs, f"{answer}/generation") == generation:

@@ -8,8 +8,8 @@ from pathlib import Path
 import trio
 
 from test_service_support import (NotifySocket, XenstoredProcess, start_daemon, workdir, daemons, xenstored,  # noqa: F401
-                                  write_request, read_key, Daemon)
-from rmrrd.demo import SEED_DOMAIN
+                                  read_key, Daemon)
+from rmrrd.demo import SEED_DOMAIN, write_request
 from rmrrd.schema import STATUS_KEY, answer_path
 from rmrrd.xenstore.client import open_xenstore
 

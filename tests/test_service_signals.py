@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from test_service_support import (Daemon, XenstoredProcess, daemons, read_key, setup_domain,  # noqa: F401
-                                  start_daemon, workdir, write_request, xenstored)
+                                  start_daemon, workdir, xenstored)
 from rmrrd.daemon.xsutil import read_text
-from rmrrd.demo import SEED_DOMAIN
+from rmrrd.demo import SEED_DOMAIN, write_request
 from rmrrd.schema import answer_path
 from rmrrd.xenstore.client import open_xenstore
 

@@ -30,8 +30,7 @@ import trio
 from prometheus_helpers import free_port
 from rmrrd.daemon.xsutil import read_text
 from rmrrd.demo import SEED_DOMAIN, create_domain
-from rmrrd.schema import rdm_path
-from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
+from rmrrd.xenstore.client import open_xenstore
 
 REPO = Path(__file__).resolve().parent.parent
 INVENTORIES = REPO / "etc" / "inventories"
@@ -233,17 +232,6 @@ def xenstored(workdir: Path) -> Iterator[XenstoredProcess]:
 
 
 # --- scripted xenstore work, run with trio.run from the (blocking) tests ------------
-
-
-async def write_request(xs: XenstoreClient, domid: int, keys: dict[str, str], generation: str = "1") -> None:
-    """A domain's setup request, as a toolstack writes it, without waiting for the answer."""
-
-    async def write(tx: Transaction) -> None:
-        for key, value in keys.items():
-            await tx.write(f"{rdm_path(domid)}/{key}", value)
-        await tx.write(f"{rdm_path(domid)}/request", generation)
-
-    await xs.run_transaction(write)
 
 
 def setup_domain(xenstore: Path, domid: int, keys: dict[str, str] = SEED_DOMAIN) -> dict[str, str]:
