@@ -17,22 +17,22 @@ now in xenstore.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from test_service_support import Daemon, XenstoredProcess, daemons, start_daemon  # noqa: F401  (fixture)
+
 from rmrrd.config import default_config
 from rmrrd.daemon.setup import decide, read_setup_input
 from rmrrd.daemon.xsutil import read_list, read_text
 from rmrrd.inventory_yaml import load_inventory_file
 from rmrrd.ranges import parse_range
-from rmrrd.demo import guest_query
+from rmrrd.demo import create_domain, guest_query
 from rmrrd.schema import ALLOCATED_ROOT, PID_KEY, STATUS_KEY, answer_entries, answer_path, rdm_path
 from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
 from rmrrd.xenstore.wire import NoEntry, XenstoreError
@@ -57,83 +57,38 @@ def domain_keys(domid: int, memory_mib: int | None = None) -> dict[str, str]:
     return keys
 
 
-class Processes:
-    """rmrrd processes of one test, each logging to its own file, all killed at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "rmrrd", *args], stdout=log, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
-        self.started.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.workdir.glob("*.log")))
-
-    def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
-
-
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop_all()
+def servers() -> Iterator[list[XenstoredProcess]]:
+    """Started xenstoreds go in this list; any still running at the end is stopped."""
+    started: list[XenstoredProcess] = []
+    yield started
+    for server in started:
+        server.stop()
 
 
-def write_config(workdir: Path, socket_path: Path, *, embedded: bool, persist: Path | None = None) -> Path:
-    import socket
-
-    with socket.socket() as probe:  # the config wants a real port; this one is free now
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = workdir / "rmrrd.yaml"
-    config.write_text(
-        f"xenstore: {{path: {socket_path}, embedded: {str(embedded).lower()}"
-        + (f", persist: {persist}" if persist else "") + "}\n"
-        f"host: {{name: node-a, sources: [{INVENTORIES / 'node-a.yaml'}]}}\n"
-        f"peers: [{INVENTORIES / 'node-b.yaml'}]\n"
-        f"metrics: {{listen: '127.0.0.1:{port}'}}\n")
-    return config
+def start_services(workdir: Path, daemons: list[Daemon], servers: list[XenstoredProcess]
+                   ) -> tuple[XenstoredProcess, Daemon]:
+    """``rmrrd xenstored --persist`` (so the tree outlives the daemon), then ``rmrrd run`` on it."""
+    servers.append(XenstoredProcess(workdir / "xs.sock", persist=workdir / "tree"))
+    return servers[-1], start(workdir, servers[-1], daemons)
 
 
-async def wait_for_socket(path: Path, process: subprocess.Popen[bytes], running: Processes) -> None:
-    with trio.fail_after(20):
-        while not path.exists():
-            assert process.poll() is None, running.logs()
-            await trio.sleep(0.05)
+def start(workdir: Path, xenstored: XenstoredProcess, daemons: list[Daemon]) -> Daemon:
+    """``rmrrd run`` against ``xenstored`` (again, after a kill)."""
+    daemons.append(start_daemon(workdir, xenstore=xenstored.path))
+    return daemons[-1]
 
 
-async def start_services(workdir: Path, running: Processes
-                         ) -> tuple[Path, subprocess.Popen[bytes], Path, subprocess.Popen[bytes]]:
-    """``rmrrd xenstored --persist`` (so the tree outlives the daemon), then ``rmrrd run``
-    on it: the socket, the xenstored, the daemon's config and the daemon."""
-    socket_path = workdir / "xs.sock"
-    xenstored = running.start("xenstored", "xenstored", "--socket", str(socket_path),
-                              "--persist", str(workdir / "tree"))
-    await wait_for_socket(socket_path, xenstored, running)
-    config = write_config(workdir, socket_path, embedded=False)
-    return socket_path, xenstored, config, running.start("daemon-1", "run", "--config", str(config))
-
-
-async def wait_serving(xs: XenstoreClient, process: subprocess.Popen[bytes], running: Processes) -> None:
+async def wait_serving(xs: XenstoreClient, daemon: Daemon) -> None:
     """Until this daemon process (not a killed predecessor) has reconciled.
 
     A SIGKILLed daemon leaves ``status=ready`` behind; ``pid`` tells them apart, and
     the daemon writes both only once its first reconciliation has answered everything.
     """
     with trio.fail_after(60):
-        while not (await read_text(xs, PID_KEY) == str(process.pid) and await read_text(xs, STATUS_KEY) == "ready"):
-            assert process.poll() is None, running.logs()
+        while not (await read_text(xs, PID_KEY) == str(daemon.process.pid)
+                   and await read_text(xs, STATUS_KEY) == "ready"):
+            assert daemon.process.poll() is None, daemon.log()
             await trio.sleep(0.05)
 
 
@@ -153,16 +108,6 @@ async def request(xs: XenstoreClient, domid: int, keys: dict[str, str], generati
         await tx.write(f"{base}/request", generation)
 
     await xs.run_transaction(write)
-
-
-async def request_answered(xs: XenstoreClient, domid: int, keys: dict[str, str], generation: str) -> None:
-    """The toolstack's request, then wait for the daemon's answer to it."""
-    async with xs.watch(f"{answer_path(domid)}/generation") as events:
-        await request(xs, domid, keys, generation)
-        with trio.fail_after(20):
-            async for _ in events:
-                if await read_text(xs, f"{answer_path(domid)}/generation") == generation:
-                    return
 
 
 async def burst_and_kill(xs: XenstoreClient, victim: subprocess.Popen[bytes]) -> None:
@@ -238,12 +183,13 @@ async def assert_current(xs: XenstoreClient, domid: int) -> None:
     assert keys == dict(answer_entries(given.generation, outcome.plan, outcome.error)), f"domain {domid}"
 
 
-async def test_sigkill_mid_burst_then_restart_answers_every_domain(tmp_path: Path, processes: Processes) -> None:
-    socket_path, xenstored, config, daemon = await start_services(tmp_path, processes)
-    async with open_xenstore(str(socket_path)) as xs:
-        await wait_serving(xs, daemon, processes)
-        await burst_and_kill(xs, daemon)
-        assert daemon.returncode == -signal.SIGKILL
+async def test_sigkill_mid_burst_then_restart_answers_every_domain(
+        tmp_path: Path, daemons: list[Daemon], servers: list[XenstoredProcess]) -> None:
+    xenstored, daemon = start_services(tmp_path, daemons, servers)
+    async with open_xenstore(str(xenstored.path)) as xs:
+        await wait_serving(xs, daemon)
+        await burst_and_kill(xs, daemon.process)
+        assert daemon.process.returncode == -signal.SIGKILL
 
         left = {domid: await answer_keys(xs, domid) for domid in range(1, BURST + 1)}
         for domid, keys in left.items():
@@ -257,18 +203,19 @@ async def test_sigkill_mid_burst_then_restart_answers_every_domain(tmp_path: Pat
         await request(xs, rewritten, domain_keys(rewritten, memory_mib=512), "2")
         await xs.rm(f"/libxl/{vanished}")
 
-        daemon = processes.start("daemon-2", "run", "--config", str(config))
-        await wait_serving(xs, daemon, processes)
+        daemon = start(tmp_path, xenstored, daemons)
+        await wait_serving(xs, daemon)
         for domid in range(1, BURST + 1):
             if domid == vanished:
                 assert not await xs.exists(answer_path(domid)), "answer of a vanished domain kept"
             else:
                 await assert_current(xs, domid)
         assert await read_text(xs, f"{answer_path(rewritten)}/generation") == "2"
-        assert xenstored.poll() is None, "xenstored must have outlived the daemon"
+        assert xenstored.process.poll() is None, "xenstored must have outlived the daemon"
 
 
-async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(tmp_path: Path, processes: Processes) -> None:
+async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(
+        tmp_path: Path, daemons: list[Daemon], servers: list[XenstoredProcess]) -> None:
     """Reconciliation after a reconnect, not only at start (issue 4, deliverable 6).
 
     While xenstored is down, the tree changes in ways no watch can report to the
@@ -276,48 +223,43 @@ async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(tmp_path: P
     request, a rewritten request, a vanished domain), then the first comes back with
     it.  The daemon, which never stopped, must reconnect and reconcile.
     """
-    socket_path, tree = tmp_path / "xs.sock", tmp_path / "tree"
-    xenstored = processes.start("xenstored-1", "xenstored", "--socket", str(socket_path), "--persist", str(tree))
-    await wait_for_socket(socket_path, xenstored, processes)
-    daemon = processes.start("daemon", "run", "--config", str(write_config(tmp_path, socket_path, embedded=False)))
-    async with open_xenstore(str(socket_path)) as xs:
-        await wait_serving(xs, daemon, processes)
+    xenstored, daemon = start_services(tmp_path, daemons, servers)
+    async with open_xenstore(str(xenstored.path)) as xs:
+        await wait_serving(xs, daemon)
         for domid in (1, 2, 3):
-            await request_answered(xs, domid, domain_keys(domid), "1")
-    xenstored.terminate()
-    assert await trio.to_thread.run_sync(xenstored.wait) == 0
+            await create_domain(xs, domid, domain_keys(domid))
+    xenstored.stop()
+    assert xenstored.process.returncode == 0
 
-    editor_socket = tmp_path / "editor.sock"
-    editor = processes.start("xenstored-editor", "xenstored", "--socket", str(editor_socket), "--persist", str(tree))
-    await wait_for_socket(editor_socket, editor, processes)
-    async with open_xenstore(str(editor_socket)) as xs:
+    servers.append(XenstoredProcess(tmp_path / "editor.sock", persist=tmp_path / "tree"))
+    async with open_xenstore(str(servers[-1].path)) as xs:
         await request(xs, 4, domain_keys(4), "1")
         await request(xs, 3, domain_keys(3, memory_mib=512), "2")
         await xs.rm("/libxl/2")
-    editor.terminate()
-    assert await trio.to_thread.run_sync(editor.wait) == 0
+    servers[-1].stop()
+    assert servers[-1].process.returncode == 0
 
-    xenstored = processes.start("xenstored-2", "xenstored", "--socket", str(socket_path), "--persist", str(tree))
-    await wait_for_socket(socket_path, xenstored, processes)
-    async with open_xenstore(str(socket_path)) as xs:
+    servers.append(XenstoredProcess(xenstored.path, persist=tmp_path / "tree"))
+    async with open_xenstore(str(xenstored.path)) as xs:
         with trio.fail_after(30):  # the daemon's reconnect backoff is at most 5 s
             while not (await read_text(xs, f"{answer_path(4)}/generation") == "1"
                        and await read_text(xs, f"{answer_path(3)}/generation") == "2"
                        and not await xs.exists(answer_path(2))):
-                assert daemon.poll() is None, processes.logs()
+                assert daemon.process.poll() is None, daemon.log()
                 await trio.sleep(0.1)
         for domid in (1, 3, 4):
             await assert_current(xs, domid)
-    assert daemon.poll() is None, "the daemon reconnects; it does not exit"
+    assert daemon.process.poll() is None, "the daemon reconnects; it does not exit"
 
 
-async def test_guest_allocations_survive_a_daemon_restart(tmp_path: Path, processes: Processes) -> None:
+async def test_guest_allocations_survive_a_daemon_restart(
+        tmp_path: Path, daemons: list[Daemon], servers: list[XenstoredProcess]) -> None:
     """``alloc`` is remembered until ``free`` or the domain's end (contract 4.2), restarts included."""
-    socket_path, _, config, daemon = await start_services(tmp_path, processes)
-    records = f"{ALLOCATED_ROOT}/1"
+    xenstored, daemon = start_services(tmp_path, daemons, servers)
+    socket_path, records = xenstored.path, f"{ALLOCATED_ROOT}/1"
     async with open_xenstore(str(socket_path)) as xs:
-        await wait_serving(xs, daemon, processes)
-        await request_answered(xs, 1, domain_keys(1), "1")
+        await wait_serving(xs, daemon)
+        await create_domain(xs, 1, domain_keys(1))
         await xs.introduce(1, 0, 0)
         async with open_xenstore(f"{socket_path}.d/1") as guest:
             first = parse_range((await guest_query(guest, 1, "a1", "alloc 0x1000000")).removeprefix("ok "))
@@ -328,10 +270,10 @@ async def test_guest_allocations_survive_a_daemon_restart(tmp_path: Path, proces
             with pytest.raises(XenstoreError, match="EACCES"):
                 await guest.rm(records)
 
-        daemon.send_signal(signal.SIGKILL)
-        await trio.to_thread.run_sync(daemon.wait)
-        daemon = processes.start("daemon-2", "run", "--config", str(config))
-        await wait_serving(xs, daemon, processes)
+        daemon.process.send_signal(signal.SIGKILL)
+        await trio.to_thread.run_sync(daemon.process.wait)
+        daemon = start(tmp_path, xenstored, daemons)
+        await wait_serving(xs, daemon)
         async with open_xenstore(f"{socket_path}.d/1") as guest:
             second = parse_range((await guest_query(guest, 1, "a2", "alloc 0x1000000")).removeprefix("ok "))
             assert not first.overlaps(second), "the restarted daemon handed out a placement twice"
@@ -339,5 +281,5 @@ async def test_guest_allocations_survive_a_daemon_restart(tmp_path: Path, proces
         assert await read_list(xs, records) == {f"{second.start:#x}": str(second)}
 
         # A new layout is a new boot: its allocations start afresh.
-        await request_answered(xs, 1, domain_keys(1, memory_mib=512), "2")
+        await create_domain(xs, 1, domain_keys(1, memory_mib=512), "2")
         assert not await xs.exists(records)

@@ -207,10 +207,13 @@ def daemons() -> Iterator[list[Daemon]]:
 class XenstoredProcess:
     """``rmrrd xenstored`` alone: the daemon's xenstore when a test must outlive it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, persist: Path | None = None) -> None:
+        """Start it on ``path`` and wait for the socket; ``persist``: its ``--persist`` file."""
         self.path = path
-        self.process = subprocess.Popen([sys.executable, "-m", "rmrrd", "xenstored", "--socket", str(path)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        command = [sys.executable, "-m", "rmrrd", "xenstored", "--socket", str(path)]
+        if persist is not None:
+            command += ["--persist", str(persist)]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + WAIT
         while not path.exists():
