@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import trio
+
+from prometheus_helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 INVENTORIES = REPO / "etc" / "inventories"
@@ -40,14 +41,6 @@ SEED_DOMAIN = {"memory": "4096", "mmio_hole": "1024", "pci/0": D2, "hotplug/0": 
 """Domain 1 of the seed scenario (contract 7), as keys under ``/libxl/<domid>/rdm/``."""
 
 needs_xenstore_tools = pytest.mark.skipif(not XENSTORE_TOOLS.exists(), reason="xenstore-utils not installed")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (config refuses port 0)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_config(workdir: Path, port: int, limits: Mapping[str, int | float] | None = None) -> Path:

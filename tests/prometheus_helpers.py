@@ -41,6 +41,7 @@ def tools_available() -> bool:
 
 
 def free_port() -> int:
+    """A TCP port nobody listens on right now (the configuration refuses port 0)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
