@@ -48,8 +48,6 @@ BOOT_TIMEOUT = 240.0
 """From QEMU's start to the agent's hello: Xen, the dom0 kernel and unpacking the initramfs."""
 MACHINE_LIFETIME = 1800.0
 """A machine left running this long is killed: the bound on a session nobody ends."""
-GUEST_KERNEL = "/var/lib/testbed/vmlinux"
-GUEST_RAMDISK = "/var/lib/testbed/domu.cpio"
 
 
 @dataclass(frozen=True)
@@ -372,21 +370,13 @@ class Dom0:
         return int(self.run(["xl", "domid", name]).text)
 
     def create_guest(self, name: str, *, kind: str = "pv", memory_mib: int = 128, paused: bool = False,
-                     extra_config: Mapping[str, str] | None = None, timeout: float = 120.0) -> Guest:
-        """``xl create`` a guest running the test guest image; it starts booting (or stays
-        paused) and this returns.  ``kind``: ``pv``, ``pvh`` or ``hvm``.  ``extra_config``:
-        more xl.cfg lines, ``key: value`` with the value as xl.cfg wants it (quoted)."""
-        lines = {"name": f'"{name}"', "type": f'"{kind}"', "memory": str(memory_mib), "vcpus": "1",
-                 "kernel": f'"{GUEST_KERNEL}"', "ramdisk": f'"{GUEST_RAMDISK}"', "on_crash": '"preserve"',
-                 "extra": '"console=hvc0 rdinit=/init quiet"'}
-        if kind == "hvm":
-            lines.update(extra='"console=ttyS0 rdinit=/init quiet"', vga='"none"', vnc="0",
-                         serial=f'"file:/var/log/xen/{name}-serial.log"')
-        lines.update(extra_config or {})
-        path = f"/etc/testbed/guests/{name}.cfg"
-        self.write_file(path, "".join(f"{key} = {value}\n" for key, value in lines.items()))
-        self.run(["xl", "create", *(["-p"] if paused else []), path], timeout=timeout)
-        return Guest(self, name, self.domid(name))
+                     config: Sequence[str] = (), timeout: float = 120.0) -> Guest:
+        """``xl create`` a guest of the test guest image (``dom0/bin/testbed-guest-create``);
+        returns once xl does, the guest booting (or paused).  ``kind``: ``pv``, ``pvh`` or
+        ``hvm``; ``config``: more xl.cfg lines (``'rdm = "strategy=host"'``)."""
+        result = self.run(["testbed-guest-create", name, kind, str(memory_mib), "paused" if paused else "running",
+                           *config], timeout=timeout)
+        return Guest(self, name, int(result.text))
 
     def next_domid(self) -> int:
         """The domid the next ``xl create`` will get.
@@ -420,7 +410,7 @@ class Guest:
         try:
             self.dom0.xs_wait(f"{self.home}/data/testbed/ready", timeout=timeout)
         except CommandFailed as exc:
-            console = self.dom0.run(f"xl list; xl dmesg | tail -20", check=False).text
+            console = self.dom0.run("xl list; xl dmesg | tail -20", check=False).text
             raise StepFailed(f"guest {self.name} (domain {self.domid}) not ready within {timeout:.0f} s\n"
                              f"{exc}\n--- xl list, xl dmesg\n{console}") from None
 

@@ -25,7 +25,7 @@ import threading
 
 SOCKET = "/run/testbed/python.sock"
 PRELOAD = ("trio", "yaml", "prometheus_client", "h11", "pytest", "_pytest.python", "_pytest.fixtures",
-           "_pytest.terminal", "_pytest.runner", "_pytest.main", "pytest_trio", "pytest_trio.plugin",
+           "_pytest.terminal", "_pytest.runner", "_pytest.main",
            "rmrrd.cli", "rmrrd.commands.check", "rmrrd.commands.inventory", "rmrrd.commands.run",
            "rmrrd.daemon.service", "rmrrd.xenstore.client", "rmrrd.xenstore.server")
 
