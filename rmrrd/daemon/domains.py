@@ -160,7 +160,7 @@ class Domains:
     async def _job(self, domid: int, triggered: float) -> None:
         if domid in self._released:
             self._released.discard(domid)
-            await self._forget(domid, "released")
+            await self._forget(domid, "released; answer removed")
             return
         await self._setup(domid, triggered)
 
@@ -181,9 +181,15 @@ class Domains:
                 # Answered before a restart: the guest was built on that layout, so
                 # keep it and only relearn the plan.
                 return "relearned", given.generation, outcome
+            # Our answer gone while we know it: a new domain took the domid (xl create
+            # wipes /local/domain/<domid>).  What the old one held is not the new one's.
+            replaced = answered is None and known is not None and known.generation is not None
+            if replaced:
+                await rm_quietly(tx, assigned_path(domid))
+                await rm_quietly(tx, allocated_path(domid))
             await write_answer(tx, domid, given.generation, outcome)
             if answered is None:
-                return "written", given.generation, outcome
+                return ("replaced" if replaced else "written"), given.generation, outcome
             # A new layout is a new boot: BARs placed in the old one mean nothing.
             await rm_quietly(tx, allocated_path(domid))
             return "rewritten", given.generation, outcome
@@ -191,10 +197,22 @@ class Domains:
         state, generation, outcome = await ctx.xs.run_transaction(run)
         if state == "absent":
             if known is not None or await ctx.xs.exists(answer_path(domid)):
-                await self._forget(domid, "removed from /libxl")
+                await self._forget(domid, "removed from /libxl; answer removed")
+            return
+        if state == "waiting" and known is not None:
+            # /libxl/<domid> rewritten without our request: what xl create leaves when it
+            # takes a domid (libxl__domain_make removes /libxl/<domid> and the domain's
+            # home in one transaction).  The old layout must not judge the new domain.
+            await self._forget(domid, f"request {known.generation or '(read before a restart)'} is gone but "
+                                      f"/libxl/{domid} is not: a new domain has this domid (as after xl create); "
+                                      f"the old layout is dropped", logging.WARNING)
             return
         if outcome is None:
             return
+        if state == "replaced" and known is not None:
+            log.warning("domain %d: the answer to request %s vanished and request %s came: a new domain has this "
+                        "domid (as after xl create); answered afresh", domid, known.generation, generation)
+            self._drop(domid)
         domain = ctx.registry.ensure(domid)
         if state == "rewritten":
             domain.allocations = ctx.registry.new_allocations()
@@ -205,7 +223,7 @@ class Domains:
             domain.queries = trio.CancelScope()
             self._nursery.start_soon(self._run_queries, domain, domain.queries)
         ctx.metrics.set_domains(len(ctx.registry))
-        if state in ("written", "rewritten"):
+        if state in ("written", "rewritten", "replaced"):
             self._report(domid, generation, outcome, trio.current_time() - triggered)
 
     def _report(self, domid: int, generation: str | None, outcome: SetupOutcome, seconds: float) -> None:
@@ -239,11 +257,15 @@ class Domains:
         if domain.queries is scope:
             domain.queries = None
 
-    async def _forget(self, domid: int, why: str) -> None:
-        ctx = self._ctx
-        domain = ctx.registry.forget(domid)
+    def _drop(self, domid: int) -> None:
+        """Forget the domain's record and stop answering its guest's queries."""
+        domain = self._ctx.registry.forget(domid)
         if domain is not None and domain.queries is not None:
             domain.queries.cancel()
+
+    async def _forget(self, domid: int, why: str, level: int = logging.INFO) -> None:
+        ctx = self._ctx
+        self._drop(domid)
 
         async def run(tx: Transaction) -> None:
             await rm_quietly(tx, answer_path(domid))
@@ -252,4 +274,4 @@ class Domains:
 
         await ctx.xs.run_transaction(run)
         ctx.metrics.set_domains(len(ctx.registry))
-        log.info("domain %d: %s; answer removed", domid, why)
+        log.log(level, "domain %d: %s", domid, why)
