@@ -9,7 +9,8 @@ simulated xenstored (``server.py``/``store.py``).  Every fact here comes from
   ``len`` bytes of payload;
 * ``len`` is at most ``XENSTORE_PAYLOAD_MAX`` (4096) in both directions: xenstored
   kills a connection that exceeds it, so we refuse to send one (LocalProtocolError)
-  and refuse to accept one (RemoteProtocolError);
+  and refuse to accept one (RemoteProtocolError; the client's decoder allows longer
+  replies, which oxenstored sends on its socket: ``client_conn.REPLY_PAYLOAD_MAX``);
 * payloads are mostly NUL-terminated strings (``split_args``/``join_args``);
 * errors travel as the errno *name* (``"ENOENT\\0"``) in an ``XS_ERROR`` reply;
 * paths use ``[A-Za-z0-9/_@-]`` only, no ``//``, no trailing ``/`` except the root,

@@ -339,15 +339,19 @@ class Dom0:
         return result
 
     def python(self, args: Sequence[str], *, timeout: float = 60.0, input: bytes | str | None = None,
-               env: Mapping[str, str] | None = None, cwd: str = "/opt/rmrrd", check: bool = True) -> Result:
+               env: Mapping[str, str] | None = None, cwd: str = "/opt/rmrrd", output: str | None = None,
+               check: bool = True) -> Result:
         """Run ``python3 ARGS`` in dom0 as a fork of its warm interpreter (``dom0/pyzygote.py``):
-        the same program, without the ten seconds an import of trio takes there."""
-        return self._call({"python": list(args)}, "python3 " + shlex.join(args), timeout=timeout, input=input,
-                          env=env, cwd=cwd, check=check)
+        the same program, without the ten seconds an import of trio takes there.
+        ``output``: a dom0 file that gets stdout and stderr (appended), for a daemon
+        whose log a test reads while it runs."""
+        request: dict[str, object] = {"python": list(args), "output": output}
+        return self._call(request, "python3 " + shlex.join(args), timeout=timeout, input=input, env=env, cwd=cwd,
+                          check=check)
 
-    def rmrrd(self, *args: str, timeout: float = 60.0, check: bool = True) -> Result:
+    def rmrrd(self, *args: str, timeout: float = 60.0, output: str | None = None, check: bool = True) -> Result:
         """``rmrrd ARGS`` (``python3 -m rmrrd``) with the checkout's rmrrd."""
-        return self.python(["-m", "rmrrd", *args], timeout=timeout, check=check)
+        return self.python(["-m", "rmrrd", *args], timeout=timeout, output=output, check=check)
 
     def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
         self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"', "-", path,
@@ -365,6 +369,19 @@ class Dom0:
         """Wait until ``path`` exists (and holds ``value``); its value."""
         argv = ["testbed-xs-wait", str(int(timeout)), path] + ([value] if value is not None else [])
         return self.run(argv, timeout=timeout + 10).text.removesuffix("\n")
+
+    def xs_ls(self, path: str) -> dict[str, str]:
+        """Every node under ``path`` with its value, by path relative to ``path``
+        (``xenstore-ls -f``; values as it prints them, unquoted)."""
+        tree = {}
+        for line in self.run(["xenstore-ls", "-f", path]).text.splitlines():
+            node, _, value = line.partition(" = ")
+            tree[node.removeprefix(path).lstrip("/")] = value.removeprefix('"').removesuffix('"')
+        return tree
+
+    def wait_until(self, condition: str, timeout: float = 30.0) -> None:
+        """Wait until a shell condition holds in dom0 (``dom0/bin/testbed-wait``)."""
+        self.run(["testbed-wait", str(int(timeout)), condition], timeout=timeout + 10)
 
     def domid(self, name: str) -> int:
         return int(self.run(["xl", "domid", name]).text)

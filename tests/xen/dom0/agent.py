@@ -8,7 +8,8 @@ ways:
 * the host sends ``{"id": N, "argv": [...]}``, ``{"id": N, "sh": "script"}`` or
   ``{"id": N, "python": [...]}`` (arguments as ``python3`` takes them, run by the warm
   interpreter of ``pyzygote.py`` once it is up), with optional ``"stdin"`` (base64),
-  ``"timeout"`` (seconds), ``"env"`` and ``"cwd"``;
+  ``"timeout"`` (seconds), ``"env"``, ``"cwd"`` and ``"output"`` (a file that gets the
+  command's stdout and stderr instead of the reply: a daemon's log, read while it runs);
 * the agent answers ``{"id": N, "rc": ..., "stdout": b64, "stderr": b64,
   "timed_out": bool, "seconds": float, "error": str | null}``.
 
@@ -85,27 +86,32 @@ class Port:
 
 
 class Started:
-    """A started command: its pid, the host-side pipe ends, and how to wait for it."""
+    """A started command: its pid, the agent's ends of its pipes (None where its output
+    goes to a file), and how to wait for it."""
 
-    def __init__(self, pid: int, stdin: int, stdout: int, stderr: int, wait) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, pid: int, stdin: int, stdout: int | None, stderr: int | None, wait) -> None:  # type: ignore[no-untyped-def]
         self.pid, self.stdin, self.stdout, self.stderr, self.wait = pid, stdin, stdout, stderr, wait
 
 
-def _pipes() -> tuple[list[int], list[int]]:
-    """Pipes for stdin, stdout, stderr: (the command's ends, the agent's ends)."""
+def _pipes(output: str | None) -> tuple[list[int], list[int | None]]:
+    """stdin, stdout, stderr: (the command's ends, the agent's ends)."""
     stdin_r, stdin_w = os.pipe()
+    if output is not None:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        return [stdin_r, fd, os.dup(fd)], [stdin_w, None, None]
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     return [stdin_r, stdout_w, stderr_w], [stdin_w, stdout_r, stderr_r]
 
 
-def _close(fds: list[int]) -> None:
+def _close(fds: list[int | None]) -> None:
     for fd in fds:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
-def start_process(argv: list[str], env: dict, cwd: str | None) -> Started:  # type: ignore[type-arg]
-    theirs, ours = _pipes()
+def start_process(argv: list[str], env: dict, cwd: str | None, output: str | None) -> Started:  # type: ignore[type-arg]
+    theirs, ours = _pipes(output)
     try:
         process = subprocess.Popen(argv, stdin=theirs[0], stdout=theirs[1], stderr=theirs[2], env=env, cwd=cwd,
                                    start_new_session=True)
@@ -114,19 +120,19 @@ def start_process(argv: list[str], env: dict, cwd: str | None) -> Started:  # ty
         raise
     finally:
         _close(theirs)
-    return Started(process.pid, *ours, process.wait)
+    return Started(process.pid, ours[0], ours[1], ours[2], process.wait)
 
 
-def start_python(args: list[str], env: dict, cwd: str | None) -> Started:  # type: ignore[type-arg]
+def start_python(args: list[str], env: dict, cwd: str | None, output: str | None) -> Started:  # type: ignore[type-arg]
     """A Python command: a fork of the warm interpreter, once it is up; a cold
     ``python3`` if it failed (``/run/testbed/pyzygote.log`` says why)."""
     while not os.path.exists(ZYGOTE):
         if os.path.exists(ZYGOTE_EXIT):
-            return start_process(["python3", *args], env, cwd)
+            return start_process(["python3", *args], env, cwd, output)
         time.sleep(0.2)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(ZYGOTE)
-    theirs, ours = _pipes()
+    theirs, ours = _pipes(output)
     request = json.dumps({"argv": args, "env": env, "cwd": cwd}).encode()
     try:
         conn.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", theirs))])
@@ -143,7 +149,7 @@ def start_python(args: list[str], env: dict, cwd: str | None) -> Started:  # typ
         conn.close()
         return json.loads(line)["status"] if line else -signal.SIGKILL
 
-    return Started(pid, *ours, wait)
+    return Started(pid, ours[0], ours[1], ours[2], wait)
 
 
 def _drain(fd: int, into: list[bytes]) -> None:
@@ -174,19 +180,19 @@ def run(request: dict) -> dict:  # type: ignore[type-arg]
     reply = {"id": request["id"], "rc": None, "stdout": "", "stderr": "", "timed_out": False, "error": None}
     try:
         if "python" in request:
-            started = start_python(request["python"], env, request.get("cwd"))
+            started = start_python(request["python"], env, request.get("cwd"), request.get("output"))
         else:
             argv = request["argv"] if "argv" in request else ["/bin/sh", "-c", request["sh"]]
-            started = start_process(argv, env, request.get("cwd"))
+            started = start_process(argv, env, request.get("cwd"), request.get("output"))
     except OSError as exc:
         reply["error"] = f"cannot start the command: {exc}"
         reply["seconds"] = time.monotonic() - started_at
         return reply
     out: list[bytes] = []
     err: list[bytes] = []
-    threads = [threading.Thread(target=_feed, args=(started.stdin, stdin), daemon=True),
-               threading.Thread(target=_drain, args=(started.stdout, out), daemon=True),
-               threading.Thread(target=_drain, args=(started.stderr, err), daemon=True)]
+    threads = [threading.Thread(target=_feed, args=(started.stdin, stdin), daemon=True)]
+    threads += [threading.Thread(target=_drain, args=(fd, into), daemon=True)
+                for fd, into in ((started.stdout, out), (started.stderr, err)) if fd is not None]
     for thread in threads:
         thread.start()
     status: list[int] = []
