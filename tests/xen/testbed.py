@@ -432,7 +432,8 @@ class Guest:
                              f"{exc}\n--- xl list, xl dmesg\n{console}") from None
 
     def run(self, script: str, *, timeout: float = 60.0, check: bool = True) -> Result:
-        """Run a shell script in the guest (its output is cut at 3000 bytes)."""
+        """Run a shell script in the guest: its status and output (stdout and stderr
+        together, cut at 3000 bytes, trailing newlines dropped)."""
         with self._lock:
             number = self._commands
             self._commands += 1
