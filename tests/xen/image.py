@@ -48,7 +48,8 @@ XENSTORE_UTILS = ("xenstore", "xenstore-chmod", "xenstore-exists", "xenstore-lis
 STDLIB_LEFT_OUT = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                    "distutils", "venv", "__pycache__")
 HVM_FIRMWARE = ("usr/share/seabios/bios-256k.bin", "usr/share/seabios/vgabios-stdvga.bin",
-                "usr/share/qemu/linuxboot_dma.bin", "usr/share/qemu/kvmvapic.bin", "usr/share/qemu/keymaps")
+                "usr/share/qemu/linuxboot.bin", "usr/share/qemu/linuxboot_dma.bin", "usr/share/qemu/kvmvapic.bin",
+                "usr/share/qemu/keymaps")
 
 IMAGE_SOURCES = (Path(__file__), HERE / "domu" / "init")
 """What the cached base is built from besides the packages: a change rebuilds it."""
@@ -297,6 +298,8 @@ def build_base(cache: Path, packages: Path, site: Path) -> dict[str, Path]:
     base.copy(parts["vmlinux"], "var/lib/testbed/vmlinux")
     base.archive(parts["base"])
     hvm = Stage(out / "hvm", packages)
+    # QEMU loads an HVM guest's kernel itself, and only from a bzImage.
+    hvm.copy(packages / f"boot/vmlinuz-{release}", "var/lib/testbed/vmlinuz")
     model = hvm.from_packages("usr/libexec/xen-qemu-system-i386")
     hvm.from_packages(*HVM_FIRMWARE)
     hvm.libraries(*model)

@@ -54,6 +54,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or REPO / ".tools" / "xen-testbed")
 
 
+def prune(cache: Path, keep: list[Path]) -> None:
+    """Remove what earlier package sets or image sources left in the cache (each
+    unpacked tree and image is some hundreds of MB); the caller holds the lock."""
+    kinds = {path.name.split("-", 1)[0] for path in keep}
+    for path in cache.iterdir():
+        if path.is_dir() and path.name.split("-", 1)[0] in kinds and path not in keep:
+            shutil.rmtree(path)
+
+
 @contextlib.contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """Hold ``directory/.lock`` exclusively: one session fills the cache at a time."""

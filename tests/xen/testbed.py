@@ -357,9 +357,6 @@ class Dom0:
         self.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"', "-", path,
                   f"{mode:o}"], input=data)
 
-    def read_file(self, path: str) -> bytes:
-        return self.run(["cat", path]).stdout
-
     def xs_read(self, path: str) -> str | None:
         """A xenstore value (dom0's view), or None when the node does not exist."""
         result = self.run(["xenstore-read", path], check=False)
@@ -382,9 +379,6 @@ class Dom0:
     def wait_until(self, condition: str, timeout: float = 30.0) -> None:
         """Wait until a shell condition holds in dom0 (``dom0/bin/testbed-wait``)."""
         self.run(["testbed-wait", str(int(timeout)), condition], timeout=timeout + 10)
-
-    def domid(self, name: str) -> int:
-        return int(self.run(["xl", "domid", name]).text)
 
     def create_guest(self, name: str, *, kind: str = "pv", memory_mib: int = 128, paused: bool = False,
                      config: Sequence[str] = (), timeout: float = 120.0) -> Guest:
@@ -477,6 +471,7 @@ class Testbed:
                     root = packages.unpack(cache, debs)
                     site = packages.python_site(cache)
                     parts = image.build_base(cache, root, site)
+                    packages.prune(cache, [root, site, parts["base"].parent])
                 overlay = image.build_overlay(self.workdir, root)
                 self._images = Images(parts["xen"], parts["vmlinux"], parts["base"], parts["hvm"], overlay)
             return self._images
