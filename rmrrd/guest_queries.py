@@ -60,9 +60,10 @@ _OPTION_RE = re.compile(r"([a-z]+)=(.*)")
 class Allocations:
     """One domain's ``alloc`` results, kept until ``free`` or the domain's end.
 
-    Owned by the daemon (one per domain) and changed only by :func:`handle_query`.
-    ``cap`` bounds how many a guest may hold at once (``limits.max_allocations``), so
-    a guest cannot make rmrrd's memory grow without bound.
+    Owned by the daemon's domain state machine (one per domain), which applies what
+    :func:`handle_query` decided (:meth:`apply`).  ``cap`` bounds how many a guest
+    may hold at once (``limits.max_allocations``), so a guest cannot make rmrrd's
+    memory grow without bound.
     """
 
     __slots__ = ("_cap", "_ranges")
@@ -104,6 +105,16 @@ class Allocations:
             return False
         return True
 
+    def __contains__(self, rng: object) -> bool:
+        return rng in self._ranges
+
+    def apply(self, result: QueryResult) -> None:
+        """Carry out the allocation or release a query's result decided."""
+        if result.allocated is not None:
+            self.add(result.allocated)
+        if result.freed is not None:
+            self.remove(result.freed)
+
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
@@ -116,10 +127,14 @@ class QueryResult:
     outcome: str
     """``ok``, ``error`` (a valid query that cannot be satisfied) or ``rejected``
     (malformed, too long, or over the allocation cap)."""
+    allocated: Range | None = None
+    """The range an ``alloc`` hands out: the caller records it, then applies it."""
+    freed: Range | None = None
+    """The allocation a ``free`` gives back."""
 
 
-def _ok(kind: Kind, text: str = "") -> QueryResult:
-    return QueryResult(f"ok {text}" if text else "ok", kind, "ok")
+def _ok(kind: Kind, text: str = "", *, allocated: Range | None = None, freed: Range | None = None) -> QueryResult:
+    return QueryResult(f"ok {text}" if text else "ok", kind, "ok", allocated, freed)
 
 
 def _error(kind: Kind, code: str, message: str, outcome: Outcome = "error") -> QueryResult:
@@ -236,8 +251,7 @@ class AllocQuery:
             below = "" if self.below is None else f" ending at or below {self.below:#x}"
             return _error(self.kind, "ENOSPC", f"no room for {self.size:#x} bytes aligned to "
                           f"{self.align:#x}{below} in the MMIO hole {plan.lowmem_end:#x}-{HOLE_END - 1:#x}")
-        allocations.add(found)
-        return _ok(self.kind, str(found))
+        return _ok(self.kind, str(found), allocated=found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +262,8 @@ class FreeQuery:
     kind: ClassVar[Kind] = "free"
 
     def answer(self, plan: Plan, allocations: Allocations) -> QueryResult:
-        if allocations.remove(self.range):
-            return _ok(self.kind)
+        if self.range in allocations:
+            return _ok(self.kind, freed=self.range)
         return _error(self.kind, "ENOENT", f"{self.range} is not an allocation of this domain")
 
 
@@ -369,8 +383,8 @@ def handle_query(raw: bytes, plan: Plan, allocations: Allocations, *, max_length
     Malformed queries are ``error EINVAL`` (outcome ``rejected``), checked before the
     plan's status so that a guest learns its syntax is wrong even on a failed domain.
     A domain whose setup failed (``status=error``) has no layout to answer from: every
-    well-formed query gets ``error ENODEV``.  Only ``alloc`` and ``free`` change
-    ``allocations``.
+    well-formed query gets ``error ENODEV``.  Nothing is changed: an ``alloc`` or
+    ``free`` says in its result what to record and apply (:meth:`Allocations.apply`).
     """
     try:
         query = parse_query(raw, max_length)

@@ -9,7 +9,7 @@ import pytest
 
 from daemon_fixtures import (SEED_DOMAIN, DaemonProcess, needs_xenstore_tools, request_setup,  # noqa: F401
                              rmrrd_daemon)
-from rmrrd.daemon.queries import REPLIES_KEPT
+from rmrrd.daemon.lifecycle import REPLIES_KEPT
 from rmrrd.demo import guest_query
 from rmrrd.xenstore.client import open_xenstore
 

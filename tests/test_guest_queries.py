@@ -55,8 +55,11 @@ def seed() -> Plan:
 
 
 def ask(query: bytes, plan_: Plan, allocations: Allocations | None = None) -> QueryResult:
-    return handle_query(query, plan_, allocations if allocations is not None else Allocations(8),
-                        max_length=MAX_LENGTH)
+    """One query as the daemon answers it: handled, then what it decided applied."""
+    table = allocations if allocations is not None else Allocations(8)
+    result = handle_query(query, plan_, table, max_length=MAX_LENGTH)
+    table.apply(result)
+    return result
 
 
 # --- e820 and regions ------------------------------------------------------------------
@@ -131,7 +134,8 @@ def test_check_sees_this_domains_allocations_only(seed: Plan) -> None:
 
 def test_alloc_takes_the_lowest_room_after_reserved_regions(seed: Plan) -> None:
     allocations = Allocations(8)
-    assert ask(b"alloc 0x1000", seed, allocations) == QueryResult("ok 0xa3800000-0xa3800fff", "alloc", "ok")
+    assert ask(b"alloc 0x1000", seed, allocations) == QueryResult("ok 0xa3800000-0xa3800fff", "alloc", "ok",
+                                                                  allocated=Range(0xA3800000, 0xA3801000))
     assert ask(b"alloc 0x1000", seed, allocations).reply == "ok 0xa3801000-0xa3801fff"
     assert allocations.ranges() == (Range(0xA3800000, 0xA3801000), Range(0xA3801000, 0xA3802000))
 
@@ -195,6 +199,17 @@ def test_alloc_cap(seed: Plan) -> None:
     assert ask(b"alloc 0x1000", seed, allocations).reply == "ok 0xa3800000-0xa3800fff"
 
 
+def test_handling_a_query_changes_nothing_itself(seed: Plan) -> None:
+    """alloc and free say what to do; the caller records it first, then applies it."""
+    allocations = Allocations(8)
+    result = handle_query(b"alloc 0x1000", seed, allocations, max_length=MAX_LENGTH)
+    assert result.allocated == Range(0xA3800000, 0xA3801000) and len(allocations) == 0
+    allocations.apply(result)
+    freed = handle_query(b"free 0xa3800000-0xa3800fff", seed, allocations, max_length=MAX_LENGTH)
+    assert (freed.reply, freed.freed) == ("ok", Range(0xA3800000, 0xA3801000))
+    assert allocations.ranges() == (Range(0xA3800000, 0xA3801000),)
+
+
 def test_a_zero_cap_allows_nothing(seed: Plan) -> None:
     assert ask(b"alloc 0x1000", seed, Allocations(0)).reply.startswith("error EDQUOT")
 
@@ -211,7 +226,8 @@ def test_free_releases_exactly_an_allocation(seed: Plan) -> None:
     ask(b"alloc 0x2000", seed, allocations)
     assert ask(b"free 0xa3800000-0xa3800fff", seed, allocations) == QueryResult(
         "error ENOENT 0xa3800000-0xa3800fff is not an allocation of this domain", "free", "error")
-    assert ask(b"free 0xa3800000-0xa3801fff", seed, allocations) == QueryResult("ok", "free", "ok")
+    assert ask(b"free 0xa3800000-0xa3801fff", seed, allocations) == QueryResult(
+        "ok", "free", "ok", freed=Range(0xA3800000, 0xA3802000))
     assert len(allocations) == 0
     assert ask(b"free 0xa3800000-0xa3801fff", seed, allocations).reply.startswith("error ENOENT")
 

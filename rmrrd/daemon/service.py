@@ -39,10 +39,10 @@ from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 from rmrrd.xenstore.server import serve_xenstored
 from rmrrd.xenstore.wire import XenstoreError
 
-from rmrrd.daemon.context import Context
 from rmrrd.daemon.domains import Domains
+from rmrrd.daemon.lifecycle import Limits
 from rmrrd.daemon.service_reload import config_changes, inventory_changes, peer_changes
-from rmrrd.daemon.state import Registry
+from rmrrd.daemon.settings import Observer, Settings
 from rmrrd.daemon.toolstack import ToolstackHandler
 from rmrrd.daemon.xsutil import rm_quietly
 
@@ -85,21 +85,50 @@ async def load_peer_inventories(config: Config, previous: dict[str, Inventory]) 
     return peers
 
 
+def settings_from(config: Config, host: Inventory, peers: dict[str, Inventory]) -> Settings:
+    """What the daemon answers with, from the configuration and the inventories."""
+    limits = config.limits
+    return Settings(config.defaults, host, peers, limits.max_query_length, limits.results_kept,
+                    limits.shutdown_grace_seconds)
+
+
+def limits_from(config: Config) -> Limits:
+    """The per-domain limits, bound at start (``RESTART_KEYS`` in service_reload)."""
+    limits = config.limits
+    return Limits(limits.query_rate, limits.query_burst, limits.max_allocations)
+
+
 class Daemon:
     """The watches and handlers, over one connected xenstore client."""
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.toolstack = ToolstackHandler(ctx)
+    def __init__(self, xs: XenstoreClient, settings: Settings, limits: Limits, observer: Observer) -> None:
+        self.xs = xs
+        self.settings = settings
+        """Until :meth:`serve` starts; from then on ``domains.settings``."""
+        self._limits = limits
+        self.observer = observer
         self.ready = trio.Event()
         self._watchers = trio.CancelScope()
         #: When in-flight work must be done by; set by :meth:`stop`.
         self._deadline = float("inf")
+        self._domains: Domains | None = None
+
+    def __len__(self) -> int:
+        """Domains answered (0 before :meth:`serve`)."""
+        return 0 if self._domains is None else len(self._domains)
+
+    @property
+    def domains(self) -> Domains:
+        """The domains and their owners, once :meth:`serve` has started."""
+        if self._domains is None:
+            raise RuntimeError("Daemon.serve has not started")
+        return self._domains
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`stop`; then let in-flight setups finish, within the grace."""
         async with trio.open_nursery() as work:
-            self.domains = Domains(self.ctx, work)
+            self._domains = Domains(self.xs, self.settings, self._limits, self.observer, work)
+            self.toolstack = ToolstackHandler(self.domains)
             with self._watchers:
                 async with trio.open_nursery() as watchers:
                     await watchers.start(self._watch_libxl)
@@ -112,22 +141,22 @@ class Daemon:
             # handler still running (see _guarded) and the setups after it share
             # it, so SIGTERM to exit stays within the grace, not a multiple of it.
             with trio.move_on_at(self._deadline) as grace:
-                await self.domains.queue.wait_idle()
+                await self.domains.wait_idle()
             if grace.cancelled_caught:
                 log.warning("shutdown: domain setups still running after %.1f s, abandoned; "
-                            "the next start answers them", self.ctx.config.limits.shutdown_grace_seconds)
+                            "the next start answers them", self.domains.settings.shutdown_grace)
             work.cancel_scope.cancel()
 
     def stop(self) -> None:
         """Stop taking new events; :meth:`serve` returns once in-flight work is done."""
-        self._deadline = trio.current_time() + self.ctx.config.limits.shutdown_grace_seconds
+        self._deadline = trio.current_time() + self.domains.settings.shutdown_grace
         self._watchers.cancel()
 
     async def _watch_libxl(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.ctx.xs.watch(LIBXL_ROOT) as events:
+        async with self.xs.watch(LIBXL_ROOT) as events:
             task_status.started()
             async for event in events:
-                self.ctx.metrics.watch_event("setup")
+                self.observer.watch_event("setup")
                 what = classify_libxl_path(event.path)
                 if what is None:
                     continue
@@ -139,12 +168,12 @@ class Daemon:
                     self.domains.changed(what.domid)
 
     async def _watch_requests(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.ctx.xs.watch(REQUEST_ROOT) as events:
+        async with self.xs.watch(REQUEST_ROOT) as events:
             task_status.started()
             # Checks need the domains' plans: wait for the first reconciliation.
             await self.ready.wait()
             async for event in events:
-                self.ctx.metrics.watch_event("request")
+                self.observer.watch_event("request")
                 if event.path == REQUEST_ROOT:
                     await self._guarded("toolstack requests", self.toolstack.scan)
                 elif event.path.startswith(REQUEST_ROOT + "/"):
@@ -152,15 +181,15 @@ class Daemon:
                     if is_valid_id(req_id):
                         await self._guarded(f"request {req_id}", partial(self.toolstack.handle, req_id))
                     else:
-                        await rm_quietly(self.ctx.xs, f"{REQUEST_ROOT}/{req_id}")
+                        await rm_quietly(self.xs, f"{REQUEST_ROOT}/{req_id}")
                         log.warning("request %r: invalid id, removed unanswered", req_id[:40])
 
     async def _watch_special(self, path: str, handler: Callable[[], Awaitable[None]], *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.ctx.xs.watch(path) as events:
+        async with self.xs.watch(path) as events:
             task_status.started()
             async for _ in events:
-                self.ctx.metrics.watch_event("release" if path == "@releaseDomain" else "introduce")
+                self.observer.watch_event("release" if path == "@releaseDomain" else "introduce")
                 await self._guarded(path, handler)
 
     async def _guarded(self, what: str, handler: Callable[[], Awaitable[None]]) -> None:
@@ -170,7 +199,7 @@ class Daemon:
         event or the reconcile after the reconnect does the work again.
         """
         # Started before stop() at the latest, so this ends by stop()'s deadline too.
-        with trio.move_on_after(self.ctx.config.limits.shutdown_grace_seconds) as scope:
+        with trio.move_on_after(self.domains.settings.shutdown_grace) as scope:
             scope.shield = True
             try:
                 await handler()
@@ -179,7 +208,22 @@ class Daemon:
                 log.debug("%s failed", what, exc_info=True)
 
 
-async def reload(ctx: Context, config_path: Path | None, log_level: str | None = None) -> bool:
+@dataclass
+class Running:
+    """What the running service was started or last reloaded with."""
+
+    config: Config
+    host: Inventory
+    peers: dict[str, Inventory]
+    metrics: Metrics
+    daemon: Daemon
+
+    def apply(self) -> None:
+        """Hand the daemon the settings of the current configuration and inventories."""
+        self.daemon.domains.settings = settings_from(self.config, self.host, self.peers)
+
+
+async def reload(ctx: Running, config_path: Path | None, log_level: str | None = None) -> bool:
     """SIGHUP: read the configuration and inventories again; keep the old on error.
 
     Nothing is half-applied: the new configuration, host inventory and peers are all
@@ -208,11 +252,12 @@ async def reload(ctx: Context, config_path: Path | None, log_level: str | None =
     if host.host != ctx.host.host:
         ctx.metrics.forget_host(ctx.host.host)
     ctx.config, ctx.host, ctx.peers = config, host, peers
+    ctx.apply()
     _count_regions(ctx)
     return True
 
 
-def _count_regions(ctx: Context) -> None:
+def _count_regions(ctx: Running) -> None:
     ctx.metrics.set_host_regions(ctx.host.host, len(ctx.host.regions))
     for name, inventory in ctx.peers.items():
         ctx.metrics.set_host_regions(name, len(inventory.regions))
@@ -231,7 +276,7 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
     host = load_host(config)
     peers = await load_peer_inventories(config, {})
     metrics = Metrics()
-    ctx_box: list[Context] = []
+    ctx_box: list[Running] = []
     daemon_box: list[Daemon] = []
 
     async def inventory_route() -> tuple[int, str, bytes]:
@@ -257,12 +302,10 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
                 await root.start(partial(serve_xenstored, xs_path, persist=config.xenstore.persist))
             port = await root.start(partial(serve_http, config.metrics.host, config.metrics.port, routes))
             async with open_xenstore(str(xs_path), on_reconnect=on_reconnect) as xs:
-                registry = Registry(query_rate=config.limits.query_rate, query_burst=config.limits.query_burst,
-                                    max_allocations=config.limits.max_allocations)
-                ctx = Context(xs, config, host, peers, registry, metrics)
+                daemon = Daemon(xs, settings_from(config, host, peers), limits_from(config), metrics)
+                ctx = Running(config, host, peers, metrics, daemon)
                 ctx_box.append(ctx)
                 _count_regions(ctx)
-                daemon = Daemon(ctx)
                 daemon_box.append(daemon)
                 async with trio.open_nursery() as serving:
                     await serving.start(daemon.serve)
@@ -287,9 +330,9 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
     log.info("rmrrd stopped")
 
 
-def _status_line(ctx: Context) -> str:
+def _status_line(ctx: Running) -> str:
     """What ``systemctl status`` shows: the scale of what the daemon serves."""
-    return (f"serving {len(ctx.registry)} domains; host {ctx.host.host} with {len(ctx.host.regions)} "
+    return (f"serving {len(ctx.daemon)} domains; host {ctx.host.host} with {len(ctx.host.regions)} "
             f"regions, {len(ctx.peers)} peers")
 
 

@@ -6,7 +6,7 @@ added or dropped, and which changes the running daemon cannot apply.  Those last
 ones are bound at start-up: the xenstore connection and the embedded xenstored
 (``xenstore.*``), the bound HTTP listener (``metrics.listen``), and the per-domain
 limits baked into each domain's token bucket and allocation table when the
-:class:`rmrrd.daemon.state.Registry` was created.  They are still swapped into the
+:class:`rmrrd.daemon.lifecycle.Limits` were fixed.  They are still swapped into the
 configuration (so ``--check-config`` and the next restart agree with the file), but
 the log says they wait for a restart instead of pretending they took effect.
 
