@@ -1,4 +1,4 @@
-"""The domain side of the daemon: setups, releases and reconciliation (contract 4.1).
+"""The domain side of the daemon: setups, releases and reconciliation.
 
 Every change to one domain (answer its request, forget it) runs as a job of a
 :class:`KeyedWorkQueue` keyed by domid, so two jobs for one domain never interleave

@@ -1,4 +1,4 @@
-"""Guest queries (contract 4.2): one watch per domain on its ``rmrr/query/``.
+"""Guest queries: one watch per domain on its ``rmrr/query/``.
 
 The guest is untrusted.  Whatever it writes is bounded (xenstored's own quotas and
 ``limits.max_query_length``), rate limited per domain, answered by the pure

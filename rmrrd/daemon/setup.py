@@ -1,9 +1,9 @@
-"""Domain setup (contract 4.1): read ``/libxl/<domid>/rdm/``, plan, answer.
+"""Domain setup: read ``/libxl/<domid>/rdm/``, plan, answer.
 
 The whole answer is written in one transaction (retried on EAGAIN), so a reader
 never sees half of it, and a daemon killed mid-write leaves the old answer or the
 new one, never a mix.  The answer's directory is readable by the guest; its
-``query/`` node writable by it; nothing else (contract 4).
+``query/`` node writable by it; nothing else (docs/xenstore-schema.md).
 """
 
 from __future__ import annotations

@@ -81,8 +81,8 @@ class Registry:
     def devices_elsewhere(self, domid: int) -> dict[Bdf, int]:
         """Devices held by every domain but ``domid``, with their holder.
 
-        This is what makes a region shared with another guest's device a ``fail``
-        (contract 4.3): the map is rebuilt from xenstore on every reconcile.
+        This is what makes a region shared with another guest's device a ``fail``:
+        the map is rebuilt from xenstore on every reconcile.
         """
         held: dict[Bdf, int] = {}
         for other in self._domains.values():
