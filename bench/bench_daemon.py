@@ -28,7 +28,7 @@ request in one transaction, on fresh domids, with a watch on the answer's
   with the answer planned once beforehand.  ``vs bare`` is the daemon row's wall
   time over this one: what watches, planning and the second process cost.
 
-Aims (issue 4): N=1000 answered within 5 s on 2 cores, p99 under 20 ms at 200 in
+Aims: N=1000 answered within 5 s on 2 cores, p99 under 20 ms at 200 in
 flight, ratio under 1.5.  ``--profile DIR`` also records a py-spy profile of the
 daemon (and of the xenstored) during the burst, if py-spy is on PATH.  The numbers
 go to docs/performance.md.

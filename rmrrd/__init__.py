@@ -2,7 +2,7 @@
 
 Module map, pure logic first (no I/O: testable without a socket), I/O last.
 
-The core (contract sections 1, 2, 4.1, 4.3):
+The core (formats, inventories, domain setup, toolstack checks):
 
 - ``errors``: the error family (``InputError`` for anything a user must fix).
 - ``ranges``: page-granular address ranges and range sets; ``pci``: PCI addresses.

@@ -1,4 +1,4 @@
-"""The toolstack's checks of contract 4.3 (the seed's STEP-2, STEP-4, STEP-5), pure.
+"""The toolstack's checks (the design thread's STEP-2, STEP-4, STEP-5), pure.
 
 Given a domain's :class:`~rmrrd.planner.Plan` (its layout as built) and inventories,
 each check says whether a device may be assigned or hot-plugged, or the guest moved:

@@ -1,4 +1,4 @@
-"""The ``rmrrd`` command: one program, a subcommand per job (contract section 5).
+"""The ``rmrrd`` command: one program, a subcommand per job.
 
 Each subcommand lives in ``rmrrd/commands/<name>.py`` and exposes ``register`` (add
 its argparse sub-parser) and ``run`` (do the work, return the exit status).  Input
@@ -30,7 +30,7 @@ def _commands() -> list[ModuleType]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit status 2 (contract 5)."""
+    """argparse, but usage errors are one line and exit status 2, as every subcommand's."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")

@@ -1,4 +1,4 @@
-"""The daemon's configuration file (contract section 3): parsed strictly, all at once.
+"""The daemon's configuration file (docs/configuration.md): parsed strictly, all at once.
 
 The file is YAML, but it is read as a node tree (``yaml.compose``) rather than
 ``yaml.safe_load``'s plain dicts, because only the nodes remember their line: every
@@ -281,7 +281,7 @@ def _peer(reader: _Reader, node: yaml.Node) -> PeerSource:
     if "://" not in value:
         return reader.base_dir / value
     url = urlsplit(value)
-    # Peers serve plain HTTP on their metrics listener (contract 2); anything else
+    # Peers serve plain HTTP on their metrics listener (docs/inventory.md); anything else
     # would be a URL rmrrd cannot fetch, better refused now than at the first SIGHUP.
     if url.scheme != "http" or not url.hostname:
         raise _Bad(f"expected a path or an http://HOST[:PORT] URL, got {value!r}")

@@ -1,10 +1,10 @@
-"""The seed scenario (contract section 7) end to end, on an embedded xenstored.
+"""The seed scenario end to end, on an embedded xenstored.
 
 ``rmrrd demo`` plays every role of the xen-devel design thread against a real
 daemon: the toolstack (writing ``/libxl/<domid>/rdm/`` and check requests), the
 domain builder's consumer (reading the answer), and hvmloader (querying through a
 guest-identity connection with the guest's real permissions).  Each step prints
-what happened next to what the contract expects, so the report doubles as a check.
+what happened next to what is expected, so the report doubles as a check.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Firmware quirks, decided after Xen's ``acpi_parse_one_rmrr`` (xen/drivers/passth
 vtd/dmar.c) and what it reports to the toolstack in
 ``intel_iommu_get_reserved_device_memory`` (``PFN_DOWN(base)`` to ``PFN_UP(limit)``):
 
-* base or limit+1 not page aligned: widened to whole pages, with a warning (contract 1);
+* base or limit+1 not page aligned: widened to whole pages, with a warning (firmware does get this wrong);
 * base 0 and limit 0: Xen keeps it, but hands the toolstack ``PFN_UP(0) - PFN_DOWN(0)``
   = 0 pages, so no guest ever reserves anything for it; rmrrd skips it with a warning;
 * limit below base: Xen ignores the RMRR ("is incorrect"); skipped with a warning;

@@ -1,4 +1,4 @@
-"""Guest queries (contract 4.2) as a pure function: untrusted bytes in, one reply out.
+"""Guest queries as a pure function: untrusted bytes in, one reply out.
 
 A guest (hvmloader or a guest tool) writes ``rmrr/query/<id>``; the daemon reads the
 value, applies the per-domain rate limit, and calls :func:`handle_query` with the
@@ -378,7 +378,7 @@ def find_room(free: RangeSet, size: int, align: int, limit: int) -> Range | None
 # --- the entry point ---------------------------------------------------------------------
 
 def handle_query(raw: bytes, plan: Plan, allocations: Allocations, *, max_length: int) -> QueryResult:
-    """Answer one guest query (contract 4.2); never raises for anything the guest wrote.
+    """Answer one guest query (docs/guest-queries.md); never raises for anything the guest wrote.
 
     Malformed queries are ``error EINVAL`` (outcome ``rejected``), checked before the
     plan's status so that a guest learns its syntax is wrong even on a failed domain.

@@ -1,6 +1,6 @@
 """This host's inventory from the sources named in the config (``host.sources``).
 
-Contract section 3: each source is ``dmar`` or ``ivrs`` (the firmware tables Linux
+Each source is ``dmar`` or ``ivrs`` (the firmware tables Linux
 exposes in ``/sys/firmware/acpi/tables``) or the path of a YAML inventory file.  A
 host has a DMAR table or an IVRS table, rarely both, so a missing table is a warning,
 not an error: the default ``[dmar, ivrs]`` must work on Intel and AMD hosts alike.

@@ -1,4 +1,4 @@
-"""Inventories as text: the YAML file of contract section 2 and its JSON twin.
+"""Inventories as text: the YAML file of docs/inventory.md and its JSON twin.
 
 The YAML form is what operators write for simulated and peer hosts and what
 ``rmrrd inventory --yaml`` exports; the JSON form is what a daemon serves at
@@ -238,10 +238,10 @@ def _quote(text: str) -> str:
 
 
 def dump_inventory_yaml(inv: Inventory) -> str:
-    """The inventory in contract section 2's format; reads back with the loader.
+    """The inventory in the YAML format; reads back with the loader.
 
     Written by hand rather than by ``yaml.dump`` so that the output looks like the
-    contract's example (flow lists of quoted devices, unquoted ranges) and carries a
+    documented example (flow lists of quoted devices, unquoted ranges) and carries a
     comment on unresolved devices for the operator who reads it.
     """
     out = [f"host: {_quote(inv.host)}"]

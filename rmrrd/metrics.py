@@ -1,4 +1,4 @@
-"""The daemon's Prometheus metrics (contract section 6), on a registry of their own.
+"""The daemon's Prometheus metrics (docs/metrics.md), on a registry of their own.
 
 The daemon calls the small methods below at each event; ``render()`` gives the text
 exposition format for ``/metrics``.  A registry per :class:`Metrics` (not
@@ -55,7 +55,7 @@ WATCH_KINDS = ("setup", "introduce", "release", "query", "request")
 #: that burst (docs/metrics.md has the runs).  From 2 ms to 5 s each edge is at most 5/3 of the one before (a 1-1.5-2-3-5
 #: ladder), so a quantile read from the histogram is never off by more than that
 #: factor over the whole measured range; 20 ms (the alert in docs/operations.md) and
-#: 5 s (issue 4's bound for a burst) are edges.  Below 2 ms only 0.5 and 1 ms: no
+#: 5 s (the bound for a burst of 1000 setups) are edges.  Below 2 ms only 0.5 and 1 ms: no
 #: setup and few checks are that quick.  23 edges is 24 series per ``op``.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -167,7 +167,7 @@ class Metrics:
     def request_done(self, op: str, verdict: str, seconds: float) -> None:
         """A toolstack request was answered (``fail`` also for a malformed one)."""
         label = bounded(op, REQUEST_OPS)
-        # A verdict is ok, warn or fail by contract 4.3; anything else is a bug
+        # A verdict is ok, warn or fail by the schema; anything else is a bug
         # upstream, counted as the safe answer rather than as a new series.
         self._requests.labels(label, verdict if verdict in VERDICTS else "fail").inc()
         self._latency.labels(label).observe(seconds)

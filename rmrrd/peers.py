@@ -1,4 +1,4 @@
-"""Peer inventories (contract sections 2 and 3, ``peers``): the hosts a guest may migrate to.
+"""Peer inventories (configuration key ``peers``): the hosts a guest may migrate to.
 
 A source is one of the configuration's :data:`rmrrd.config.PeerSource` values:
 

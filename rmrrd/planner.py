@@ -1,4 +1,4 @@
-"""The layout planner: contract 4.1, the seed's STEP-1, as one pure function.
+"""The layout planner: the domain setup, the design thread's STEP-1, as one pure function.
 
 ``plan(request, host, peers)`` decides, for one guest on one host, which ranges to
 reserve, where low RAM ends, what each region conflicts with and what was done about
@@ -6,7 +6,7 @@ it, and the e820 hvmloader would give the guest.  No I/O: the daemon and
 ``rmrrd plan`` read inventories and xenstore, call this, and write ``to_dict()``.
 
 The rules follow libxl's ``libxl__domain_device_construct_rdm`` (``tools/libs/light/
-libxl_dm.c``), with the contract's refinements; see ``docs/planner.md``:
+libxl_dm.c``), with rmrrd's refinements; see ``docs/planner.md``:
 
 1. Low RAM ends at ``min(memory, 4 GiB - mmio_hole)``, the rest goes above 4 GiB.
 2. A region that overlaps low RAM and starts *above* ``rdm_mem_boundary`` (libxl:
@@ -59,7 +59,7 @@ class RequestDefaults(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class XlDefaults:
-    """Xen's own defaults (contract section 3): used when no configuration says otherwise."""
+    """Xen's own defaults (docs/configuration.md): used when no configuration says otherwise."""
 
     rdm: str = "policy=relaxed"
     rdm_mem_boundary: int = 2048
@@ -131,7 +131,7 @@ class E820Entry:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The answer of contract 4.1 for one domain."""
+    """The answer to one domain's setup request."""
 
     status: Literal["ready", "error"]
     error: str | None
@@ -151,7 +151,7 @@ class Plan:
         return RangeSet(region.range for region in self.regions)
 
     def to_dict(self) -> dict[str, Any]:
-        """The field names and string formats of contract 4.1 and ``plan --json``.
+        """The field names and string formats of the xenstore answer and ``plan --json``.
 
         Flat and string-valued, so the daemon can write it key by key; ``error`` is
         ``None`` (nothing to write) when the status is ``ready``.
@@ -201,7 +201,7 @@ def _device_regions(host: Inventory, spec: DeviceSpec, source: Source,
 
 
 def plan(request: DomainRequest, host: Inventory, peers: Mapping[str, Inventory]) -> Plan:
-    """Lay out one guest around its reserved regions (contract 4.1); pure.
+    """Lay out one guest around its reserved regions; pure.
 
     Raises :class:`InputError` only for a request that names an unknown peer; every
     conflict is reported in the plan instead.
@@ -294,7 +294,7 @@ def parse_domain_request(memory: str, mmio_hole: str | None, config: str | None,
                          mem_boundary: str | None, pci: Entries = (), hotplug: Entries = (),
                          migrate: Entries = (), reserve: Entries = (),
                          defaults: RequestDefaults = XL_DEFAULTS) -> DomainRequest:
-    """Build a request from the raw strings under ``/libxl/<domid>/rdm/`` (contract 4.1).
+    """Build a request from the raw strings under ``/libxl/<domid>/rdm/``.
 
     Missing optional keys (``None``) take ``defaults``.  Raises :class:`InputError`
     whose message starts with the key at fault (``mmio_hole``, ``pci/2``, ...).

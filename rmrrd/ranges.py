@@ -1,7 +1,7 @@
 """Page-granular physical address ranges.
 
 Internally a range is half-open, ``[start, end)``: lengths are ``end - start`` and
-adjacency is ``a.end == b.start``, with no off-by-one.  The contract (and firmware:
+adjacency is ``a.end == b.start``, with no off-by-one.  The xenstore keys (and firmware:
 an RMRR has an inclusive *limit*) speaks of inclusive ``START-END`` strings; those are
 converted here, at the edge, by :func:`parse_range` and :meth:`Range.__str__`.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rmrrd.errors import InputError
 
 PAGE_SIZE = 0x1000
-"""Reserved regions are 4 KiB granular (contract section 1)."""
+"""Reserved regions are 4 KiB granular."""
 
 _RANGE_RE = re.compile(r"(0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)")
 _ADDR_RE = re.compile(r"0x[0-9a-fA-F]+")
@@ -63,7 +63,7 @@ class Range:
 
 
 def parse_address(text: str) -> int:
-    """Parse a ``0x``-prefixed hexadecimal address, as the contract writes them."""
+    """Parse a ``0x``-prefixed hexadecimal address, as xenstore and inventories write them."""
     if not _ADDR_RE.fullmatch(text):
         raise InputError(f"invalid address {text!r}: expected hexadecimal with 0x")
     return int(text, 16)
@@ -72,7 +72,7 @@ def parse_address(text: str) -> int:
 def parse_range(text: str) -> Range:
     """Parse an inclusive ``START-END`` string and insist that it is page granular.
 
-    Non-granular input is rejected, never rounded (contract section 1): a toolstack
+    Non-granular input is rejected, never rounded: a toolstack
     that asks for ``0xe0000-0xe0fff`` and silently got a page more or less would not
     know it.
     """

@@ -18,7 +18,7 @@ from rmrrd.ranges import Range
 from rmrrd.xlcfg import Policy
 
 SOURCE_KINDS = ("pci", "hotplug", "host", "migrate", "reserve")
-"""Contract 4.1's source kinds, in the order a merged ``source`` lists them."""
+"""The source kinds of a domain's regions (docs/xenstore-schema.md), in the order a merged ``source`` lists them."""
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -58,7 +58,7 @@ class ReservedRegion:
 
     @property
     def source_text(self) -> str:
-        """The contract's ``source`` value: every source, space separated."""
+        """The xenstore ``source`` value: every source, space separated."""
         return " ".join(str(source) for source in self.sources)
 
 
@@ -74,7 +74,7 @@ def merge_regions(regions: Iterable[ReservedRegion]) -> list[ReservedRegion]:
     """Merge identical and overlapping regions, keeping every source and device.
 
     Regions that merely touch stay apart: each is still one firmware region with its
-    own devices, and the contract merges only "identical or overlapping" ones.  The
+    own devices, and the design merges only "identical or overlapping" ones.  The
     result is sorted by address; a sort and one sweep, ``O(n log n)``.
     """
     # Sort on plain integers: comparing Range dataclasses costs five times as much.

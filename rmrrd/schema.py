@@ -1,4 +1,4 @@
-"""Where things live in xenstore (contract section 4), as pure functions.
+"""Where things live in xenstore (docs/xenstore-schema.md), as pure functions.
 
 Every xenstore path the daemon reads or writes is built here, and every path that
 arrives in a watch event is classified here, so the layout is written down once and
@@ -23,7 +23,7 @@ VERSION_KEY = f"{TOOL_ROOT}/version"
 PID_KEY = f"{TOOL_ROOT}/pid"
 
 DEVICE_LISTS = ("pci", "hotplug", "migrate", "reserve")
-"""The numbered lists under ``/libxl/<domid>/rdm/`` (contract 4.1)."""
+"""The numbered lists under ``/libxl/<domid>/rdm/``."""
 
 SCALAR_KEYS = ("memory", "mmio_hole", "config", "mem_boundary")
 """The single-valued keys under ``/libxl/<domid>/rdm/``, in the order setup reads them."""
@@ -79,7 +79,7 @@ class LibxlEvent:
     """What a watch event under ``/libxl`` is about.
 
     ``request`` is True when the event names the ``request`` key itself (the trigger
-    of contract 4.1); ``domid`` is None for the event on ``/libxl`` (initial event).
+    of a domain setup); ``domid`` is None for the event on ``/libxl`` (initial event).
     """
 
     domid: int | None

@@ -8,8 +8,7 @@ reads them with xl's vocabulary and defaults:
   devices' regions are then considered); ``policy`` defaults to ``relaxed``.
 * ``pci=["[DDDD:]BB:DD.F[@VSLOT],KEY=VALUE,..."]`` (xl-pci-configuration(5),
   ``docs/man/xl-pci-configuration.5.pod``): rmrrd reads ``rdm_policy``, whose default
-  for a device is ``strict`` as libxl's ``libxl__device_pci_setdefault`` sets it and the
-  contract says (the man page says ``relaxed``; unlike xl, a device does not inherit the
+  for a device is ``strict`` as libxl's ``libxl__device_pci_setdefault`` sets it (the man page says ``relaxed``; unlike xl, a device does not inherit the
   ``rdm=`` policy: see docs/planner.md), and accepts xl's other keys without acting on
   them.
 
@@ -46,7 +45,7 @@ DEFAULT_DOMAIN_POLICY = Policy.RELAXED
 """``rdm=``'s ``policy`` unless set: libxl's ``libxl__rdm_setdefault`` (xl.cfg(5) names none)."""
 
 DEFAULT_DEVICE_POLICY = Policy.STRICT
-"""``rdm_policy`` unless set: libxl's ``libxl__device_pci_setdefault`` and contract section 3."""
+"""``rdm_policy`` unless set: libxl's ``libxl__device_pci_setdefault``."""
 
 # Keys of a pci= spec that rmrrd accepts and ignores: they steer pciback and QEMU, not
 # memory layout.  "bdf" is read (it is the keyed form of the positional address).

@@ -1,4 +1,4 @@
-"""``rmrrd run --simulate`` as a real subprocess, driven by Debian's xenstore-utils (H9's).
+"""``rmrrd run --simulate`` as a real subprocess, driven by Debian's xenstore-utils.
 
 The end-to-end tests play the toolstack with the genuine ``xenstore-write`` /
 ``xenstore-read`` / ``xenstore-list`` / ``xenstore-rm`` / ``xenstore-watch`` binaries
@@ -38,7 +38,7 @@ STOP_TIMEOUT = 15.0
 
 D1, D2, D3 = "0000:00:14.0", "0000:00:02.0", "0000:03:00.0"
 SEED_DOMAIN = {"memory": "4096", "mmio_hole": "1024", "pci/0": D2, "hotplug/0": D1, "migrate/0": "node-b"}
-"""Domain 1 of the seed scenario (contract 7), as keys under ``/libxl/<domid>/rdm/``."""
+"""Domain 1 of the seed scenario (``rmrrd demo``), as keys under ``/libxl/<domid>/rdm/``."""
 
 needs_xenstore_tools = pytest.mark.skipif(not XENSTORE_TOOLS.exists(), reason="xenstore-utils not installed")
 
@@ -285,7 +285,7 @@ class Region:
 
 @dataclass(frozen=True)
 class Answer:
-    """A domain's answer (contract 4.1) as ``xenstore-read`` shows it."""
+    """A domain's setup answer as ``xenstore-read`` shows it."""
 
     generation: str
     status: str

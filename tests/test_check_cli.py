@@ -1,5 +1,5 @@
-"""``rmrrd check assign|hotplug|migrate`` as a process against a running daemon
-(contract 5): exit 0 ok, 1 fail, 3 warn, 2 for bad arguments and when no daemon answers.
+"""``rmrrd check assign|hotplug|migrate`` as a process against a running daemon:
+exit 0 ok, 1 fail, 3 warn, 2 for bad arguments and when no daemon answers.
 """
 
 from __future__ import annotations

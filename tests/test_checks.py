@@ -1,4 +1,4 @@
-"""Contract 4.3's checks beyond the seed rows: shared regions, unreserved regions, ranking."""
+"""The toolstack checks beyond the seed scenario's rows: shared regions, unreserved regions, ranking."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash safety (issue 4, acceptance 3): SIGKILL the daemon mid-burst, start it again;
+"""Crash safety: SIGKILL the daemon mid-burst, start it again;
 and reconciliation after a xenstored restart that changed the tree meanwhile.
 
 The daemon answers each domain in one xenstore transaction, and reconciles on
@@ -216,7 +216,7 @@ async def test_sigkill_mid_burst_then_restart_answers_every_domain(
 
 async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(
         tmp_path: Path, daemons: list[Daemon], servers: list[XenstoredProcess]) -> None:
-    """Reconciliation after a reconnect, not only at start (issue 4, deliverable 6).
+    """Reconciliation after a reconnect, not only at start.
 
     While xenstored is down, the tree changes in ways no watch can report to the
     daemon: a second xenstored on another socket edits the saved tree (a new domain's
@@ -254,7 +254,7 @@ async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(
 
 async def test_guest_allocations_survive_a_daemon_restart(
         tmp_path: Path, daemons: list[Daemon], servers: list[XenstoredProcess]) -> None:
-    """``alloc`` is remembered until ``free`` or the domain's end (contract 4.2), restarts included."""
+    """``alloc`` is remembered until ``free`` or the domain's end, restarts included."""
     xenstored, daemon = start_services(tmp_path, daemons, servers)
     socket_path, records = xenstored.path, f"{ALLOCATED_ROOT}/1"
     async with open_xenstore(str(socket_path)) as xs:

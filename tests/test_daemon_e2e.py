@@ -1,5 +1,5 @@
-"""The seed scenario (contract 7) end to end: ``rmrrd run --simulate`` as a process,
-Debian's xenstore-utils as the toolstack (issue 4, acceptance 1).
+"""The seed scenario end to end: ``rmrrd run --simulate`` as a process,
+Debian's xenstore-utils as the toolstack.
 
 Every value is written with ``xenstore-write`` and read back with ``xenstore-read`` /
 ``xenstore-list``; waits are ``xenstore-watch`` events.  Each test gets a fresh daemon
@@ -23,7 +23,7 @@ LEGACY_HOLE = Range(0xA0000, 0x100000)
 """VGA memory and the BIOS area, never RAM in an HVM guest's e820."""
 
 
-async def test_seed_setup_answer_as_contract_7(rmrrd_daemon: DaemonProcess) -> None:
+async def test_seed_setup_answer(rmrrd_daemon: DaemonProcess) -> None:
     answer = await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     assert (answer.generation, answer.status, answer.error) == ("1", "ready", None)
     assert (answer.lowmem_end, answer.highmem_end) == ("0xa0000000", "0x160000000")
@@ -51,7 +51,7 @@ async def test_seed_setup_answer_as_contract_7(rmrrd_daemon: DaemonProcess) -> N
 
 
 CHECK_ROWS = [
-    # (request, verdict, conflict kind expected or None) -- contract 7's rows
+    # (request, verdict, conflict kind expected or None) -- the seed scenario's rows
     (f"op=assign domid=1 device={D2}", "ok", None),
     (f"op=hotplug domid=1 device={D1}", "fail", f"0xe0000-0xeffff bios {D1}"),
     (f"op=hotplug domid=1 device={D1},rdm_policy=relaxed", "warn", f"0xe0000-0xeffff bios {D1}"),

@@ -1,4 +1,4 @@
-"""Guest identity (issue 4, acceptance 2): a domain's own xenstore connection against
+"""Guest identity: a domain's own xenstore connection against
 ``rmrrd run --simulate``, with the permissions real xenstored would apply.
 
 Domains 1 and 2 are set up by the toolstack (xenstore-utils) and introduced by dom0

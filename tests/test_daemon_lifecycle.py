@@ -2,7 +2,7 @@
 events in, effects out, no I/O.
 
 Each test feeds what the owner task would feed and checks the state and the effects
-in their order: that order is the contract the owner carries out.
+in their order: the owner carries them out in exactly that order.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Toolstack request parsing (contract 4.3) and the xenstore layout helpers."""
+"""Toolstack request parsing and the xenstore layout helpers."""
 
 import pytest
 from hypothesis import given, strategies as st

@@ -1,4 +1,4 @@
-"""Guest queries (contract 4.2): every verb and every error path, on the seed's domain 1.
+"""Guest queries: every verb and every error path, on the seed's domain 1.
 
 The plan is built the way the daemon builds it, from the inventories shipped in
 ``etc/inventories``: low RAM ends at 0xa0000000, D2's region 0xa0000000-0xa37fffff
@@ -35,7 +35,7 @@ HOLE_START = 0xA3800000
 
 
 def seed_plan(pci: str = D2) -> Plan:
-    """Domain 1 of contract 7 on node-a, as the daemon would plan it."""
+    """Domain 1 of the seed scenario on node-a, as the daemon would plan it."""
     peers = {"node-b": load_inventory_file(_ETC / "node-b.yaml")}
     request = parse_domain_request("4096", "1024", None, None, [pci], [D1], ["node-b"])
     return plan(request, load_inventory_file(_ETC / "node-a.yaml"), peers)

@@ -1,4 +1,4 @@
-"""YAML and JSON inventories (contract section 2): loading, errors with lines, dumping."""
+"""YAML and JSON inventories: loading, errors with lines, dumping."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The planner's invariants (issue 2, item 5), over random hosts and requests."""
+"""The planner's invariants, over random hosts and requests."""
 
 from __future__ import annotations
 

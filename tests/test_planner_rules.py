@@ -1,4 +1,4 @@
-"""Planner rules of contract 4.1 case by case, and request parsing from xenstore strings."""
+"""Planner rules case by case, and request parsing from xenstore strings."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_parse_domain_request_defaults_and_keyed_entries() -> None:
 
 def test_device_policy_does_not_follow_the_domain_policy() -> None:
     # Unlike xl_parse.c, rdm=policy=relaxed leaves a device without rdm_policy strict
-    # (contract 4.1; docs/planner.md "xl differs on one default").
+    # (docs/planner.md "xl differs on one default").
     request = parse_domain_request("4096", "1024", "policy=relaxed", "4096", ["00:02.0"])
     assert request.pci == (DeviceSpec(GPU, Policy.STRICT),)
     result = plan(request, HOST, {})

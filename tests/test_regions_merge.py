@@ -35,7 +35,7 @@ def test_merge_keeps_everything(regions: list[ReservedRegion]) -> None:
         assert holder.policy == combine_policies(r.policy for r in parts)
 
 
-def test_identical_regions_list_sources_in_contract_order() -> None:
+def test_identical_regions_list_sources_in_documented_order() -> None:
     rng = Range(0xE0000, 0xF0000)
     merged = merge_regions([ReservedRegion(rng, (Source.of("migrate", "node-b"),)),
                             ReservedRegion(rng, (Source.of("host"),), policy=Policy.RELAXED),

@@ -1,4 +1,4 @@
-"""Every row of contract section 7, through ``plan`` and the check functions.
+"""Every row of the seed scenario, through ``plan`` and the check functions.
 
 Uses the seed inventories shipped in ``etc/inventories`` so that what the demo
 prints and what is tested are the same hosts.

@@ -1,4 +1,4 @@
-"""Running ``rmrrd run`` as systemd does: a subprocess, a notify socket, signals (H11's).
+"""Running ``rmrrd run`` as systemd does: a subprocess, a notify socket, signals.
 
 No tests here: the helpers the ``test_service_*``, ``test_run_cli_*`` and
 ``test_prometheus_scrape_*`` modules share.  Each daemon runs in a short directory

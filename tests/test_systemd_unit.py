@@ -73,8 +73,8 @@ def unit_settings() -> dict[str, dict[str, list[str]]]:
     return settings
 
 
-def test_contract_of_the_unit() -> None:
-    """The promises of issue 5 and docs/operations.md, line by line."""
+def test_promises_of_the_unit() -> None:
+    """The promises of docs/operations.md, line by line."""
     unit = unit_settings()
     service = unit["Service"]
     assert service["Type"] == ["notify"]

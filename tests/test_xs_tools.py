@@ -1,5 +1,5 @@
 """Genuine clients against the simulated xenstored: Debian's xenstore-utils and
-upstream's conformance client test-xenstore (issue 3, item 4)."""
+upstream's conformance client test-xenstore."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the simulated-xenstored tests (H3's; import them by name:
+"""Helpers shared by the simulated-xenstored tests (import them by name:
 pytest puts tests/ on sys.path, so ``from xs_fixtures import ...`` works)."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``rmrrd check assign|hotplug|migrate``: ask a running daemon, wait for the verdict.
 
-Writes one ``/tool/rmrrd/request/<id>`` node through xenstore (contract 4.3), watches
+Writes one ``/tool/rmrrd/request/<id>`` node through xenstore (docs/xenstore-schema.md), watches
 for ``/tool/rmrrd/result/<id>/verdict`` and prints the result.  Exit status: 0 ok,
-1 fail, 3 warn (contract 5); 2 for bad arguments or when no verdict comes in time.
+1 fail, 3 warn; 2 for bad arguments or when no verdict comes in time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``rmrrd demo``: the seed scenario end to end (contract 7); see :mod:`rmrrd.demo`."""
+"""``rmrrd demo``: the seed scenario end to end; see :mod:`rmrrd.demo`."""
 
 from __future__ import annotations
 

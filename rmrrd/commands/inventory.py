@@ -1,6 +1,6 @@
-"""``rmrrd inventory``: print what a DMAR, IVRS or YAML inventory says (contract 2, 5).
+"""``rmrrd inventory``: print what a DMAR, IVRS or YAML inventory says.
 
-By default a readable table; ``--yaml`` the contract's inventory format (what an
+By default a readable table; ``--yaml`` the YAML inventory format (docs/inventory.md) (what an
 operator copies to peer hosts); ``--json`` the same field names as ``/inventory``,
 and for a firmware table also the decoded table itself under ``table`` (header,
 DRHDs, RMRRs with their scopes, IVMDs), so a table's raw values can be checked.
@@ -37,13 +37,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dmar", metavar="FILE", type=Path, help="an ACPI DMAR table (Intel VT-d)")
     source.add_argument("--ivrs", metavar="FILE", type=Path, help="an ACPI IVRS table (AMD-Vi)")
-    source.add_argument("--yaml-file", metavar="FILE", type=Path, help="a YAML inventory (contract section 2)")
+    source.add_argument("--yaml-file", metavar="FILE", type=Path, help="a YAML inventory (docs/inventory.md)")
     parser.add_argument("--sysfs-root", metavar="DIR", type=Path,
                         help="resolve DMAR scope paths with the bridges under DIR/sys/bus/pci/devices "
                              "(default: leave paths through bridges unresolved)")
     parser.add_argument("--host", metavar="NAME", help="host name for a table's inventory (default: this host)")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--yaml", action="store_true", help="print the inventory as YAML (contract section 2)")
+    output.add_argument("--yaml", action="store_true", help="print the inventory as YAML, the format --yaml-file reads")
     output.add_argument("--json", action="store_true", help="print the inventory (and the table) as JSON")
     parser.set_defaults(run=run)
 

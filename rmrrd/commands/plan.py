@@ -1,4 +1,4 @@
-"""``rmrrd plan``: the offline what-if of contract 4.1 (section 5).
+"""``rmrrd plan``: the offline what-if of a domain setup.
 
 Takes the same inputs the toolstack writes under ``/libxl/<domid>/rdm/``, as options,
 and prints the answer the daemon would write: a readable table, or with ``--json``
@@ -26,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "plan", help="plan a guest's layout around reserved regions (offline)",
         description="Plan one guest's memory layout around its reserved regions, as the daemon "
-                    "would answer /libxl/<domid>/rdm/ (contract 4.1).  Defaults are xl's.")
+                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.")
     parser.add_argument("--inventory", metavar="FILE", type=Path, required=True,
-                        help="this host's inventory (YAML, contract section 2)")
+                        help="this host's inventory (YAML, docs/inventory.md)")
     parser.add_argument("--peer", metavar="FILE", type=Path, action="append", default=[],
                         help="a peer host's inventory, for --migrate (repeatable)")
     parser.add_argument("--memory", metavar="MIB", required=True, help="guest RAM in MiB")

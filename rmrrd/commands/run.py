@@ -1,4 +1,4 @@
-"""``rmrrd run``: the daemon in the foreground, as systemd runs it (contract 5).
+"""``rmrrd run``: the daemon in the foreground, as systemd runs it.
 
 ``--simulate`` starts the embedded simulated xenstored on ``xenstore.path`` (as
 ``xenstore.embedded: true`` does), so the daemon can be seen working on a machine

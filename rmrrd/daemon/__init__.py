@@ -1,4 +1,4 @@
-"""The daemon: xenstore in, planner and checks, xenstore out (contract section 4).
+"""The daemon: xenstore in, planner and checks, xenstore out (docs/xenstore-schema.md).
 
 - ``state``: what the daemon remembers of each domain (pure).
 - ``requests``: parsing toolstack request nodes (pure).

@@ -1,4 +1,4 @@
-"""Every domain the daemon knows, each with its owner task (contract 4.1).
+"""Every domain the daemon knows, each with its owner task .
 
 :class:`Domains` routes each event to the domain it concerns (starting an owner on
 first sight), answers the questions that span domains (which devices the others
@@ -138,8 +138,8 @@ class Domains:
     def devices_elsewhere(self, domid: int) -> dict[Bdf, int]:
         """Devices held by every domain but ``domid``, with their holder.
 
-        This is what makes a region shared with another guest's device a ``fail``
-        (contract 4.3): the map is rebuilt from xenstore on every reconcile.
+        This is what makes a region shared with another guest's device a ``fail``:
+        the map is rebuilt from xenstore on every reconcile.
         """
         held: dict[Bdf, int] = {}
         for other in self:

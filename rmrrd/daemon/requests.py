@@ -1,4 +1,4 @@
-"""Toolstack request nodes (contract 4.3), parsed strictly and purely.
+"""Toolstack request nodes, parsed strictly and purely.
 
 A request is one line of space-separated ``key=value`` words, for instance
 ``op=hotplug domid=1 device=0000:00:14.0,rdm_policy=relaxed``.  ``device`` may repeat

@@ -1,4 +1,4 @@
-"""``rmrrd run``: one trio nursery owning every long-lived task (contract 3 and 4).
+"""``rmrrd run``: one trio nursery owning every long-lived task.
 
 Start-up order matters to systemd and to tests: inventories are loaded, the
 embedded xenstored (if any) and the HTTP listener are bound, xenstore is connected,

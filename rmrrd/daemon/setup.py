@@ -1,9 +1,9 @@
-"""Domain setup (contract 4.1): read ``/libxl/<domid>/rdm/``, plan, answer.
+"""Domain setup: read ``/libxl/<domid>/rdm/``, plan, answer.
 
 The whole answer is written in one transaction (retried on EAGAIN), so a reader
 never sees half of it, and a daemon killed mid-write leaves the old answer or the
 new one, never a mix.  The answer's directory is readable by the guest; its
-``query/`` node writable by it; nothing else (contract 4).  What to do is decided
+``query/`` node writable by it; nothing else (docs/xenstore-schema.md).  What to do is decided
 by :func:`rmrrd.daemon.lifecycle.setup_kind`; this module does the reading and
 writing, and is carried out by the domain's owner as its ``RunSetup`` effect.
 """

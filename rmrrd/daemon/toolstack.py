@@ -1,4 +1,4 @@
-"""Toolstack checks (contract 4.3): ``/tool/rmrrd/request/<id>`` in, ``result/<id>`` out.
+"""Toolstack checks: ``/tool/rmrrd/request/<id>`` in, ``result/<id>`` out.
 
 Each request is answered in one transaction that also removes the request node, so
 a request is either pending (node present) or answered (result present), and a
