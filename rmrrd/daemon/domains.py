@@ -43,14 +43,14 @@ class Domains:
     """The owners of every known domain, by domid; see the module docstring."""
 
     def __init__(self, xs: XenstoreClient, settings: Settings, limits: Limits, observer: Observer,
-                 nursery: trio.Nursery) -> None:
+                 nursery: trio.Nursery, *, setup_concurrency: int = SETUP_CONCURRENCY) -> None:
         self.xs = xs
         self.settings = settings
         """Replaced whole by a reload; owners read it when they use it."""
         self.limits = limits
         self.observer = observer
         self.nursery = nursery
-        self.setup_slots = trio.CapacityLimiter(SETUP_CONCURRENCY)
+        self.setup_slots = trio.CapacityLimiter(setup_concurrency)
         self._owners: dict[int, DomainOwner] = {}
         self._answered: set[int] = set()
         self._work = 0
