@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``rmrrd/commands/<name>.py`` and exposes ``register`` (add
 its argparse sub-parser) and ``run`` (do the work, return the exit status).  Input
-errors become one line on stderr and exit status 2, never a trace.
+errors become one line on stderr and exit status 2, never a trace; a peer that said
+no or could not be reached, one line and exit status 1 (:mod:`rmrrd.errors`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from rmrrd.errors import InputError
+from rmrrd.errors import InputError, PeerError, TransportError
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 """What a shell reports for a filter killed by SIGPIPE, as ``cat | head`` gives."""
@@ -53,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"rmrrd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (PeerError, TransportError) as exc:
+        # Not the user's input: xenstored or a peer said no, or could not be reached.
+        print(f"rmrrd {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -14,7 +14,11 @@ end is another machine that may be down, slow or broken:
 * only ``http://`` URLs and status 200 are accepted; redirects are not followed
   (a peer's ``/inventory`` never redirects, and following one could lead anywhere).
 
-Every failure is an :class:`HttpError` naming the URL and what went wrong, in one line.
+Every failure names the URL and what went wrong, in one line, under the root of
+:mod:`rmrrd.errors` that says whose it is: a URL rmrrd cannot use is an
+:class:`~rmrrd.errors.InputError` (the operator's to fix), a host that cannot be
+reached in time an :class:`HttpUnreachable` (transport), an answer that is not a
+usable 200 an :class:`HttpError` (the peer's).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from urllib.parse import SplitResult, urlsplit
 import h11
 import trio
 
-from rmrrd.errors import InputError
+from rmrrd.errors import InputError, PeerError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +41,37 @@ MAX_HEADER_BYTES = 16 * 1024
 _READ_CHUNK = MAX_HEADER_BYTES
 
 
-class HttpError(InputError):
-    """A GET that did not produce a 200 answer within the limits; names the URL."""
+class HttpError(PeerError):
+    """The peer answered, but not with a usable 200: names the URL."""
+
+
+class HttpUnreachable(TransportError):
+    """The peer could not be reached, or did not answer in time: names the URL."""
 
 
 def _parse_url(url: str) -> tuple[SplitResult, str, int]:
     """The split URL, its host name and its port (80 when not given)."""
     parts = urlsplit(url)
     if parts.scheme != "http":
-        raise HttpError(f"{url}: only http:// URLs are supported")
+        raise InputError(f"{url}: only http:// URLs are supported")
     try:
         port = parts.port or 80
     except ValueError:
-        raise HttpError(f"{url}: invalid port") from None
+        raise InputError(f"{url}: invalid port") from None
     if not parts.hostname:
-        raise HttpError(f"{url}: no host in the URL")
+        raise InputError(f"{url}: no host in the URL")
     if not parts.hostname.isascii():
         # Header values are ASCII; IDNA conversion is left to the operator.
-        raise HttpError(f"{url}: host name is not ASCII (write its xn-- form)")
+        raise InputError(f"{url}: host name is not ASCII (write its xn-- form)")
     return parts, parts.hostname, port
 
 
 async def http_get(url: str, *, timeout: float, max_body: int = DEFAULT_MAX_BODY) -> bytes:
     """GET ``url`` and return the body of its 200 answer.
 
-    Raises :class:`HttpError` when the URL is not ``http://``, the host cannot be
-    reached, nothing complete arrives within ``timeout`` seconds, the answer is not
+    Raises :class:`~rmrrd.errors.InputError` when the URL is not one rmrrd can use,
+    :class:`HttpUnreachable` when the host cannot be reached or nothing complete
+    arrives within ``timeout`` seconds, :class:`HttpError` when the answer is not
     valid HTTP, its status is not 200, or its body exceeds ``max_body`` bytes.
     """
     parts, host, port = _parse_url(url)
@@ -84,12 +93,12 @@ async def http_get(url: str, *, timeout: float, max_body: int = DEFAULT_MAX_BODY
         with trio.fail_after(timeout):
             return await _exchange(url, host, port, request, max_body)
     except trio.TooSlowError:
-        raise HttpError(f"{url}: no complete answer within {timeout:g} s") from None
+        raise HttpUnreachable(f"{url}: no complete answer within {timeout:g} s") from None
     except OSError as exc:
         # Name lookup failures (socket.gaierror) and refused connections alike.
-        raise HttpError(f"{url}: cannot connect: {exc.strerror or exc}") from None
+        raise HttpUnreachable(f"{url}: cannot connect: {exc.strerror or exc}") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise HttpError(f"{url}: connection broken: {exc}") from None
+        raise HttpUnreachable(f"{url}: connection broken: {exc}") from None
     except h11.ProtocolError as exc:
         raise HttpError(f"{url}: invalid HTTP answer: {exc}") from None
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import trio
 
 from rmrrd.config import PeerSource
-from rmrrd.errors import InputError
+from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.http_client import http_get
 from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import inventory_from_json, load_inventory_file
@@ -97,7 +97,7 @@ async def _fetch(url: str, timeout: float) -> _Found:
         # Decoding and validating up to 16 MiB is CPU work of a second or more:
         # a thread keeps the loop answering guests meanwhile.
         found.inventories.append((target, await trio.to_thread.run_sync(_decode, body, target)))
-    except InputError as exc:
+    except (InputError, PeerError, TransportError) as exc:
         found.problems.append(str(exc))
     return found
 

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from rmrrd.errors import InputError
+from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.schema import allocated_path, allocation_key, answer_path, assigned_path
 from rmrrd.xenstore.client import Transaction
-from rmrrd.xenstore.wire import NoEntry, XenstoreError
+from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.lifecycle import (AnswerCheck, AnswerVanished, CheckIntroduced, CountQuery, DomainMachine,
                                     Effect, Event, IntroducedSeen, Log, QueriesListed, QueriesStopped, QueryRead,
@@ -157,7 +157,7 @@ class DomainOwner:
                 found = await self._carry_out(pending.popleft())
                 if found is not None:
                     pending.extendleft(reversed(self._feed(found)))
-        except XenstoreError as exc:
+        except (PeerError, TransportError) as exc:
             # Foreseen (xenstore dropped, a quota): the rest of this event's effects
             # are dropped; the next event or the reconcile after a reconnect redoes it.
             log.warning("domain %d: %s not completed: %s: %s", self.domid, type(event).__name__,
@@ -229,7 +229,7 @@ class DomainOwner:
                     partial(run_setup, domid=self.domid, known=known,
                             decide_for=partial(decide, defaults=settings.defaults, host=settings.host,
                                                peers=settings.peers)))
-            except (XenstoreError, InputError) as exc:
+            except (PeerError, TransportError, InputError) as exc:
                 return SetupFailed(f"{type(exc).__name__}: {exc}")
         return SetupDone(result, trio.current_time())
 
@@ -251,7 +251,7 @@ class DomainOwner:
                             await self.call(QueriesListed(names))
                         elif event.path.startswith(queries + "/"):
                             await self.call(QueryWritten(event.path[len(queries) + 1:].split("/", 1)[0]))
-            except XenstoreError as exc:
+            except (PeerError, TransportError) as exc:
                 self.post(QueriesStopped(f"{type(exc).__name__}: {exc}"))
 
 

@@ -25,7 +25,7 @@ import trio
 
 from rmrrd import __version__
 from rmrrd.config import Config, load_config
-from rmrrd.errors import InputError
+from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.logs import setup_logging
 from rmrrd.host_inventory import build_host_inventory
 from rmrrd.http_server import serve_http
@@ -37,7 +37,6 @@ from rmrrd.schema import LIBXL_ROOT, REQUEST_ROOT, STATUS_KEY, classify_libxl_pa
 from rmrrd.sdnotify import Notifier, watchdog_loop
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 from rmrrd.xenstore.server import serve_xenstored
-from rmrrd.xenstore.wire import XenstoreError
 
 from rmrrd.daemon.domains import Domains
 from rmrrd.daemon.lifecycle import Limits
@@ -342,7 +341,7 @@ async def _mark_stopped(xs: XenstoreClient) -> None:
         scope.shield = True
         try:
             await xs.write(STATUS_KEY, "stopped")
-        except XenstoreError as exc:
+        except (PeerError, TransportError) as exc:
             log.warning("cannot mark %s stopped: %s", STATUS_KEY, exc)
 
 

@@ -34,7 +34,8 @@ from typing import Protocol
 import outcome
 import trio
 
-from rmrrd.xenstore.wire import HEADER, Decoder, Op, Packet, RemoteProtocolError, XenstoreError
+from rmrrd.errors import TransportError
+from rmrrd.xenstore.wire import HEADER, Decoder, Op, Packet, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,11 @@ class DeviceChannel:
         os.close(self._fd)
 
 
-class ConnectionLost(XenstoreError):
+class ConnectionLost(TransportError):
     """The connection to xenstored dropped (or never came up) before the answer came.
 
     The request may or may not have been carried out: xenstored does not say.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__("EIO", message)
 
 
 class Connection:

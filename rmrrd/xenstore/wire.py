@@ -16,8 +16,9 @@ simulated xenstored (``server.py``/``store.py``).  Every fact here comes from
   absolute ones at most 3072 bytes, relative ones at most 2048.
 
 Like h11 and wsproto, the codec separates *local* protocol errors (our caller misused
-the protocol) from *remote* ones (the peer sent garbage); both carry the errno name a
-server would answer with.
+the protocol: a bug in rmrrd, outside the error roots of :mod:`rmrrd.errors`) from
+*remote* ones (the peer sent garbage: a :class:`~rmrrd.errors.PeerError`); both carry
+the errno name a server would answer with.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rmrrd.errors import InputError, RmrrdError
+from rmrrd.errors import PeerError
 
 
 class Op(enum.IntEnum):
@@ -95,11 +96,14 @@ XS_ERRORS: tuple[str, ...] = (
 """The errno names of ``xsd_errors[]`` in xs_wire.h, in the header's order."""
 
 
-class XenstoreError(RmrrdError):
-    """A xenstore operation failed; ``errno_name`` is the xsd_errors name for it.
+class XenstoreError(PeerError):
+    """The other end of a xenstore connection said no, or sent garbage;
+    ``errno_name`` is the xsd_errors name for it.
 
     A server answers a failed request with ``error_packet(..., exc.errno_name)``; a
     client raises the subclass :func:`error_for` picks for the name it received.
+    A lost connection or a timeout is not one of these: it is a
+    :class:`~rmrrd.errors.TransportError` (``ConnectionLost``, ``XenstoreTimeout``).
     """
 
     errno_name: str
@@ -116,11 +120,17 @@ class RemoteProtocolError(XenstoreError):
         super().__init__(errno_name, message)
 
 
-class LocalProtocolError(XenstoreError, InputError):
-    """We were asked to send something the protocol forbids (bad path, oversized payload)."""
+class LocalProtocolError(Exception):
+    """We were asked to send something the protocol forbids (bad path, oversized payload).
+
+    A bug in the caller, so not one of the error roots: every path and value rmrrd
+    sends is built from input it validated first.  ``errno_name`` is what xenstored
+    would have answered.
+    """
 
     def __init__(self, message: str, errno_name: str = "EINVAL") -> None:
-        super().__init__(errno_name, message)
+        super().__init__(f"{errno_name}: {message}")
+        self.errno_name = errno_name
 
 
 class ErrnoError(XenstoreError):
