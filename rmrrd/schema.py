@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from rmrrd.planner import Plan
+from rmrrd.xenstore.wire import DOMID_FIRST_RESERVED
 
 LIBXL_ROOT = "/libxl"
 TOOL_ROOT = "/tool/rmrrd"
@@ -30,8 +31,6 @@ SCALAR_KEYS = ("memory", "mmio_hole", "config", "mem_boundary")
 
 _DOMID_RE = re.compile(r"0|[1-9][0-9]{0,4}")
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-DOMID_MAX = 0x7FEF
-"""DOMID_FIRST_RESERVED - 1 (xen/include/public/xen.h): larger ids are not guests."""
 
 
 def parse_domid(text: str) -> int | None:
@@ -39,7 +38,7 @@ def parse_domid(text: str) -> int | None:
     if _DOMID_RE.fullmatch(text) is None:
         return None
     domid = int(text)
-    return domid if domid <= DOMID_MAX else None
+    return domid if domid < DOMID_FIRST_RESERVED else None  # larger ids are not guests
 
 
 def is_valid_id(text: str) -> bool:

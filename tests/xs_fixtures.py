@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 def call(store: Store, conn: Connection, op: Op, *args: bytes, tx: int = 0, raw: bytes | None = None) -> tuple[Op, bytes]:
     """One request to a pure store: (reply type, reply payload); events dropped."""
     payload = raw if raw is not None else b"".join(a + b"\0" for a in args)
-    out = store.handle(conn, Packet(op, 7, tx, payload))
+    out = store.handle(conn, Packet(op, 7, tx, payload)).sends
     reply = out[0][1]
     assert out[0][0] is conn and reply.req_id == 7 and reply.tx_id == tx
     return reply.op, reply.payload
@@ -26,7 +26,7 @@ def call(store: Store, conn: Connection, op: Op, *args: bytes, tx: int = 0, raw:
 
 def events(store: Store, conn: Connection, op: Op, *args: bytes, tx: int = 0) -> list[tuple[int, bytes]]:
     """The watch events a request causes: (receiving connection id, payload)."""
-    out = store.handle(conn, Packet(op, 1, tx, b"".join(a + b"\0" for a in args)))
+    out = store.handle(conn, Packet(op, 1, tx, b"".join(a + b"\0" for a in args))).sends
     assert out[0][1].op in (op, Op.ERROR)
     assert all(p.op is Op.WATCH_EVENT for _, p in out[1:])
     return [(c.id, p.payload) for c, p in out[1:]]

@@ -80,10 +80,13 @@ REL_PATH_MAX = 2048
 """``XENSTORE_REL_PATH_MAX``: longest relative path, in bytes."""
 
 _U32_MAX = 0xFFFFFFFF
-DOMID_MAX = 0xFFFF
-"""Domain ids travel as decimal 0..65535 (xenstore.txt, ``<domid>``)."""
+DOMID_T_MAX = 0xFFFF
+"""A ``domid_t`` is 16 bits: the ids a permission entry may name (xenstore.txt, ``<domid>``)."""
+DOMID_FIRST_RESERVED = 0x7FF0
+"""``DOMID_FIRST_RESERVED`` (xen/include/public/xen.h): ids from here up are not
+domains (``DOMID_SELF``, ``DOMID_IO``...), so never introduced, released or guests."""
 
-SPECIAL_PATHS = frozenset({"@introduceDomain", "@releaseDomain"})
+SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
 """The special watch paths xenstored fires itself (xenstore.txt, WATCH)."""
 
 
@@ -367,7 +370,8 @@ def join_args(*args: bytes, trailing_nul: bool = True) -> bytes:
 
 # -- paths ---------------------------------------------------------------------------
 
-_ABSOLUTE = re.compile(r"/|(?:/[A-Za-z0-9_@-]+)+")
+ABSOLUTE_PATH = re.compile(r"/|(?:/[A-Za-z0-9_@-]+)+")
+"""A well-formed absolute path (use ``fullmatch``): both ends check paths with it."""
 _RELATIVE = re.compile(r"[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*")
 
 
@@ -391,7 +395,7 @@ def validate_path(path: str, *, special_ok: bool) -> None:
         allowed = " or ".join(sorted(SPECIAL_PATHS)) if special_ok else "no special path here"
         raise LocalProtocolError(f"invalid xenstore path {path!r}: expected {allowed}")
     if path.startswith("/"):
-        limit, pattern = ABS_PATH_MAX, _ABSOLUTE
+        limit, pattern = ABS_PATH_MAX, ABSOLUTE_PATH
     else:
         limit, pattern = REL_PATH_MAX, _RELATIVE
     if len(path) > limit:
@@ -417,8 +421,8 @@ class Perm:
     def __post_init__(self) -> None:
         if self.access not in _ACCESS or len(self.access) != 1:
             raise InvalidArgument(f"permission letter {self.access!r} is not one of n r w b")
-        if not 0 <= self.domid <= DOMID_MAX:
-            raise InvalidArgument(f"domid {self.domid} not in 0..{DOMID_MAX}")
+        if not 0 <= self.domid <= DOMID_T_MAX:
+            raise InvalidArgument(f"domid {self.domid} not in 0..{DOMID_T_MAX}")
 
     def __bytes__(self) -> bytes:
         return f"{self.access}{self.domid}".encode()
