@@ -86,6 +86,7 @@ def test_journal_stream_detection(tmp_path: Path) -> None:
     assert not stderr_is_journal(io.StringIO(), {"JOURNAL_STREAM": "1:2"})
 
 
+@pytest.mark.process
 def test_journal_detected_on_real_stderr(tmp_path: Path) -> None:
     """A child whose stderr is the file JOURNAL_STREAM names writes prefixed lines."""
     err = tmp_path / "stderr"

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ["share/rmrrd/rmrrd.service", "share/rmrrd/rmrrd.yaml", "share/rmrrd/inventories/node-a.yaml"]
 

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_service_support import INVENTORIES, REPO, config_text, workdir  # noqa: F401
+import pytest
+
+from support import INVENTORIES, REPO
+from support.processes import config_text
+
+pytestmark = pytest.mark.process
 
 
 def check(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:

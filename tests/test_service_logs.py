@@ -6,11 +6,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import trio
 
-from test_service_support import Daemon, daemons, start_daemon, workdir  # noqa: F401
+from support.processes import Daemon, start_daemon
 from rmrrd.demo import scenario
 from rmrrd.xenstore.client import open_xenstore
+
+pytestmark = pytest.mark.process
 
 LINE = re.compile(r"<(?P<priority>[3467])>(?P<logger>rmrrd(\.\w+)*): (?P<message>.+)")
 BDF = re.compile(r"\b[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\b")
@@ -20,7 +23,6 @@ DOMAIN = re.compile(r"\bdomain \d+\b")
 def _seed_log(workdir: Path, daemons: list[Daemon], *args: str) -> list[str]:
     daemon = start_daemon(workdir, journal=True, args=args)
     daemons.append(daemon)
-    daemon.wait_healthy()
 
     async def play() -> int:
         async with open_xenstore(str(daemon.xenstore)) as xs:

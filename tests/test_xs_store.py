@@ -10,7 +10,7 @@ from rmrrd.errors import InputError
 from rmrrd.xenstore.store import DomainChange, Quotas, Store
 from rmrrd.xenstore.store_persist import dump, load
 from rmrrd.xenstore.wire import Op, Packet
-from xs_fixtures import call, events
+from support.raw_xenstore import call, events
 
 OK = (Op.WRITE, b"OK\0")
 

@@ -1,73 +1,29 @@
-"""``rmrrd run --simulate`` as a real subprocess, driven by Debian's xenstore-utils.
+"""Debian's xenstore-utils as the toolstack: what a dom0 script sees, through libxenstore.
 
 The end-to-end tests play the toolstack with the genuine ``xenstore-write`` /
 ``xenstore-read`` / ``xenstore-list`` / ``xenstore-rm`` / ``xenstore-watch`` binaries
-(``XENSTORED_PATH`` pointing at the daemon's embedded simulated xenstored), so what
-they check is what a dom0 script would see, through libxenstore, not through rmrrd's
-own client.  Import by module name (pytest puts tests/ on sys.path).
-
-Waiting is event driven wherever xenstore offers an event: :func:`watching` runs
-``xenstore-watch`` and re-reads a value after every event until it is what the test
-waits for, under one deadline.  Only the daemon's start-up, before its socket exists,
-is a bounded poll.
+(``XENSTORED_PATH`` pointing at the xenstored under test), not through rmrrd's own
+client.  Waiting is event driven: :func:`watching` runs ``xenstore-watch`` and
+re-reads a value after every event until it is what the test waits for, under one
+deadline.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
 
-from prometheus_helpers import free_port
-
-REPO = Path(__file__).resolve().parent.parent
-INVENTORIES = REPO / "etc" / "inventories"
 XENSTORE_TOOLS = Path("/usr/bin/xenstore-write")
-START_TIMEOUT = 15.0
 WAIT_TIMEOUT = 10.0
-STOP_TIMEOUT = 15.0
-
-D1, D2, D3 = "0000:00:14.0", "0000:00:02.0", "0000:03:00.0"
-SEED_DOMAIN = {"memory": "4096", "mmio_hole": "1024", "pci/0": D2, "hotplug/0": D1, "migrate/0": "node-b"}
-"""Domain 1 of the seed scenario (``rmrrd demo``), as keys under ``/libxl/<domid>/rdm/``."""
 
 needs_xenstore_tools = pytest.mark.skipif(not XENSTORE_TOOLS.exists(), reason="xenstore-utils not installed")
-
-
-def write_config(workdir: Path, port: int, limits: Mapping[str, int | float] | None = None) -> Path:
-    """A config for the seed hosts: node-a is this host, node-b its peer."""
-    lines = [
-        "xenstore:",
-        f"  path: {workdir / 'xenstored.socket'}",
-        "host:",
-        "  name: node-a",
-        f"  sources: [{INVENTORIES / 'node-a.yaml'}]",
-        f"peers: [{INVENTORIES / 'node-b.yaml'}]",
-        "metrics:",
-        f"  listen: 127.0.0.1:{port}",
-        "log:",
-        "  level: debug",
-    ]
-    if limits:
-        lines.append("limits:")
-        lines += [f"  {key}: {value}" for key, value in limits.items()]
-    path = workdir / "rmrrd.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def rmrrd_argv(*args: str) -> list[str]:
-    """The rmrrd command line with this interpreter (the venv's, where rmrrd is installed)."""
-    return [sys.executable, "-m", "rmrrd", *args]
 
 
 @dataclass
@@ -175,102 +131,6 @@ async def watching(xs: Xenstore, path: str) -> AsyncIterator[Watching]:
         process.kill()
         with trio.CancelScope(shield=True):
             await process.wait()
-
-
-@dataclass
-class DaemonProcess:
-    """A running ``rmrrd run --simulate``: its xenstore, HTTP port, process and log."""
-
-    xs: Xenstore
-    http_port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-    config: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, as systemd stops it; its exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"rmrrd did not stop on SIGTERM within {STOP_TIMEOUT} s:\n{self.log_text()}") from None
-
-
-def wait_until_serving(xs: Xenstore, process: subprocess.Popen[bytes], log: Path, *, status: bool = True) -> None:
-    """Poll (bounded) until the xenstored answers and, with ``status``, rmrrd says ``ready``.
-
-    The only poll of the suite: before the socket exists there is nothing to watch.
-    """
-    argv = ["xenstore-read", "/tool/rmrrd/status"] if status else ["xenstore-exists", "/"]
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args!r} exited {process.returncode}:\n{log.read_text(errors='replace')}")
-        if xs.socket.exists():
-            done = subprocess.run(argv, env=xs.env, capture_output=True, timeout=START_TIMEOUT, check=False)
-            if done.returncode == 0 and (not status or done.stdout == b"ready\n"):
-                return
-        time.sleep(0.02)
-    process.kill()
-    process.wait()
-    raise AssertionError(f"{process.args!r} not serving within {START_TIMEOUT} s:\n{log.read_text(errors='replace')}")
-
-
-@contextmanager
-def daemon_process(workdir: Path, limits: Mapping[str, int | float] | None = None) -> Iterator[DaemonProcess]:
-    """Start ``rmrrd run --simulate`` in ``workdir``; stop it with SIGTERM afterwards.
-
-    A daemon that does not exit 0 on SIGTERM fails the test that used it.
-    """
-    port = free_port()
-    config = write_config(workdir, port, limits)
-    log = workdir / "rmrrd.log"
-    xs = Xenstore(workdir / "xenstored.socket")
-    with log.open("wb") as out:
-        process = subprocess.Popen(rmrrd_argv("run", "--simulate", "--config", str(config)),
-                                   stdout=out, stderr=subprocess.STDOUT, env=xs.env)
-    daemon = DaemonProcess(xs, port, process, log, config)
-    try:
-        wait_until_serving(xs, process, log)
-        yield daemon
-    finally:
-        status = daemon.stop()
-    assert status == 0, f"rmrrd exited {status} on SIGTERM:\n{daemon.log_text()}"
-
-
-@contextmanager
-def xenstored_process(workdir: Path) -> Iterator[Xenstore]:
-    """``rmrrd xenstored`` alone: a xenstore on which no rmrrd answers."""
-    xs = Xenstore(workdir / "bare.socket")
-    log = workdir / "xenstored.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(rmrrd_argv("xenstored", "--socket", str(xs.socket)),
-                                   stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_serving(xs, process, log, status=False)
-        yield xs
-    finally:
-        process.terminate()
-        process.wait(timeout=STOP_TIMEOUT)
-
-
-@pytest.fixture
-def daemon_limits() -> Mapping[str, int | float]:
-    """``limits.*`` of the daemon under test; a test module overrides this fixture."""
-    return {}
-
-
-@pytest.fixture
-def rmrrd_daemon(tmp_path: Path, daemon_limits: Mapping[str, int | float]) -> Iterator[DaemonProcess]:
-    """A fresh daemon per test, so what one test assigns never shares a region in another."""
-    with daemon_process(tmp_path, daemon_limits) as daemon:
-        yield daemon
 
 
 # --- the toolstack's side, through the tools -----------------------------------------------

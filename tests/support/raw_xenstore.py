@@ -1,18 +1,18 @@
-"""Helpers shared by the simulated-xenstored tests (import them by name:
-pytest puts tests/ on sys.path, so ``from xs_fixtures import ...`` works)."""
+"""The wire codec as the peer: requests to a pure ``Store``, or raw bytes on a socket.
+
+For the simulated xenstored's own tests, below any client: :func:`call` and
+:func:`events` feed one request to a ``Store`` and look at what it returns;
+:class:`RawClient` speaks the protocol on a socket with nothing but the codec.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
-from rmrrd.xenstore.server import XenstoredHandle, serve_xenstored
 from rmrrd.xenstore.store import Connection, Store
 from rmrrd.xenstore.wire import Decoder, Op, Packet, encode
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def call(store: Store, conn: Connection, op: Op, *args: bytes, tx: int = 0, raw: bytes | None = None) -> tuple[Op, bytes]:
@@ -55,8 +55,3 @@ class RawClient:
         await self.stream.send_all(encode(Packet(op, req, tx, b"".join(a + b"\0" for a in args))))
         return await self.receive()
 
-
-@pytest.fixture
-async def xenstored(nursery: trio.Nursery, tmp_path: Path) -> XenstoredHandle:
-    handle: XenstoredHandle = await nursery.start(serve_xenstored, tmp_path / "xs.sock")
-    return handle
