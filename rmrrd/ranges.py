@@ -20,7 +20,6 @@ PAGE_SIZE = 0x1000
 """Reserved regions are 4 KiB granular."""
 
 _RANGE_RE = re.compile(r"(0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)")
-_ADDR_RE = re.compile(r"0x[0-9a-fA-F]+")
 _MAX_ADDRESS = 1 << 64
 
 
@@ -60,13 +59,6 @@ class Range:
 
     def __str__(self) -> str:
         return f"{self.start:#x}-{self.last:#x}"
-
-
-def parse_address(text: str) -> int:
-    """Parse a ``0x``-prefixed hexadecimal address, as xenstore and inventories write them."""
-    if not _ADDR_RE.fullmatch(text):
-        raise InputError(f"invalid address {text!r}: expected hexadecimal with 0x")
-    return int(text, 16)
 
 
 def parse_range(text: str) -> Range:

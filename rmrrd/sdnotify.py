@@ -51,10 +51,6 @@ class Notifier:
         env = os.environ if environ is None else environ
         return cls(env.get("NOTIFY_SOCKET") or None, watchdog_usec=watchdog_usec(env))
 
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
     def notify(self, *assignments: str) -> None:
         """Send ``KEY=VALUE`` lines as one datagram; nothing when there is no socket."""
         if self._address is None:
