@@ -13,9 +13,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmrrd.acpi import TableError
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.ivrs import ivrs_inventory, parse_ivrs
+from rmrrd.core.acpi import TableError
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.ivrs import ivrs_inventory, parse_ivrs
 from test_acpi_helpers import fix_checksum
 
 TABLES = Path(__file__).parents[1] / ".." / "shared" / "fixtures" / "tables"

@@ -53,7 +53,7 @@ def ivrs(blocks: Sequence[bytes], ivinfo: int = 0x203041) -> bytes:
 
 
 def test_built_tables_have_valid_headers() -> None:
-    from rmrrd.acpi import parse_header
+    from rmrrd.core.acpi import parse_header
 
     table = dmar([rmrr(0, 0x1000, 0x1FFF, [scope(1, 0, [(2, 0)])])])
     header, cut = parse_header(table, "DMAR")

@@ -27,13 +27,13 @@ import trio
 from support import INVENTORIES
 from support.processes import Daemon, XenstoredProcess, start_daemon
 
-from rmrrd.config import default_config
+from rmrrd.edges.config import default_config
 from rmrrd.daemon.setup import decide, read_setup_input
-from rmrrd.daemon.xsutil import read_list, read_text
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.ranges import parse_range
-from rmrrd.demo import create_domain, guest_query
-from rmrrd.schema import ALLOCATED_ROOT, answer_entries, answer_path, rdm_path
+from rmrrd.xenstore.ops import read_list, read_text
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.ranges import parse_range
+from rmrrd.app.toolstack import create_domain, guest_query
+from rmrrd.protocol import ALLOCATED_ROOT, answer_entries, answer_path, rdm_path
 from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
 from rmrrd.xenstore.wire import NoEntry, XenstoreError
 

@@ -13,7 +13,7 @@ import pytest
 from support import D1, D2, D3, SEED_DOMAIN
 from support.processes import Daemon
 from support.xs_tools import Region, needs_xenstore_tools, read_answer, request_setup, toolstack_check, watching
-from rmrrd.ranges import Range, RangeSet, parse_range
+from rmrrd.core.ranges import Range, RangeSet, parse_range
 
 pytestmark = [needs_xenstore_tools, pytest.mark.process]
 

@@ -21,8 +21,8 @@ import trio
 from support import SEED_DOMAIN
 from support.processes import Daemon
 from support.xs_tools import needs_xenstore_tools, read_answer, request_setup, watching
-from rmrrd.demo import guest_query
-from rmrrd.ranges import Range, parse_range
+from rmrrd.app.toolstack import guest_query
+from rmrrd.core.ranges import Range, parse_range
 from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
 from rmrrd.xenstore.wire import NoEntry, Op, Packet, PermissionDenied, Perm, encode
 

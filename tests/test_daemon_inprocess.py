@@ -16,9 +16,10 @@ import trio.testing
 
 from support import SEED_DOMAIN
 from support.inprocess import inprocess_daemon
-from rmrrd.daemon.xsutil import read_text
-from rmrrd.demo import create_domain, guest_query, scenario
-from rmrrd.schema import STATUS_KEY, answer_path
+from rmrrd.xenstore.ops import read_text
+from rmrrd.app.demo import scenario
+from rmrrd.app.toolstack import create_domain, guest_query
+from rmrrd.protocol import STATUS_KEY, answer_path
 
 RATE, BURST = 2, 4
 RATE_LIMITED = "error EBUSY query rate limit reached; retry later"
@@ -61,7 +62,7 @@ async def test_release_removes_the_answer_and_a_new_request_is_answered_afresh(t
                         break
         # The toolstack makes a new domain on the same id: it starts with nothing held.
         await xs.rm("/libxl/1")
-        assert (await create_domain(xs, 1, SEED_DOMAIN))["status"] == "ready"
+        assert (await create_domain(xs, 1, SEED_DOMAIN)).status == "ready"
         await xs.introduce(1, 0, 0)
         async with daemon.guest(1) as guest:
             assert (await guest_query(guest, 1, "q1", "alloc 0x1000")).startswith("ok 0xa3800000")

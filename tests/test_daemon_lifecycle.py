@@ -53,10 +53,10 @@ from rmrrd.daemon.lifecycle import (
     WriteReply,
     setup_kind,
 )
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.pci import Bdf
-from rmrrd.planner import parse_domain_request, plan
-from rmrrd.ranges import Range
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import parse_domain_request, plan
+from rmrrd.core.ranges import Range
 
 _ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 D1, D2 = "0000:00:14.0", "0000:00:02.0"

@@ -17,15 +17,16 @@ import pytest
 import trio
 import trio.testing
 
-from rmrrd.config import DefaultsConfig
+from rmrrd.edges.config import DefaultsConfig
 from rmrrd.daemon import owner as owner_module
 from rmrrd.daemon.domains import Domains
 from rmrrd.daemon.lifecycle import Limits, Released, SetupResult
-from rmrrd.daemon.service import Daemon
+from rmrrd.daemon.watches import Daemon
 from rmrrd.daemon.settings import Settings
-from rmrrd.demo import SEED_DOMAIN, create_domain, guest_query, write_request
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.schema import ALLOCATED_ROOT, answer_path
+from rmrrd.app.demo import SEED_DOMAIN
+from rmrrd.app.toolstack import create_domain, guest_query, write_request
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.protocol import ALLOCATED_ROOT, answer_path
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 from rmrrd.xenstore.server import XenstoredHandle, serve_xenstored
 from rmrrd.xenstore.wire import NoEntry, NoSpace
@@ -295,7 +296,7 @@ async def test_a_domain_recreated_on_its_domid_starts_afresh(
                         if not await xs.exists(f"{ALLOCATED_ROOT}/1"):
                             break
             answer = await create_domain(xs, 1, SEED_DOMAIN)
-        assert answer["status"] == "ready"
+        assert answer.status == "ready"
         recreated = [record.getMessage() for record in caplog.records if "re-created" in record.getMessage()]
         assert recreated == ["domain 1: answer removed by someone else (domain re-created on this domid?): "
                              "its allocations and attached devices dropped"]

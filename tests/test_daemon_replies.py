@@ -11,7 +11,7 @@ from support import SEED_DOMAIN
 from support.processes import Daemon
 from support.xs_tools import needs_xenstore_tools, request_setup
 from rmrrd.daemon.lifecycle import REPLIES_KEPT
-from rmrrd.demo import guest_query
+from rmrrd.app.toolstack import guest_query
 from rmrrd.xenstore.client import open_xenstore
 
 pytestmark = [needs_xenstore_tools, pytest.mark.process]

@@ -3,11 +3,11 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from rmrrd.daemon.requests import format_request, parse_request
+from rmrrd.protocol import format_request, parse_request
 from rmrrd.errors import InputError
-from rmrrd.pci import Bdf
-from rmrrd.schema import classify_libxl_path, parse_domid
-from rmrrd.xlcfg import Policy
+from rmrrd.core.pci import Bdf
+from rmrrd.protocol import classify_libxl_path, parse_domid
+from rmrrd.core.xlcfg import Policy
 
 
 def test_hotplug_with_relaxed_policy() -> None:

@@ -6,11 +6,11 @@ import struct
 
 import pytest
 
-from rmrrd.acpi import TableError
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.inventory import UnresolvedDevice
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
+from rmrrd.core.acpi import TableError
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.inventory import UnresolvedDevice
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
 from test_acpi_helpers import dmar, drhd, fix_checksum, rmrr, scope
 
 EP = 1

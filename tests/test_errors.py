@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rmrrd.config import ConfigError
+from rmrrd.edges.config import ConfigError
 from rmrrd.daemon.lifecycle import DomainStateError
 from rmrrd.errors import InputError, PeerError, RmrrdError, TransportError
-from rmrrd.http_client import HttpError, HttpUnreachable
+from rmrrd.edges.http_client import HttpError, HttpUnreachable
 from rmrrd.xenstore.client import XenstoreTimeout
 from rmrrd.xenstore.client_conn import ConnectionLost
 from rmrrd.xenstore.wire import (XS_ERRORS, LocalProtocolError, RemoteProtocolError, XenstoreError, error_for)

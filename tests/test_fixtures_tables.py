@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from rmrrd.commands.inventory import dmar_to_json, ivrs_to_json
-from rmrrd.dmar import DmarTable, dmar_inventory, parse_dmar
-from rmrrd.inventory import UnresolvedDevice
-from rmrrd.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
+from rmrrd.cli.inventory import dmar_to_json, ivrs_to_json
+from rmrrd.core.dmar import DmarTable, dmar_inventory, parse_dmar
+from rmrrd.core.inventory import UnresolvedDevice
+from rmrrd.core.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
 
 FIXTURES = Path(__file__).parents[1] / ".." / "shared" / "fixtures"
 TABLES = FIXTURES / "tables"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from rmrrd.gc_pauses import short_gc_pauses
+from rmrrd.edges.gc_pauses import short_gc_pauses
 
 
 class Cycle:

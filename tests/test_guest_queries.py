@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.guest_queries import (
+from rmrrd.core.guest_queries import (
     HOLE_END,
     MAX_REPLY_BYTES,
     QUOTE_MAX,
@@ -21,11 +21,11 @@ from rmrrd.guest_queries import (
     QueryResult,
     handle_query,
 )
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.planner import Plan, parse_domain_request, plan
-from rmrrd.ranges import Range
-from rmrrd.schema import answer_entries
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.planner import Plan, parse_domain_request, plan
+from rmrrd.core.ranges import Range
+from rmrrd.protocol import answer_entries
 
 _ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 D1, D2 = "0000:00:14.0", "0000:00:02.0"

@@ -6,10 +6,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmrrd.guest_queries import HOLE_END, MAX_REPLY_BYTES, Allocations, QueryResult, handle_query
-from rmrrd.inventory import Inventory
-from rmrrd.planner import DomainRequest, Plan, plan
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
+from rmrrd.core.guest_queries import HOLE_END, MAX_REPLY_BYTES, Allocations, QueryResult, handle_query
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.planner import DomainRequest, Plan, plan
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
 
 from test_guest_queries import seed_plan
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.host_inventory import build_host_inventory
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
+from rmrrd.edges.host_inventory import build_host_inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
 from test_sysfs_pci import make_device
 
 ROOT = Path(__file__).parents[1]

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from rmrrd.http_server import Route, serve_http
+from rmrrd.edges.http_server import Route, serve_http
 
 HOST = "127.0.0.1"
 

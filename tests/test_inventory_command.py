@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rmrrd import cli
-from rmrrd.commands import inventory
-from rmrrd.inventory_yaml import inventory_from_json, load_inventory_text
+from rmrrd.cli import inventory
+from rmrrd.core.inventory_yaml import inventory_from_json, load_inventory_text
 from test_fixtures_tables import assert_matches_expected
 
 ROOT = Path(__file__).parents[1]

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from rmrrd import __version__
-from rmrrd.http_server import serve_http
-from rmrrd.metrics import LATENCY_BUCKETS, Metrics
+from rmrrd.edges.http_server import serve_http
+from rmrrd.edges.metrics import LATENCY_BUCKETS, Metrics
 from support.prometheus import PROMTOOL, PrometheusServer, promtool_check_metrics, tools_available
 
 needs_prometheus = pytest.mark.skipif(not tools_available(), reason="Debian package prometheus not installed")

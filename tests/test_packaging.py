@@ -61,7 +61,8 @@ def test_wheel_carries_unit_config_and_inventories(wheel: Path) -> None:
     data = sorted(n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n)
     for path in DATA:
         assert path in data
-    assert "rmrrd/py.typed" in names and "rmrrd/config.py" in names
+    assert "rmrrd/py.typed" in names and "rmrrd/edges/config.py" in names
+    assert all(f"rmrrd/{layer}/__init__.py" in names for layer in ("core", "xenstore", "daemon", "edges", "app", "cli"))
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "rmrrd = rmrrd.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -1,4 +1,4 @@
-"""The peers' HTTP GET (``rmrrd.http_client``) against raw trio servers over real sockets:
+"""The peers' HTTP GET (``rmrrd.edges.http_client``) against raw trio servers over real sockets:
 what it sends, the answer framings it reads, and the URLs it refuses."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from rmrrd.errors import InputError
-from rmrrd.http_client import HttpError, HttpUnreachable, http_get
+from rmrrd.edges.http_client import HttpError, HttpUnreachable, http_get
 
 
 async def one_answer(nursery: trio.Nursery, answer: bytes, host: str = "127.0.0.1") -> tuple[int, list[bytes]]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmrrd.guest_layout import FOUR_GIB, MIB
-from rmrrd.inventory import HostRegion, Inventory
-from rmrrd.pci import Bdf
-from rmrrd.planner import DomainRequest, plan, requested_regions
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
-from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy
+from rmrrd.core.guest_layout import FOUR_GIB, MIB
+from rmrrd.core.inventory import HostRegion, Inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import DomainRequest, plan, requested_regions
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
+from rmrrd.core.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy
 
 _DEVICES = [Bdf(0, 0, n, 0) for n in range(4)]
 _policies = st.sampled_from(list(Policy))

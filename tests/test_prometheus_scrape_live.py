@@ -13,11 +13,10 @@ import trio
 from support import WAIT
 from support.processes import Daemon, XenstoredProcess, read_key, setup_domain, start_daemon
 from support.prometheus import PrometheusServer, promtool_check_metrics, tools_available
-from rmrrd.commands.check import ask
-from rmrrd.daemon.requests import format_request
-from rmrrd.demo import guest_query
-from rmrrd.inventory_yaml import inventory_to_json, load_inventory_file
-from rmrrd.schema import STATUS_KEY
+from rmrrd.protocol import format_request
+from rmrrd.app.toolstack import ask, guest_query
+from rmrrd.core.inventory_yaml import inventory_to_json, load_inventory_file
+from rmrrd.protocol import STATUS_KEY
 from rmrrd.xenstore.client import open_xenstore
 
 pytestmark = pytest.mark.process
@@ -37,7 +36,7 @@ def samples(body: bytes) -> dict[str, float]:
 
 def scripted_setup(xenstore: Path) -> None:
     """Domain 1 of the seed, one guest query, one toolstack check."""
-    assert setup_domain(xenstore, 1)["status"] == "ready"
+    assert setup_domain(xenstore, 1).status == "ready"
 
     async def run() -> None:
         async with open_xenstore(str(xenstore)) as xs:
@@ -45,8 +44,8 @@ def scripted_setup(xenstore: Path) -> None:
             async with open_xenstore(f"{xenstore}.d/1") as guest:
                 assert (await guest_query(guest, 1, "q1", "e820")).startswith("ok")
                 assert (await guest_query(guest, 1, "q2", "nonsense")).startswith("error")
-            result = await ask(xs, format_request("assign", 1, ("0000:00:02.0",)), WAIT)
-            assert result["verdict"] == "ok"
+            _, result = await ask(xs, format_request("assign", 1, ("0000:00:02.0",)), WAIT)
+            assert result.verdict == "ok"
 
     trio.run(run)
 
@@ -123,7 +122,7 @@ def test_prometheus_scrapes_the_setup_counter(workdir: Path, daemons: list[Daemo
         prometheus.wait_ready()
         prometheus.wait_for_value(query, 0.0)
         scripted_setup(daemon.xenstore)
-        assert setup_domain(daemon.xenstore, 2)["status"] == "ready"
+        assert setup_domain(daemon.xenstore, 2).status == "ready"
         assert prometheus.wait_for_value(query, 2.0) == 2.0
         assert prometheus.wait_for_value('rmrrd_domains{job="rmrrd"}', 2.0) == 2.0
         assert prometheus.target_health() == ["up"]
@@ -134,12 +133,12 @@ def test_toolstack_conflicts_are_counted(workdir: Path, daemons: list[Daemon]) -
     daemon = start_daemon(workdir)
     daemons.append(daemon)
     # Domain 1 reserved nothing for D2: assigning it later is an `unreserved` conflict.
-    assert setup_domain(daemon.xenstore, 1, {"memory": "1024"})["status"] == "ready"
+    assert setup_domain(daemon.xenstore, 1, {"memory": "1024"}).status == "ready"
 
     async def run() -> str:
         async with open_xenstore(str(daemon.xenstore)) as xs:
-            result = await ask(xs, format_request("assign", 1, ("0000:00:02.0",)), WAIT)
-            return str(result["verdict"])
+            _, result = await ask(xs, format_request("assign", 1, ("0000:00:02.0",)), WAIT)
+            return result.verdict
 
     assert trio.run(run) == "warn"
     got = samples(daemon.get("/metrics")[2])

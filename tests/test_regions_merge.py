@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rmrrd.pci import Bdf
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
-from rmrrd.regions import ReservedRegion, Source, combine_policies, merge_regions
-from rmrrd.xlcfg import Policy
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
+from rmrrd.core.regions import ReservedRegion, Source, combine_policies, merge_regions
+from rmrrd.core.xlcfg import Policy
 
 _sources = st.sampled_from([Source.of("pci", "0000:00:02.0"), Source.of("hotplug", "0000:00:14.0"),
                             Source.of("host"), Source.of("migrate", "node-b"), Source.of("reserve")])

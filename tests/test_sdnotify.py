@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from rmrrd.errors import InputError
-from rmrrd.sdnotify import Notifier, watchdog_loop, watchdog_usec
+from rmrrd.edges.sdnotify import Notifier, watchdog_loop, watchdog_usec
 
 
 class FakeSystemd:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from rmrrd.checks import check_assign, check_hotplug, check_migrate
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.planner import Plan, parse_domain_request, plan
-from rmrrd.xlcfg import parse_device_spec
+from rmrrd.core.checks import check_assign, check_hotplug, check_migrate
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.planner import Plan, parse_domain_request, plan
+from rmrrd.core.xlcfg import parse_device_spec
 
 _ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 D1, D2, D3 = "0000:00:14.0", "0000:00:02.0", "0000:03:00.0"

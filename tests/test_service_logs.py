@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from support.processes import Daemon, start_daemon
-from rmrrd.demo import scenario
+from rmrrd.app.demo import scenario
 from rmrrd.xenstore.client import open_xenstore
 
 pytestmark = pytest.mark.process
@@ -39,7 +39,7 @@ def test_every_line_has_the_journal_priority_and_no_timestamp(workdir: Path, dae
     assert lines
     bad = [line for line in lines if not LINE.fullmatch(line)]
     assert bad == []
-    assert "<6>rmrrd.daemon.service: rmrrd stopped" == lines[-1]
+    assert "<6>rmrrd.app.service: rmrrd stopped" == lines[-1]
 
 
 def test_lines_about_a_domain_name_it_and_its_device(workdir: Path, daemons: list[Daemon]) -> None:

@@ -10,8 +10,9 @@ import trio
 import pytest
 
 from support.processes import Daemon, XenstoredProcess, read_key, start_daemon
-from rmrrd.demo import SEED_DOMAIN, write_request
-from rmrrd.schema import STATUS_KEY, answer_path
+from rmrrd.app.demo import SEED_DOMAIN
+from rmrrd.app.toolstack import write_request
+from rmrrd.protocol import STATUS_KEY, answer_path
 from rmrrd.xenstore.client import open_xenstore
 
 pytestmark = pytest.mark.process

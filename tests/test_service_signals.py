@@ -10,9 +10,10 @@ import pytest
 import trio
 
 from support.processes import Daemon, XenstoredProcess, read_key, setup_domain, start_daemon
-from rmrrd.daemon.xsutil import read_text
-from rmrrd.demo import SEED_DOMAIN, write_request
-from rmrrd.schema import answer_path
+from rmrrd.xenstore.ops import read_text
+from rmrrd.app.demo import SEED_DOMAIN
+from rmrrd.app.toolstack import write_request
+from rmrrd.protocol import answer_path
 from rmrrd.xenstore.client import open_xenstore
 
 pytestmark = pytest.mark.process
@@ -62,7 +63,7 @@ def test_sighup_uses_a_changed_inventory_for_the_next_setup(workdir: Path, daemo
     daemon = start_daemon(workdir)
     daemons.append(daemon)
     before = setup_domain(daemon.xenstore, 1, {"memory": "1024", "pci/0": "0000:05:00.0"})
-    assert before["status"] == "ready" and not any(key.startswith("region") for key in before)
+    assert before.status == "ready" and before.regions == ()
 
     inventory = workdir / "node-a.yaml"
     inventory.write_text(inventory.read_text()
@@ -73,8 +74,8 @@ def test_sighup_uses_a_changed_inventory_for_the_next_setup(workdir: Path, daemo
     assert "reload: host node-a: region 0x7f000000-0x7f0fffff (0000:05:00.0) added" in daemon.log()
 
     after = setup_domain(daemon.xenstore, 2, {"memory": "1024", "pci/0": "0000:05:00.0"})
-    assert after["status"] == "ready"
-    assert "region 0x7f000000-0x7f0fffff" in after
+    assert after.status == "ready"
+    assert "0x7f000000-0x7f0fffff" in [str(region.range) for region in after.regions]
     # Domain 1 was built on the old layout and keeps its answer.
     assert read_key(daemon.xenstore, f"{answer_path(1)}/region/0/range") is None
     assert daemon.stop() == 0
@@ -91,7 +92,7 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons:
     assert re.search(rf"{re.escape(str(daemon.config))}:\d+: limits\.query_rat: unknown key", line)
     assert line.startswith(tuple("0123456789")) and " ERROR " in line
     # Still serving, on the old configuration.
-    assert setup_domain(daemon.xenstore, 1)["status"] == "ready"
+    assert setup_domain(daemon.xenstore, 1).status == "ready"
     assert daemon.get("/healthz")[0] == 200
 
     # A valid change afterwards applies and is named key by key.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.pci import Bdf
-from rmrrd.sysfs_pci import read_secondary_buses, sysfs_bus_lookup
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.pci import Bdf
+from rmrrd.edges.sysfs_pci import read_secondary_buses, sysfs_bus_lookup
 
 TABLES = Path(__file__).parents[1] / ".." / "shared" / "fixtures" / "tables"
 

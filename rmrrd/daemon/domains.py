@@ -19,9 +19,10 @@ import trio
 
 from rmrrd import __version__
 from rmrrd.errors import InputError
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range, parse_range
-from rmrrd.schema import ALLOCATED_ROOT, ASSIGNED_ROOT, LIBXL_ROOT, PID_KEY, STATUS_KEY, VERSION_KEY, answer_path, parse_domid
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from rmrrd.protocol import (ALLOCATED_ROOT, ASSIGNED_ROOT, LIBXL_ROOT, answer_path, decode_allocation, decode_attachment,
+                            parse_domid, status_entries)
 from rmrrd.xenstore.client import XenstoreClient
 from rmrrd.xenstore.wire import NoEntry
 
@@ -29,7 +30,7 @@ from rmrrd.daemon.lifecycle import (Check, CheckAsked, Domain, Event, Introduced
                                     RequestChanged, SetupOutcome, State)
 from rmrrd.daemon.owner import DomainOwner
 from rmrrd.daemon.settings import Observer, Settings
-from rmrrd.daemon.xsutil import gather, read_list, rm_quietly
+from rmrrd.xenstore.ops import gather, read_list, rm_quietly
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +199,7 @@ class Domains:
         for domid in sorted(live):
             self.post(domid, RequestChanged(now))
         await self.wait_idle()
-        status = {STATUS_KEY: "ready", VERSION_KEY: __version__, PID_KEY: str(os.getpid())}
-        await gather(lambda key: xs.write(key, status[key]), status)
+        await gather(lambda entry: xs.write(*entry), status_entries(__version__, os.getpid()))
         log.info("reconciled: %d domains answered", len(self))
 
     async def _records(self, root: str, live: set[int]) -> dict[int, dict[str, str]]:
@@ -238,9 +238,9 @@ def _attached(domid: int, values: dict[str, str] | None) -> dict[Bdf, str] | Non
         return None
     attached: dict[Bdf, str] = {}
     for value in values.values():
-        device, _, op = value.partition(" ")
         try:
-            attached[Bdf.parse(device)] = op
+            bdf, op = decode_attachment(value)
+            attached[bdf] = op
         except InputError:
             log.warning("domain %d: ignoring malformed attached device %r", domid, value[:40])
     return attached
@@ -253,7 +253,7 @@ def _allocations(domid: int, values: dict[str, str] | None) -> tuple[Range, ...]
     ranges: list[Range] = []
     for value in values.values():
         try:
-            ranges.append(parse_range(value))
+            ranges.append(decode_allocation(value))
         except InputError:
             log.warning("domain %d: ignoring malformed allocation record %r", domid, value[:40])
     return tuple(ranges)

@@ -47,12 +47,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from rmrrd.guest_queries import Allocations, QueryResult, handle_query
-from rmrrd.pci import Bdf
-from rmrrd.planner import DomainRequest, Plan
-from rmrrd.ranges import Range
-from rmrrd.rate_limit import TokenBucket
-from rmrrd.schema import is_valid_id
+from rmrrd.core.guest_queries import Allocations, QueryResult, handle_query
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import DomainRequest, Plan
+from rmrrd.core.ranges import Range
+from rmrrd.core.rate_limit import TokenBucket
+from rmrrd.protocol import is_valid_id
 
 REPLIES_KEPT = 64
 """Replies kept per domain, oldest removed first: reply nodes are dom0's, outside the

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from rmrrd.errors import InputError, PeerError, TransportError
-from rmrrd.schema import allocated_path, allocation_key, answer_path, assigned_path
+from rmrrd.protocol import (allocated_path, allocation_entry, answer_path, assigned_path, query_path,
+                            reply_path)
 from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
@@ -44,7 +45,7 @@ from rmrrd.daemon.lifecycle import (AnswerCheck, AnswerVanished, CheckIntroduced
                                     RemoveQuery, RemoveRecords, RemoveReply, ReportSetup, RequestChanged, RunSetup,
                                     SetupDone, SetupFailed, StartQueries, State, StopQueries, WriteReply)
 from rmrrd.daemon.setup import decide, run_setup
-from rmrrd.daemon.xsutil import gather, rm_quietly
+from rmrrd.xenstore.ops import gather, rm_quietly
 
 if TYPE_CHECKING:
     from rmrrd.daemon.domains import Domains
@@ -173,7 +174,6 @@ class DomainOwner:
 
     async def _carry_out(self, effect: Effect) -> Event | None:
         domains, xs, domid = self._domains, self._domains.xs, self.domid
-        base = answer_path(domid)
         match effect:
             case RunSetup(known):
                 return await self._run_setup(known)
@@ -196,19 +196,20 @@ class DomainOwner:
                 domains.report_setup(domid, generation, outcome, seconds)
             case ReadQuery(name):
                 try:
-                    raw: bytes | None = await xs.read(f"{base}/query/{name}")
+                    raw: bytes | None = await xs.read(query_path(domid, name))
                 except NoEntry:
                     raw = None
                 return QueryRead(name, raw, trio.current_time(), domains.settings.max_query_length)
             case RecordAllocation(rng, held):
-                key = f"{allocated_path(domid)}/{allocation_key(rng.start)}"
-                await (xs.write(key, str(rng)) if held else rm_quietly(xs, key))
+                key, value = allocation_entry(rng)
+                path = f"{allocated_path(domid)}/{key}"
+                await (xs.write(path, value) if held else rm_quietly(xs, path))
             case WriteReply(name, reply):
-                await xs.write(f"{base}/reply/{name}", reply)
+                await xs.write(reply_path(domid, name), reply)
             case RemoveQuery(name):
-                await rm_quietly(xs, f"{base}/query/{name}")
+                await rm_quietly(xs, query_path(domid, name))
             case RemoveReply(name):
-                await rm_quietly(xs, f"{base}/reply/{name}")
+                await rm_quietly(xs, reply_path(domid, name))
             case CountQuery(kind, outcome):
                 domains.observer.guest_query(kind, outcome)
             case AnswerCheck(check):
@@ -236,7 +237,7 @@ class DomainOwner:
     async def _watch_queries(self, scope: trio.CancelScope) -> None:
         """Forward the guest-query node's watch events, waiting for each to be handled."""
         domains, xs = self._domains, self._domains.xs
-        queries = f"{answer_path(self.domid)}/query"
+        queries = query_path(self.domid)
         with scope:
             try:
                 async with xs.watch(queries) as events:

@@ -1,7 +1,7 @@
 """What the daemon is given: the settings it answers with, and who hears about it.
 
 The daemon never reads a configuration file nor knows Prometheus: the application
-(:mod:`rmrrd.daemon.service` for now) builds a :class:`Settings` from the file and
+(:mod:`rmrrd.app.service` for now) builds a :class:`Settings` from the file and
 the inventories, and swaps in a new one whole on SIGHUP (handlers read it between
 awaits, so never see half a reload); the metrics satisfy :class:`Observer`.
 """
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from rmrrd.inventory import Inventory
-from rmrrd.planner import RequestDefaults
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.planner import RequestDefaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ class Settings:
 
 
 class Observer(Protocol):
-    """What the daemon reports as it works (:class:`rmrrd.metrics.Metrics` is one)."""
+    """What the daemon reports as it works (:class:`rmrrd.edges.metrics.Metrics` is one)."""
 
     def set_domains(self, count: int) -> None: ...
 

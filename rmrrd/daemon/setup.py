@@ -14,14 +14,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import Inventory
-from rmrrd.planner import RequestDefaults, parse_domain_request, plan
-from rmrrd.schema import (DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER_KEYS, SCALAR_KEYS, allocated_path,
-                          answer_entries, answer_path, rdm_path)
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.planner import RequestDefaults, parse_domain_request, plan
+from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER_KEYS, QUERY_PERMS, REQUEST_KEY,
+                            SCALAR_KEYS, allocated_path, answer_entries, answer_path, guest_perms, query_path, rdm_path,
+                            reply_path)
 from rmrrd.xenstore.client import Transaction
 
 from rmrrd.daemon.lifecycle import SetupOutcome, SetupResult, setup_kind
-from rmrrd.daemon.xsutil import gather, guest_perms, read_list, read_text, rm_quietly
+from rmrrd.xenstore.ops import gather, read_list, read_text, rm_quietly
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class SetupInput:
 async def read_setup_input(tx: Transaction, domid: int) -> SetupInput | None:
     """The domain's request keys, or None when it has written no ``request`` yet."""
     base = rdm_path(domid)
-    generation = await read_text(tx, f"{base}/request")
+    generation = await read_text(tx, f"{base}/{REQUEST_KEY}")
     if generation is None:
         return None
     memory, mmio_hole, config, mem_boundary = await gather(lambda key: read_text(tx, f"{base}/{key}"), SCALAR_KEYS)
@@ -71,8 +72,8 @@ async def write_answer(tx: Transaction, domid: int, generation: str, outcome: Se
     base = answer_path(domid)
     await gather(lambda key: rm_quietly(tx, f"{base}/{key}"), OWNED_ANSWER_KEYS)
     await tx.mkdir(base)
-    await tx.set_perms(base, guest_perms(domid, "r"))
-    dirs = {f"{base}/query": guest_perms(domid, "b"), f"{base}/reply": guest_perms(domid, "r")}
+    await tx.set_perms(base, guest_perms(domid, ANSWER_PERMS))
+    dirs = {query_path(domid): guest_perms(domid, QUERY_PERMS), reply_path(domid): guest_perms(domid, ANSWER_PERMS)}
     await gather(tx.mkdir, dirs)
     await gather(lambda path: tx.set_perms(path, dirs[path]), dirs)
     entries = answer_entries(generation, outcome.plan, outcome.error)

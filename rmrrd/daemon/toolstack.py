@@ -15,18 +15,18 @@ from dataclasses import dataclass
 
 import trio
 
-from rmrrd.checks import Verdict, check_assign, check_hotplug, check_migrate, rank_migration_targets
+from rmrrd.core.checks import Verdict, check_assign, check_hotplug, check_migrate, rank_migration_targets
 from rmrrd.errors import InputError
-from rmrrd.pci import Bdf
-from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT, assigned_path
+from rmrrd.core.pci import Bdf
+from rmrrd.protocol import (REQUEST_ROOT, RESULT_ROOT, Result, ToolRequest, assigned_path, attachment_entry,
+                            parse_request, request_path, result_entries, result_path)
 from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.domains import Domains
 from rmrrd.daemon.lifecycle import DeviceAttached, Domain
-from rmrrd.daemon.requests import ToolRequest, parse_request
 from rmrrd.daemon.settings import Settings
-from rmrrd.daemon.xsutil import device_key, gather, keep_newest, rm_quietly
+from rmrrd.xenstore.ops import gather, keep_newest, rm_quietly
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ToolstackHandler:
         """Answer ``/tool/rmrrd/request/<req_id>`` if it is still pending."""
         started = trio.current_time()
         try:
-            raw = await self._domains.xs.read(f"{REQUEST_ROOT}/{req_id}")
+            raw = await self._domains.xs.read(request_path(req_id))
         except NoEntry:
             return  # answered already (our own removal fires the watch too)
         try:
@@ -111,16 +111,17 @@ class ToolstackHandler:
         if request is not None and request.op != "migrate" and verdict.verdict != "fail":
             attach = DeviceAttached(request.devices[0].bdf, request.op)
 
+        result = Result(verdict.verdict, verdict.reason, tuple(str(c) for c in verdict.conflicts), tuple(ranking or ()))
+
         async def answer(tx: Transaction) -> None:
-            base = f"{RESULT_ROOT}/{req_id}"
+            base = result_path(req_id)
             await rm_quietly(tx, base)
-            writes = [(f"{base}/verdict", verdict.verdict), (f"{base}/reason", verdict.reason)]
-            writes += [(f"{base}/conflict/{n}", str(c)) for n, c in enumerate(verdict.conflicts)]
-            writes += [(f"{base}/rank/{n}", line) for n, line in enumerate(ranking or ())]
+            writes = [(f"{base}/{key}", value) for key, value in result_entries(result)]
             if attach is not None and request is not None:
-                writes.append((f"{assigned_path(request.domid)}/{device_key(attach.bdf)}", f"{attach.bdf} {attach.op}"))
+                key, value = attachment_entry(attach.bdf, attach.op)
+                writes.append((f"{assigned_path(request.domid)}/{key}", value))
             await gather(lambda write: tx.write(*write), writes)
-            await rm_quietly(tx, f"{REQUEST_ROOT}/{req_id}")
+            await rm_quietly(tx, request_path(req_id))
 
         await domains.xs.run_transaction(answer)
         domains.observer.request_done(request.op if request is not None else "other", verdict.verdict,

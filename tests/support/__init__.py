@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmrrd.demo import D1, D2, D3, SEED_DOMAIN
+from rmrrd.app.demo import D1, D2, D3, SEED_DOMAIN
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORIES = REPO / "etc" / "inventories"

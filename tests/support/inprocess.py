@@ -20,8 +20,8 @@ from pathlib import Path
 import trio
 
 from support import INVENTORIES
-from rmrrd.config import Config, LimitsConfig, MetricsConfig, default_config
-from rmrrd.daemon.service import ServiceHandle, run_service
+from rmrrd.edges.config import Config, LimitsConfig, MetricsConfig, default_config
+from rmrrd.app.service import ServiceHandle, run_service
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 
 

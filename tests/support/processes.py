@@ -15,6 +15,7 @@ what journald would receive.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,8 +37,9 @@ import trio
 from support import INVENTORIES, SEED_DOMAIN, WAIT
 from support.prometheus import free_port
 from support.xs_tools import Xenstore
-from rmrrd.daemon.xsutil import read_text
-from rmrrd.demo import create_domain
+from rmrrd.xenstore.ops import read_text
+from rmrrd.app.toolstack import create_domain
+from rmrrd.protocol import Answer
 from rmrrd.xenstore.client import open_xenstore
 
 
@@ -239,6 +241,8 @@ class Daemon:
     config: Path
     output: LogTail
     notify: NotifySocket | None
+    logs_info: bool = True
+    """Whether its log level lets the ``ready`` line through (info or debug)."""
     xs: Xenstore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -255,10 +259,17 @@ class Daemon:
         return self.output.wait_for(needle, after=after, timeout=timeout)
 
     def wait_ready(self, timeout: float = WAIT) -> None:
-        """Until ``READY=1``: the first reconciliation has answered everything pending."""
+        """Until ``READY=1``: the first reconciliation has answered everything pending.
+
+        Then, when the log level shows it, until the ``ready`` line the daemon logs
+        right after: the log arrives through another pipe, and a test counting log
+        lines from now on must not count the start's.
+        """
         assert self.notify is not None, "started without a notify socket: wait for a log line instead"
         if not any("READY=1" in message.splitlines() for message in self.notify.received):
             self.notify.wait_for("READY=1", timeout)
+        if self.logs_info:
+            self.wait_for_log(" ready: serving ", timeout)
 
     def get(self, path: str) -> tuple[int, str, bytes]:
         """``GET path`` on the daemon's HTTP listener: (status, content type, body)."""
@@ -322,7 +333,11 @@ def start_daemon(workdir: Path, *, xenstore: Path | None = None, limits: Mapping
         environment["NOTIFY_SOCKET"] = str(notify_socket.path)
     environment.update(env or {})
     process, output = _spawn(command, workdir, "rmrrd", environment, journal=journal)
-    daemon = Daemon(workdir, process, port, socket_path, config, output, notify_socket)
+    levels = [log_level, *re.findall(r"^  level: (\w+)$", extra_config, re.M)]
+    if "--log-level" in args:
+        levels.append(args[args.index("--log-level") + 1])
+    quiet = [level for level in levels if level is not None][-1:] in (["warning"], ["error"])
+    daemon = Daemon(workdir, process, port, socket_path, config, output, notify_socket, logs_info=not quiet)
     if wait and notify_socket is not None:
         daemon.wait_ready()
     return daemon
@@ -388,10 +403,10 @@ def rmrrd_daemon(workdir: Path, daemon_limits: Mapping[str, int | float]) -> Ite
 
 # --- scripted xenstore work, run with trio.run from the (blocking) tests --------------------------------
 
-def setup_domain(xenstore: Path, domid: int, keys: dict[str, str] = SEED_DOMAIN) -> dict[str, str]:
+def setup_domain(xenstore: Path, domid: int, keys: dict[str, str] = SEED_DOMAIN) -> Answer:
     """Create a domain through xenstore and return the daemon's answer."""
 
-    async def run() -> dict[str, str]:
+    async def run() -> Answer:
         async with open_xenstore(str(xenstore)) as xs:
             with trio.fail_after(WAIT):
                 return await create_domain(xs, domid, keys)

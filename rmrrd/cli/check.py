@@ -1,0 +1,65 @@
+"""``rmrrd check assign|hotplug|migrate``: ask a running daemon, wait for the verdict.
+
+Writes one ``/tool/rmrrd/request/<id>`` node through xenstore (docs/xenstore-schema.md), watches
+for ``/tool/rmrrd/result/<id>/verdict`` and prints the result.  Exit status: 0 ok,
+1 fail, 3 warn; 2 for bad arguments or when no verdict comes in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import trio
+
+from rmrrd.app.toolstack import ask
+from rmrrd.errors import InputError
+from rmrrd.protocol import Result, format_request, parse_request
+from rmrrd.xenstore.client import open_xenstore
+from rmrrd.xenstore.client_conn import ConnectionLost
+
+EXIT_STATUS = {"ok": 0, "fail": 1, "warn": 3}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("check", help="check an assign, hotplug or migrate against a running rmrrd")
+    parser.add_argument("op", choices=("assign", "hotplug", "migrate"))
+    parser.add_argument("--domid", type=int, required=True, help="the guest's domain id")
+    parser.add_argument("--device", action="append", default=[], metavar="SPEC",
+                        help="xl pci= spec, e.g. 0000:00:14.0,rdm_policy=relaxed (repeatable for migrate)")
+    parser.add_argument("--target", help="migrate: the peer host (default: rank every peer)")
+    parser.add_argument("--xenstore", help="xenstored socket (default: $XENSTORED_PATH, then dom0's)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # The request is one line of space-separated words: a space inside an argument
+    # would split it, and the daemon would complain about a word the user never wrote.
+    for option, values in (("--device", args.device), ("--target", [] if args.target is None else [args.target])):
+        for value in values:
+            if not value or any(char.isspace() for char in value):
+                raise InputError(f"{option} {value!r}: expected one word, without spaces")
+    request = format_request(args.op, args.domid, tuple(args.device), args.target)
+    parse_request(request)  # refuse bad arguments here, with the same words as the daemon
+
+    async def main() -> tuple[str, Result]:
+        async with open_xenstore(args.xenstore) as xs:
+            return await ask(xs, request, args.timeout)
+
+    try:
+        req_id, result = trio.run(main)
+    except ConnectionLost as exc:
+        raise InputError(f"cannot reach xenstore: {exc}") from None
+    if args.json:
+        print(json.dumps({"id": req_id, "verdict": result.verdict, "reason": result.reason,
+                          "conflicts": list(result.conflicts), "ranking": list(result.ranking)}, indent=2))
+    else:
+        print(f"{result.verdict}: {result.reason}")
+        for conflict in result.conflicts:
+            print(f"  conflict {conflict}")
+        for line in result.ranking:
+            print(f"  peer {line}")
+    return EXIT_STATUS[result.verdict]

@@ -1,0 +1,86 @@
+"""``rmrrd plan``: the offline what-if of a domain setup.
+
+Takes the same inputs the toolstack writes under ``/libxl/<domid>/rdm/``, as options,
+and prints the answer the daemon would write: a readable table, or with ``--json``
+one object with the xenstore answer's field names.  Exit status 0 when the domain
+could be built (``ready``), 1 when not (``error``), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rmrrd.errors import InputError
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.planner import Plan, parse_domain_request, plan
+
+EXIT_READY = 0
+EXIT_ERROR = 1
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="plan a guest's layout around reserved regions (offline)",
+        description="Plan one guest's memory layout around its reserved regions, as the daemon "
+                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.")
+    parser.add_argument("--inventory", metavar="FILE", type=Path, required=True,
+                        help="this host's inventory (YAML, docs/inventory.md)")
+    parser.add_argument("--peer", metavar="FILE", type=Path, action="append", default=[],
+                        help="a peer host's inventory, for --migrate (repeatable)")
+    parser.add_argument("--memory", metavar="MIB", required=True, help="guest RAM in MiB")
+    parser.add_argument("--mmio-hole", metavar="MIB", help="MMIO hole below 4 GiB in MiB (default 256)")
+    parser.add_argument("--rdm", metavar="STRING", help="xl.cfg rdm= string (default policy=relaxed)")
+    parser.add_argument("--mem-boundary", metavar="MIB", help="xl.cfg rdm_mem_boundary in MiB (default 2048)")
+    parser.add_argument("--pci", metavar="SPEC", action="append", default=[],
+                        help="a statically assigned device, xl pci= syntax (repeatable)")
+    parser.add_argument("--hotplug", metavar="SPEC", action="append", default=[],
+                        help="a device that may be hot-plugged later (repeatable)")
+    parser.add_argument("--migrate", metavar="HOST", action="append", default=[],
+                        help="a peer host the guest may move to (repeatable)")
+    parser.add_argument("--reserve", metavar="RANGE", action="append", default=[],
+                        help="an extra range START-END to reserve (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the answer as one JSON object")
+    parser.set_defaults(run=run)
+
+
+def load_peers(paths: Sequence[Path]) -> dict[str, Inventory]:
+    """Peer inventories by host name; two files for one host is an error naming both."""
+    peers: dict[str, Inventory] = {}
+    origin: dict[str, Path] = {}
+    for path in paths:
+        inventory = load_inventory_file(path)
+        if inventory.host in peers:
+            raise InputError(f"peer host {inventory.host!r} is in both {origin[inventory.host]} and {path}")
+        peers[inventory.host], origin[inventory.host] = inventory, path
+    return peers
+
+
+def run(args: argparse.Namespace) -> int:
+    host = load_inventory_file(args.inventory)
+    peers = load_peers(args.peer)
+    request = parse_domain_request(args.memory, args.mmio_hole, args.rdm, args.mem_boundary,
+                                   args.pci, args.hotplug, args.migrate, args.reserve)
+    result = plan(request, host, peers)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
+    return EXIT_READY if result.status == "ready" else EXIT_ERROR
+
+
+def format_plan(result: Plan) -> str:
+    """The readable form: layout, one row per region, then the e820."""
+    lines = [f"status       {result.status}"]
+    if result.error:
+        lines.append(f"error        {result.error}")
+    lines += [f"lowmem_end   {result.lowmem_end:#x}", f"highmem_end  {result.highmem_end:#x}", ""]
+    rows = [("RANGE", "SOURCE", "CONFLICT", "ACTION")] + [
+        (str(r.range), r.source_text, r.conflict_text, r.action) for r in result.regions]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    widths[0] = max([widths[0]] + [len(str(entry.range)) for entry in result.e820])
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
+    if not result.regions:
+        lines.append("(no reserved regions)")
+    lines += ["", "E820"] + [f"{str(entry.range).ljust(widths[0])}  {entry.type}" for entry in result.e820]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""A host's reserved regions and the devices each belongs to.
+
+Every source (the DMAR table, the IVRS table, a YAML inventory file, a peer's
+``/inventory`` endpoint) produces the same :class:`Inventory`, so the planner and the
+checks never care where a region was declared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class UnresolvedDevice:
+    """A DMAR device scope whose path through PCI bridges could not be resolved.
+
+    Resolving needs each bridge's secondary bus number, read from sysfs; on a machine
+    that is not the table's host (or without sysfs) the device is named by its scope
+    path instead: ``SSSS:BB:DD.F/DD.F...`` from the start bus, one hop per bridge.
+    """
+
+    segment: int
+    start_bus: int
+    path: tuple[tuple[int, int], ...]
+
+    def __str__(self) -> str:
+        hops = "/".join(f"{dev:02x}.{fn:x}" for dev, fn in self.path)
+        return f"{self.segment:04x}:{self.start_bus:02x}:{hops}"
+
+
+Device = Bdf | UnresolvedDevice
+
+
+@dataclass(frozen=True, slots=True)
+class HostRegion:
+    """One reserved range on a host and the devices that use it.
+
+    ``all_devices`` is set for IVMD type 0x20 entries, which apply to every device.
+    A region with several devices is a shared RMRR: assigning any of them to a guest
+    needs the whole range, and no two guests may hold devices that share it.
+    """
+
+    range: Range
+    devices: tuple[Device, ...]
+    all_devices: bool = False
+
+    def belongs_to(self, device: Bdf) -> bool:
+        return self.all_devices or device in self.devices
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """Everything rmrrd knows of one host's reserved memory."""
+
+    host: str
+    regions: tuple[HostRegion, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def regions_for(self, device: Bdf) -> tuple[HostRegion, ...]:
+        """The regions a guest given ``device`` must have identity-mapped."""
+        return tuple(region for region in self.regions if region.belongs_to(device))
