@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from support import INVENTORIES
 from rmrrd.edges.config import DefaultsConfig
 from rmrrd.daemon import owner as owner_module
 from rmrrd.daemon.domains import Domains
@@ -28,10 +29,9 @@ from rmrrd.app.toolstack import create_domain, guest_query, write_request
 from rmrrd.core.inventory_yaml import load_inventory_file
 from rmrrd.protocol import ALLOCATED_ROOT, answer_path
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore
-from rmrrd.xenstore.server import XenstoredHandle, serve_xenstored
+from rmrrd.xenstore.server import XenstoredHandle
 from rmrrd.xenstore.wire import NoEntry, NoSpace
 
-INVENTORIES = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 LIMITS = Limits(query_rate=1000, query_burst=1000, max_allocations=8)
 HOLE_START = "0xa3800000"
 """Where the seed domain's first allocation lands: just past D2's region."""
@@ -67,18 +67,6 @@ def seed_settings() -> Settings:
     host = load_inventory_file(INVENTORIES / "node-a.yaml")
     return Settings(DefaultsConfig(), host, {"node-b": load_inventory_file(INVENTORIES / "node-b.yaml")},
                     max_query_length=256, results_kept=64, shutdown_grace=5.0)
-
-
-@pytest.fixture
-async def xenstored(nursery: trio.Nursery, tmp_path: Path) -> XenstoredHandle:
-    handle: XenstoredHandle = await nursery.start(serve_xenstored, tmp_path / "xs.sock")
-    return handle
-
-
-@pytest.fixture
-async def xs(xenstored: XenstoredHandle) -> AsyncIterator[XenstoreClient]:
-    async with open_xenstore(str(xenstored.socket_path)) as client:
-        yield client
 
 
 @pytest.fixture
@@ -249,15 +237,23 @@ async def test_a_request_after_a_release_is_served_by_the_next_owner(domains: Do
 
 # --- through the whole daemon ---------------------------------------------------------------------
 
-async def test_allocation_records_match_memory_after_queries_race_new_layouts(
-        xs: XenstoreClient, xenstored: XenstoredHandle) -> None:
-    """Regression: an ``alloc`` answered while a rewritten setup removed the records
-    wrote its record afterwards, and a restart reloaded an allocation of the old layout."""
+@asynccontextmanager
+async def daemon_with_domain_1(xs: XenstoreClient) -> AsyncIterator[Daemon]:
+    """The daemon's watches and owners on ``xs``, the seed's domain 1 answered and introduced."""
     daemon = Daemon(xs, seed_settings(), LIMITS, Recorder())
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.serve)
         await create_domain(xs, 1, SEED_DOMAIN)
         await xs.introduce(1, 0, 0)
+        yield daemon
+        daemon.stop()
+
+
+async def test_allocation_records_match_memory_after_queries_race_new_layouts(
+        xs: XenstoreClient, xenstored: XenstoredHandle) -> None:
+    """Regression: an ``alloc`` answered while a rewritten setup removed the records
+    wrote its record afterwards, and a restart reloaded an allocation of the old layout."""
+    async with daemon_with_domain_1(xs) as daemon:
         async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
             for generation in range(2, 12):
                 async with trio.open_nursery() as both:
@@ -269,18 +265,13 @@ async def test_allocation_records_match_memory_after_queries_race_new_layouts(
                 held = daemon.domains.get(1)
                 assert held is not None and held.generation == str(generation)
                 assert await _records(xs, 1) == sorted(str(rng) for rng in held.allocations.ranges())
-        daemon.stop()
 
 
 async def test_a_domain_recreated_on_its_domid_starts_afresh(
         xs: XenstoreClient, xenstored: XenstoredHandle, caplog: pytest.LogCaptureFixture) -> None:
     """As ``xl create`` reusing a domid: libxl removes /local/domain/<domid> and
     /libxl/<domid> in one transaction, then the toolstack asks again."""
-    daemon = Daemon(xs, seed_settings(), LIMITS, Recorder())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.serve)
-        await create_domain(xs, 1, SEED_DOMAIN)
-        await xs.introduce(1, 0, 0)
+    async with daemon_with_domain_1(xs):
         async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
             assert (await guest_query(guest, 1, "q1", "alloc 0x1000")).startswith(f"ok {HOLE_START}")
         assert await _records(xs, 1) == [f"{HOLE_START}-0xa3800fff"]
@@ -303,7 +294,6 @@ async def test_a_domain_recreated_on_its_domid_starts_afresh(
         async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
             # The new domain's first BAR goes where the old domain's was.
             assert (await guest_query(guest, 1, "q1", "alloc 0x1000")).startswith(f"ok {HOLE_START}")
-        daemon.stop()
 
 
 async def _records(xs: XenstoreClient, domid: int) -> list[str]:

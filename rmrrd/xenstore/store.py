@@ -362,6 +362,11 @@ class Store:
             if self._may_see(watch, removed.get(watch.path, removed[path])):
                 self._event(out, watch, watch.path)
 
+    def _changed(self, out: Output, view: Tree | TxView, conn: Connection, tx_id: int, path: str,
+                 perms: tuple[Perm, ...]) -> None:
+        """``path`` changed: its watch events, now or when the transaction commits."""
+        self._later(out, view, conn, tx_id, lambda out: self._fire(out, path, perms))
+
     def _later(self, out: Output, view: Tree | TxView, conn: Connection, tx_id: int, event: Fire) -> None:
         # Changes inside a transaction fire only if and when it commits.
         if view is self.tree:
@@ -400,6 +405,14 @@ class Store:
             parent, parent_path = node, new_path
         node.value = value
         return node
+
+    def _create_missing(self, view: Tree | TxView, conn: Connection, path: str, value: bytes) -> Node:
+        """Create ``path``, absent from ``view``, if its nearest ancestor lets ``conn``
+        write (else EACCES, so a guest learns nothing of what it may not see)."""
+        error = self._missing(view, conn, path, WRITE)
+        if error.errno_name != "ENOENT":
+            raise error
+        return self._create(view, conn, path, value)
 
     def _remove(self, view: Tree | TxView, path: str) -> dict[str, tuple[Perm, ...]]:
         """Delete the subtree at ``path``; return the removed paths' permissions."""
@@ -500,7 +513,6 @@ class Store:
         path = self._path(conn, _one_arg(packet.payload))
         return self._get(view, conn, path, READ).value
 
-
     @_handles(Op.WRITE)
     def _op_write(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         raw, sep, value = packet.payload.partition(b"\0")
@@ -510,10 +522,7 @@ class Store:
         path = self._path(conn, raw)
         node = view.get(path)
         if node is None:
-            error = self._missing(view, conn, path, WRITE)
-            if error.errno_name != "ENOENT":
-                raise error
-            node = self._create(view, conn, path, value)
+            node = self._create_missing(view, conn, path, value)
         else:
             if self._bits(conn, node.perms) & WRITE == 0:
                 raise _fail("EACCES", f"dom{conn.domid} may not write {path}")
@@ -525,10 +534,8 @@ class Store:
                 node.value = old
                 raise
             view.touch(path)
-        perms = node.perms
-        self._later(out, view, conn, packet.tx_id, lambda out: self._fire(out, path, perms))
+        self._changed(out, view, conn, packet.tx_id, path, node.perms)
         return _OK
-
 
     @_handles(Op.MKDIR)
     def _op_mkdir(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -537,13 +544,8 @@ class Store:
         if view.get(path) is not None:
             self._get(view, conn, path, WRITE)  # an existing node still needs write access
             return _OK
-        error = self._missing(view, conn, path, WRITE)
-        if error.errno_name != "ENOENT":
-            raise error
-        perms = self._create(view, conn, path, b"").perms
-        self._later(out, view, conn, packet.tx_id, lambda out: self._fire(out, path, perms))
+        self._changed(out, view, conn, packet.tx_id, path, self._create_missing(view, conn, path, b"").perms)
         return _OK
-
 
     @_handles(Op.RM)
     def _op_rm(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -562,7 +564,6 @@ class Store:
         self._later(out, view, conn, packet.tx_id, lambda out: self._fire_removed(out, path, removed))
         return _OK
 
-
     @_handles(Op.DIRECTORY)
     def _op_directory(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         view = self._view(conn, packet.tx_id)
@@ -572,7 +573,6 @@ class Store:
             # libxenstore then falls back to DIRECTORY_PART, as against C xenstored.
             raise _fail("E2BIG", f"children of {path} exceed one payload")
         return listing
-
 
     @_handles(Op.DIRECTORY_PART)
     def _op_directory_part(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -598,7 +598,6 @@ class Store:
         chunk = listing[offset:end]
         return gen + chunk + (b"\0" if end == len(listing) else b"")
 
-
     @_handles(Op.GET_PERMS)
     def _op_get_perms(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         path = self._path(conn, _one_arg(packet.payload), special_ok=True)
@@ -607,7 +606,6 @@ class Store:
         else:
             perms = self._get(self._view(conn, packet.tx_id), conn, path, READ).perms
         return b"".join(p + b"\0" for p in format_perms(perms))
-
 
     @_handles(Op.SET_PERMS)
     def _op_set_perms(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -629,9 +627,8 @@ class Store:
             raise _fail("EPERM", f"dom{conn.domid} may not give {path} away")
         old = node.perms
         view.set_perms(path, perms)
-        self._later(out, view, conn, packet.tx_id, lambda out: self._fire(out, path, old))
+        self._changed(out, view, conn, packet.tx_id, path, old)
         return _OK
-
 
     @_handles(Op.WATCH)
     def _op_watch(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -650,7 +647,6 @@ class Store:
         self._event(out, watch, path)  # the initial event, after the reply
         return _OK
 
-
     @_handles(Op.UNWATCH)
     def _op_unwatch(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         raw, token = _args(packet.payload, 2)
@@ -661,19 +657,16 @@ class Store:
         self._watches.remove(watch)
         return _OK
 
-
     @_handles(Op.RESET_WATCHES)
     def _op_reset_watches(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         self._reset(conn)
         return _OK
-
 
     @_handles(Op.TRANSACTION_START)
     def _op_transaction_start(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         if packet.tx_id != 0:
             raise _fail("EBUSY", "TRANSACTION_START inside a transaction")
         return str(self.start_transaction(conn)).encode() + b"\0"
-
 
     @_handles(Op.TRANSACTION_END)
     def _op_transaction_end(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -682,7 +675,6 @@ class Store:
             raise _fail("EINVAL", f"TRANSACTION_END takes T or F, not {arg!r}")
         self._end_transaction(out, conn, packet.tx_id, arg == b"T")
         return _OK
-
 
     @_handles(Op.INTRODUCE)
     def _op_introduce(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -697,13 +689,11 @@ class Store:
         self._introduce(out, _domid(strings[0]), mfn, port)
         return _OK
 
-
     @_handles(Op.RELEASE)
     def _op_release(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         self._require_privileged(conn, "release domains")
         self._release(out, _domid(_one_arg(packet.payload)))
         return _OK
-
 
     @_handles(Op.RESUME)
     def _op_resume(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -713,17 +703,14 @@ class Store:
             raise _fail("ENOENT", f"dom{domid} is not introduced")
         return _OK
 
-
     @_handles(Op.IS_DOMAIN_INTRODUCED)
     def _op_is_introduced(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         domid = _domid(_one_arg(packet.payload))
         return b"T\0" if domid == 0 or domid in self.introduced else b"F\0"
 
-
     @_handles(Op.GET_DOMAIN_PATH)
     def _op_get_domain_path(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         return home(_domid(_one_arg(packet.payload))).encode() + b"\0"
-
 
     @_handles(Op.SET_TARGET)
     def _op_set_target(self, conn: Connection, packet: Packet, out: Output) -> bytes:
@@ -734,7 +721,6 @@ class Store:
             raise _fail("ENOENT", f"dom{domid} is not introduced")
         self.targets[domid] = target
         return _OK
-
 
     @_handles(Op.CONTROL)
     def _op_control(self, conn: Connection, packet: Packet, out: Output) -> bytes:

@@ -26,10 +26,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 import trio
@@ -41,6 +41,9 @@ from rmrrd.xenstore.ops import read_text
 from rmrrd.app.toolstack import create_domain
 from rmrrd.protocol import Answer
 from rmrrd.xenstore.client import open_xenstore
+
+
+T = TypeVar("T")
 
 
 def rmrrd_argv(*args: str) -> list[str]:
@@ -353,22 +356,24 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _cleaned(cleanup: Callable[[T], None]) -> Iterator[list[T]]:
+    """A list for the test to append what it starts to; ``cleanup`` each at the end."""
+    started: list[T] = []
+    yield started
+    for item in started:
+        cleanup(item)
+
+
 @pytest.fixture
 def daemons() -> Iterator[list[Daemon]]:
     """Started daemons go in this list; any still running at the end is killed."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.close()
+    yield from _cleaned(Daemon.close)
 
 
 @pytest.fixture
 def servers() -> Iterator[list[XenstoredProcess]]:
     """Started xenstoreds go in this list; any still running at the end is stopped."""
-    started: list[XenstoredProcess] = []
-    yield started
-    for server in started:
-        server.stop()
+    yield from _cleaned(XenstoredProcess.stop)
 
 
 @pytest.fixture

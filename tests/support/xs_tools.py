@@ -5,7 +5,8 @@ The end-to-end tests play the toolstack with the genuine ``xenstore-write`` /
 (``XENSTORED_PATH`` pointing at the xenstored under test), not through rmrrd's own
 client.  Waiting is event driven: :func:`watching` runs ``xenstore-watch`` and
 re-reads a value after every event until it is what the test waits for, under one
-deadline.
+deadline.  Paths come from :mod:`rmrrd.protocol`; ``test_protocol`` pins them to the
+schema page.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import trio
+
+from rmrrd.protocol import REGION_FIELDS, answer_path, rdm_path, request_entries, request_path, result_path
 
 XENSTORE_TOOLS = Path("/usr/bin/xenstore-write")
 WAIT_TIMEOUT = 10.0
@@ -157,11 +160,11 @@ class Answer:
 
 
 async def read_answer(xs: Xenstore, domid: int) -> Answer:
-    base = f"/local/domain/{domid}/rmrr"
+    base = answer_path(domid)
     generation, status = await xs.read_many(f"{base}/generation", f"{base}/status")
     regions: dict[str, Region] = {}
     for n in sorted(await xs.list(f"{base}/region"), key=int):
-        fields = await xs.read_many(*(f"{base}/region/{n}/{key}" for key in ("range", "source", "conflict", "action")))
+        fields = await xs.read_many(*(f"{base}/region/{n}/{key}" for key in REGION_FIELDS))
         regions[fields[0]] = Region(*fields)
     e820_keys = sorted(await xs.list(f"{base}/e820"), key=int)
     e820 = await xs.read_many(*(f"{base}/e820/{n}" for n in e820_keys)) if e820_keys else []
@@ -171,10 +174,9 @@ async def read_answer(xs: Xenstore, domid: int) -> Answer:
 
 async def request_setup(xs: Xenstore, domid: int, keys: Mapping[str, str], generation: str = "1") -> Answer:
     """Write a domain's keys and ``request`` in one ``xenstore-write``; wait for the answer."""
-    base = f"/local/domain/{domid}/rmrr"
+    base = answer_path(domid)
     async with watching(xs, f"{base}/generation") as watch:
-        await xs.write({**{f"/libxl/{domid}/rdm/{key}": value for key, value in keys.items()},
-                        f"/libxl/{domid}/rdm/request": generation})
+        await xs.write({f"{rdm_path(domid)}/{key}": value for key, value in request_entries(keys, generation)})
         await watch.until(f"{base}/generation", lambda value: value == generation)
     return await read_answer(xs, domid)
 
@@ -188,9 +190,9 @@ class Result:
 
 async def toolstack_check(xs: Xenstore, req_id: str, request: str) -> Result:
     """``xenstore-write /tool/rmrrd/request/<id>``; wait for and read the verdict."""
-    base = f"/tool/rmrrd/result/{req_id}"
+    base = result_path(req_id)
     async with watching(xs, base) as watch:
-        await xs.write({f"/tool/rmrrd/request/{req_id}": request})
+        await xs.write({request_path(req_id): request})
         verdict = await watch.until(f"{base}/verdict", lambda value: value is not None)
     assert verdict is not None
     conflicts = sorted(await xs.list(f"{base}/conflict"), key=int)
