@@ -303,7 +303,7 @@ def _rdm(reader: _Reader, node: yaml.Node) -> str:
 
 def _seabios_size(reader: _Reader, node: yaml.Node) -> int:
     """KiB of SeaBIOS, checked as the planner checks it (page granular, at most 256)."""
-    value = _int_between(1, 1 << 20)(reader, node)
+    value: int = _int_between(1, 1 << 20)(reader, node)
     try:
         check_seabios_size(value, "size")
     except InputError as exc:
