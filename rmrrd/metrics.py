@@ -36,7 +36,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SETUP_STATUSES = ("ready", "error")
 #: What a region can overlap: guest RAM, hvmloader's fixed areas (vga, rom, bios,
 #: firmware), ``shared-rmrr`` (a device scope listing other devices), and from the
-#: toolstack checks (4.3) ``shared`` (a device of another domain) and ``unreserved``
+#: toolstack checks ``shared`` (a device of another domain) and ``unreserved``
 #: (a region the domain did not reserve at setup).
 CONFLICT_KINDS = ("ram", *FIXED_AREA_KINDS, SHARED_RMRR, "shared", "unreserved")
 CONFLICT_ACTIONS = ("avoided", "warned", "failed")

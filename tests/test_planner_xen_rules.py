@@ -12,14 +12,14 @@ The toolstack checks (assign, hotplug, migrate) follow in a second table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from rmrrd.checks import check_assign, check_hotplug, check_migrate
 from rmrrd.inventory import HostRegion, Inventory
 from rmrrd.pci import Bdf
-from rmrrd.planner import Plan, parse_domain_request, plan
+from rmrrd.planner import XL_DEFAULTS, Plan, parse_domain_request, plan
 from rmrrd.ranges import parse_range
 from rmrrd.xlcfg import parse_device_spec
 
@@ -67,19 +67,11 @@ class Case:
     """(conflict, action) of the row's one reserved region, when it has one."""
 
 
-@dataclass(frozen=True)
-class SeabiosDefaults:
-    rdm: str = "policy=relaxed"
-    rdm_mem_boundary: int = 2048
-    mmio_hole: int = 256
-    seabios_size: int = 128
-
-
 def _plan(case: Case) -> Plan:
     keys = case.keys
     request = parse_domain_request(
         case.memory, keys.get("mmio_hole"), keys.get("config"), keys.get("mem_boundary"),
-        pci=list(case.pci), hotplug=list(case.hotplug), defaults=SeabiosDefaults(seabios_size=case.seabios_size),
+        pci=list(case.pci), hotplug=list(case.hotplug), defaults=replace(XL_DEFAULTS, seabios_size=case.seabios_size),
         videoram=keys.get("videoram"), hap=keys.get("hap"), bios=keys.get("bios"))
     return plan(request, _host(*case.host), {})
 
