@@ -126,8 +126,13 @@ def _advice(conflict: Conflict, assigned_elsewhere: Mapping[Bdf, int] | None) ->
         return (f"region {conflict.range} is shared with {conflict.device}, assigned to domain {owner}; "
                 f"detach it there first")
     if conflict.kind == SHARED_RMRR:
-        return (f"region {conflict.range} is a shared RMRR (also {conflict.device}): Xen's VT-d "
-                f"{'refuses the device under rdm_policy=strict' if conflict.severity == 'fail' else 'assigns it at a risk'}")
+        if conflict.severity == "fail":
+            return (f"region {conflict.range} is a shared RMRR (also {conflict.device}): Xen's VT-d refuses "
+                    f"the device under rdm_policy=strict; rdm_policy=relaxed assigns it at a risk")
+        return f"region {conflict.range} is a shared RMRR (also {conflict.device}): assigned at a risk"
+    if conflict.severity == "fail" and conflict.range.overlaps(DYNAMIC_AREA):
+        return (f"region {conflict.range} lies in hvmloader's dynamic area {DYNAMIC_AREA}, which the guest's "
+                f"firmware uses; this guest cannot use the device")
     if conflict.kind == "unreserved":
         return (f"region {conflict.range} was not reserved at setup and may collide with guest MMIO; "
                 f"list the device under hotplug/ or migrate/ when creating the domain")

@@ -82,10 +82,6 @@ class DeviceSpec:
     policy: Policy | None = None
     """The ``rdm_policy`` the spec names; ``None`` when it names none."""
 
-    def policy_or(self, default: Policy) -> Policy:
-        """The device's policy, ``default`` when the spec names none."""
-        return self.policy or default
-
     def __str__(self) -> str:
         return f"{self.bdf},rdm_policy={self.policy}" if self.policy else str(self.bdf)
 
