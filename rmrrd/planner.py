@@ -325,22 +325,28 @@ class _Layout:
                  shared: Sequence[HostRegion]) -> None:
         self.firmware = firmware
         self.ram = firmware.guest_ram(lowmem_end, highmem_end)
-        # libxl's RAM, which a region must not overlap to reach hvmloader: low RAM
-        # from 0 (the legacy window included), then RAM above 4 GiB.
-        self.libxl_ram = self.ram | RangeSet([Range(0, HIGH_RAM_START)])
+        self.lowmem_end, self.highmem_end = lowmem_end, highmem_end
         self.boundary = boundary
         self.shared = shared
 
+    def in_libxl_ram(self, rng: Range) -> bool:
+        """Whether ``rng`` overlaps libxl's RAM, which keeps it from hvmloader: low RAM
+        from 0 (the legacy window included), then RAM above 4 GiB."""
+        # Plain comparisons: this runs once per region, tens of thousands with strategy=host.
+        high = self.highmem_end > FOUR_GIB and rng.end > FOUR_GIB and rng.start < self.highmem_end
+        return rng.start < self.lowmem_end or high
+
     def in_dynamic_area(self, rng: Range) -> bool:
         """Whether Xen would hand ``rng`` to hvmloader inside its dynamic area (clear of RAM)."""
-        return rng.overlaps(DYNAMIC_AREA) and not self.libxl_ram.overlaps(rng)
+        return rng.start < DYNAMIC_AREA.end and DYNAMIC_AREA.start < rng.end and not self.in_libxl_ram(rng)
 
     def classify(self, region: ReservedRegion, moved: bool) -> PlannedRegion:
         rng = region.range
         kinds = self.firmware.conflict_kinds(rng, self.ram)
-        if any(hr.range.overlaps(rng) for hr in self.shared):
+        if self.shared and any(hr.range.overlaps(rng) for hr in self.shared):
             kinds += (SHARED_RMRR,)
-        in_dynamic_area = self.in_dynamic_area(rng)
+        in_ram = self.in_libxl_ram(rng)
+        in_dynamic_area = not in_ram and self.in_dynamic_area(rng)
         action: Action
         if in_dynamic_area and region.policy is not None:
             action = "failed"  # hvmloader's BUG(), whatever the policy
@@ -349,7 +355,7 @@ class _Layout:
         else:
             action = "avoided" if moved else "none"
         return PlannedRegion(rng, region.sources, region.devices, region.policy, kinds, action,
-                             in_e820=not in_dynamic_area and not self.libxl_ram.overlaps(rng))
+                             in_e820=not in_ram and not in_dynamic_area)
 
     def why_failed(self, region: PlannedRegion) -> str:
         """Why a region stops the build, naming the range, its sources and devices."""
