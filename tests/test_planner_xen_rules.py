@@ -289,3 +289,15 @@ def test_migrate_uses_the_target_scope_not_this_hosts() -> None:
     assert check_assign(layout, here, parse_device_spec("00:1a.0"), {}).verdict == "ok"
     verdict = check_migrate(layout, {"t": _host("pair")}, "t", [parse_device_spec("00:1a.0")])
     assert [str(c) for c in verdict.conflicts] == ["0xd0000000-0xd0003fff shared-rmrr 0000:00:1d.0"]
+
+
+def test_assign_takes_the_domains_device_policy_hotplug_is_strict() -> None:
+    # tools/xl/xl_parse.c parse_config_data hands rdm='s policy to pci= devices at
+    # creation; tools/xl/xl_pci.c pciattach starts from an empty device, which
+    # libxl__device_pci_setdefault makes strict.
+    host = _host("low")
+    layout = plan(parse_domain_request("1024", None, "policy=relaxed", None), host, {})
+    device = parse_device_spec("00:1b.0")
+    assert check_assign(layout, host, device, {}).verdict == "warn"
+    assert check_hotplug(layout, host, device, {}).verdict == "fail"
+    assert check_migrate(layout, {"t": host}, "t", [device]).verdict == "warn"
