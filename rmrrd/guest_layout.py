@@ -19,7 +19,7 @@ sources (``xen-project/xen``), cited beside it:
   ``RESERVED_MEMORY_DYNAMIC_START 0xFC100000``, ``RESERVED_MEMORY_DYNAMIC_END
   0xFE000000``, ``GUEST_RESERVED_START 0xFE700000``, ``LAPIC_BASE_ADDRESS
   0xfee00000``; the IOAPIC is at ``0xfec00000`` (``ioapic_base_address`` in
-  ``hvmloader.c`` in 4.17; ``IOAPIC_BASE_ADDRESS`` in ``util.h`` on later branches).
+  ``hvmloader.c`` in 4.17; ``IOAPIC_BASE_ADDRESS`` in ``util.h`` from 4.19).
 * The BIOS area depends on the firmware (``seabios.c``, ``rombios.c``, ``ovmf.c``):
   see :func:`firmware`.
 * ``xen/include/public/hvm/e820.h``: ``HVM_BELOW_4G_MMIO_START 0xF0000000`` and
