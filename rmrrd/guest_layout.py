@@ -56,7 +56,7 @@ HIGH_RAM_START = 0x100000
 """Start of low RAM above the legacy area (``HVMLOADER_PHYSICAL_ADDRESS``); the BIOS
 area ends here, whatever the firmware."""
 KIB = 1 << 10
-VGA_AREA = (0xA0000, 0xC0000)
+VGA_AREA = Range(0xA0000, 0xC0000)
 ROM_AREA_START = 0xC0000
 """``VGABIOS_PHYSICAL_ADDRESS``: expansion ROMs from here up to the BIOS area."""
 FIRMWARE_AREA_START = 0xFC000000
@@ -185,7 +185,7 @@ def firmware(bios: Bios, seabios_size_kib: int = 128) -> Firmware:
     areas = []
     if low_ram_end < LEGACY_RAM_END:
         areas.append(FixedArea("bios", Range(low_ram_end, LEGACY_RAM_END), in_e820=True))
-    areas.append(FixedArea("vga", Range(*VGA_AREA), in_e820=False))
+    areas.append(FixedArea("vga", VGA_AREA, in_e820=False))
     if bios_base > ROM_AREA_START:
         areas.append(FixedArea("rom", Range(ROM_AREA_START, bios_base), in_e820=False))
     areas += [FixedArea("bios", Range(bios_base, HIGH_RAM_START), in_e820=True),
