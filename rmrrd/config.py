@@ -13,8 +13,9 @@ I/O except :func:`load_config` reading the file; paths are not checked for
 existence here (the inventory loaders report missing files with their own context).
 
 Defaults follow Xen where Xen has one (xl.cfg(5): ``rdm=`` has no strategy and
-``policy=relaxed``, ``rdm_mem_boundary`` is 2048 MiB, ``mmio_hole`` 256 MiB) and are
-listed with every key in ``etc/rmrrd.yaml`` and ``docs/configuration.md``.
+``policy=relaxed``, ``rdm_mem_boundary`` is 2048 MiB, ``mmio_hole`` 256 MiB; the
+SeaBIOS upstream Xen builds is 128 KiB) and are listed with every key in
+``etc/rmrrd.yaml`` and ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 from rmrrd.errors import InputError
-from rmrrd.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB
+from rmrrd.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB, check_seabios_size
 from rmrrd.logs import LEVELS
 from rmrrd.xlcfg import parse_rdm
 
@@ -76,6 +77,8 @@ class DefaultsConfig:
     rdm: str = "policy=relaxed"
     rdm_mem_boundary: int = 2048
     mmio_hole: int = 256
+    #: KiB of the SeaBIOS image hvmloader loads below 1 MiB (upstream 128, Debian 256).
+    seabios_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,16 @@ def _rdm(reader: _Reader, node: yaml.Node) -> str:
     return value
 
 
+def _seabios_size(reader: _Reader, node: yaml.Node) -> int:
+    """KiB of SeaBIOS, checked as the planner checks it (page granular, at most 256)."""
+    value: int = _int_between(1, 1 << 20)(reader, node)
+    try:
+        check_seabios_size(value, "size")
+    except InputError as exc:
+        raise _Bad(f"expected KiB of the SeaBIOS image: {exc}") from None
+    return value
+
+
 def _level(reader: _Reader, node: yaml.Node) -> str:
     value = _text(reader, node).lower()
     if value not in LEVELS:
@@ -356,6 +369,7 @@ _SCHEMA: dict[str, dict[str, _Convert]] = {
         "rdm_mem_boundary": _int_between(1, 4096),
         # xl's own limits (tools/xl/xl_parse.c, see rmrrd.guest_layout).
         "mmio_hole": _int_between(MMIO_HOLE_MIN_MIB, MMIO_HOLE_MAX_MIB),
+        "seabios_size": _seabios_size,
     },
     "metrics": {"listen": _listen},
     "limits": {

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rmrrd.errors import InputError
-from rmrrd.guest_layout import conflict_kinds
 from rmrrd.planner import Plan
 from rmrrd.ranges import PAGE_SIZE, Range, RangeSet, parse_range
 
@@ -211,7 +210,7 @@ class CheckQuery:
         kinds: list[str] = []
         if plan.reserved.overlaps(self.range):
             kinds.append("reserved")
-        kinds += conflict_kinds(self.range, plan.ram)
+        kinds += plan.conflict_kinds(self.range)
         if allocations.as_set().overlaps(self.range):
             kinds.append("allocated")
         return _ok(self.kind, "overlaps " + " ".join(kinds) if kinds else "clear")
