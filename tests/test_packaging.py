@@ -94,6 +94,8 @@ def test_sdist_carries_unit_config_docs_and_tests(source: Path, tmp_path: Path) 
     with tarfile.open(tmp_path / name) as sdist:
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
     for path in ("systemd/rmrrd.service", "etc/rmrrd.yaml", "etc/inventories/node-b.yaml",
-                 "pyproject.toml", "MANIFEST.in", "rmrrd/py.typed", "tests/test_packaging.py"):
+                 "pyproject.toml", "MANIFEST.in", "rmrrd/py.typed", "tests/test_packaging.py",
+                 "tests/data/firmware/README.md", "tests/data/firmware/expected.json",
+                 "tests/data/firmware/tables/fwupd_DMAR"):
         assert path in members, path
     assert any(m.startswith("docs/") and m.endswith(".md") for m in members)
