@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,8 @@ from rmrrd.dmar import dmar_inventory, parse_dmar
 from rmrrd.ivrs import ivrs_inventory, parse_ivrs
 from firmware_corpus import CORPUS, is_dmar
 from test_acpi_helpers import fix_checksum
+
+pytestmark = [pytest.mark.unit, pytest.mark.firmware]
 
 REAL = [(name, CORPUS.tables[name].read_bytes()) for name in sorted(CORPUS.tables)]
 

@@ -13,6 +13,8 @@ from rmrrd.pci import Bdf
 from rmrrd.ranges import Range
 from test_acpi_helpers import dmar, drhd, fix_checksum, rmrr, scope
 
+pytestmark = pytest.mark.unit
+
 EP = 1
 
 

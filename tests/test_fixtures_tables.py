@@ -18,6 +18,8 @@ from rmrrd.pci import Bdf
 from rmrrd.ranges import Range
 from firmware_corpus import CORPUS, EXTRA, NAMES, OWN, is_dmar, table
 
+pytestmark = [pytest.mark.unit, pytest.mark.firmware]
+
 
 def _decode(name: str) -> dict[str, Any]:
     data = table(name).read_bytes()

@@ -14,12 +14,15 @@ from rmrrd.ranges import Range
 from firmware_corpus import table
 from test_sysfs_pci import make_device
 
+pytestmark = pytest.mark.unit
+
 
 def test_missing_tables_are_warnings(tmp_path: Path) -> None:
     inv = build_host_inventory("h", ["dmar", "ivrs"], sysfs_root=tmp_path, acpi_dir=tmp_path)
     assert inv.regions == () and len(inv.warnings) == 2 and "no DMAR table" in inv.warnings[0]
 
 
+@pytest.mark.firmware
 def test_dmar_with_sysfs_and_yaml_merge(tmp_path: Path) -> None:
     shutil.copy(table("linuxhw_DEPO-Super-Server-Supermicro-board_F84E17B9619B_DMAR.bin"), tmp_path / "DMAR")
     make_device(tmp_path, "0000:00:02.0", bridge=True, secondary=1)

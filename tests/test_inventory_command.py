@@ -15,6 +15,8 @@ from test_fixtures_tables import assert_matches_expected
 
 ROOT = Path(__file__).parents[1]
 
+pytestmark = pytest.mark.firmware
+
 
 @pytest.fixture(autouse=True)
 def only_inventory(monkeypatch: pytest.MonkeyPatch) -> None:

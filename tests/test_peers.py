@@ -107,6 +107,7 @@ def fixture_inventories() -> list[Inventory]:
             for name, path in sorted(CORPUS.tables.items())]
 
 
+@pytest.mark.firmware
 async def test_http_round_trip_of_real_inventories(nursery: trio.Nursery) -> None:
     inventories = [NODE_A, NODE_B, *fixture_inventories()]
     urls = [await serve(nursery, {"/inventory": inventory_route(inv)}) for inv in inventories]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rmrrd.dmar import dmar_inventory, parse_dmar
 from rmrrd.pci import Bdf
 from rmrrd.sysfs_pci import read_secondary_buses, sysfs_bus_lookup
 from firmware_corpus import table
+
+pytestmark = pytest.mark.unit
 
 
 
@@ -37,6 +41,7 @@ def test_missing_tree_gives_empty_lookup(tmp_path: Path) -> None:
     assert read_secondary_buses(tmp_path) == {}
 
 
+@pytest.mark.firmware
 def test_real_table_resolved_through_fake_tree(tmp_path: Path) -> None:
     for name, bus in (("0000:00:1c.4", 3), ("0000:00:01.0", 4), ("0000:00:09.0", 5), ("0000:00:03.0", 6)):
         make_device(tmp_path, name, bridge=True, secondary=bus)

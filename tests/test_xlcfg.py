@@ -8,6 +8,8 @@ from rmrrd.errors import InputError
 from rmrrd.pci import Bdf
 from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy, parse_device_spec, parse_rdm
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("", RdmConfig(None, Policy.RELAXED)),

@@ -12,6 +12,8 @@ from rmrrd.xenstore.store_persist import dump, load
 from rmrrd.xenstore.wire import Op
 from xs_fixtures import call, events
 
+pytestmark = pytest.mark.unit
+
 OK = (Op.WRITE, b"OK\0")
 
 
