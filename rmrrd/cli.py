@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``rmrrd/commands/<name>.py`` and exposes ``register`` (add
 its argparse sub-parser) and ``run`` (do the work, return the exit status).  Input
-errors become one line on stderr and exit status 2, never a trace.
+errors become one line on stderr and exit status 2, never a trace, also when trio
+delivers them wrapped in an ``ExceptionGroup`` (:func:`sole_cause`).
 """
 
 from __future__ import annotations
@@ -44,12 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sole_cause(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups, or ``exc`` itself.
+
+    trio's nurseries wrap whatever a task raised in an ``ExceptionGroup`` even when
+    it is one error; this finds that error so that it can be reported as itself.  A
+    group of several errors is returned as it is.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        status: int = args.run(args)
+        try:
+            status: int = args.run(args)
+        except ExceptionGroup as group:
+            raise sole_cause(group) from None
     except InputError as exc:
         print(f"rmrrd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
