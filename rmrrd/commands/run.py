@@ -51,7 +51,10 @@ EXIT_STATUSES = {
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("run", help="run the daemon in the foreground")
+    parser = subparsers.add_parser("run", help="run the daemon in the foreground", exit_statuses=EXIT_STATUSES,
+                                   description="Run the daemon in the foreground, as systemd runs it: watch "
+                                               "xenstore, answer domain setups, guest queries and toolstack "
+                                               "checks, serve /metrics, /inventory and /healthz.")
     parser.add_argument("--config", type=Path,
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH} if it exists, else built-in defaults)")
     parser.add_argument("--simulate", action="store_true",
