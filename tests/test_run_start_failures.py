@@ -22,6 +22,7 @@ import pytest
 from prometheus_helpers import free_port
 from rmrrd.commands.run import EXIT_CRASHED, EXIT_STATUSES, EXIT_UNAVAILABLE
 from test_service_support import INVENTORIES, config_text, workdir  # noqa: F401  (fixture)
+from xs_fixtures import listening_socket
 
 EXIT_BAD_INPUT = 2
 
@@ -68,12 +69,8 @@ def seed_config(workdir: Path, *, port: int | None = None, xenstore: Path | None
 @pytest.fixture
 def listening(workdir: Path) -> Iterator[Path]:
     """A live unix socket at ``workdir/xs.sock``, as a running xenstored has."""
-    path = workdir / "xs.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(8)
-    yield path
-    server.close()
+    with listening_socket(workdir / "xs.sock"):
+        yield workdir / "xs.sock"
 
 
 def test_every_status_is_documented() -> None:

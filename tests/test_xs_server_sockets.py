@@ -17,18 +17,14 @@ import trio.testing
 from rmrrd.errors import InputError
 from rmrrd.xenstore.server import serve_xenstored
 from rmrrd.xenstore.wire import Op
-from xs_fixtures import RawClient
+from xs_fixtures import RawClient, listening_socket
 
 
 @pytest.fixture
 def live_socket(tmp_path: Path) -> Iterator[Path]:
     """A listening socket at ``tmp_path/socket``: someone else's running server."""
-    path = tmp_path / "socket"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(8)
-    yield path
-    listener.close()
+    with listening_socket(tmp_path / "socket"):
+        yield tmp_path / "socket"
 
 
 def accepts(path: Path) -> bool:
@@ -40,6 +36,18 @@ def accepts(path: Path) -> bool:
         return False
     finally:
         probe.close()
+
+
+async def serve_until_cancelled(nursery: trio.Nursery, path: Path) -> trio.CancelScope:
+    """Start the server on ``path``; cancelling the returned scope stops it."""
+    scope = trio.CancelScope()
+
+    async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await serve_xenstored(path, task_status=task_status)
+
+    await nursery.start(serve)
+    return scope
 
 
 def dead_socket(path: Path) -> None:
@@ -75,13 +83,7 @@ async def test_a_dead_socket_is_replaced_and_removed_at_exit(nursery: trio.Nurse
     path = tmp_path / "socket"
     dead_socket(path)
     assert not accepts(path)
-    scope = trio.CancelScope()
-
-    async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await serve_xenstored(path, task_status=task_status)
-
-    await nursery.start(serve)
+    scope = await serve_until_cancelled(nursery, path)
     client = await RawClient.connect(path)
     assert (await client.call(Op.READ, b"/")).op is Op.READ
     await client.stream.aclose()
@@ -93,13 +95,7 @@ async def test_a_dead_socket_is_replaced_and_removed_at_exit(nursery: trio.Nurse
 async def test_at_exit_a_socket_that_replaced_ours_stays(nursery: trio.Nursery, tmp_path: Path) -> None:
     path = tmp_path / "socket"
     guest_dir = Path(f"{path}.d")
-    scope = trio.CancelScope()
-
-    async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with scope:
-            await serve_xenstored(path, task_status=task_status)
-
-    await nursery.start(serve)
+    scope = await serve_until_cancelled(nursery, path)
     dom0 = await RawClient.connect(path)
     assert (await dom0.call(Op.INTRODUCE, b"7", b"100", b"3")).op is Op.INTRODUCE
     # Someone else's server takes both paths over while ours runs...
