@@ -7,6 +7,8 @@ connections on, as Xen's xenstored would on a dom0.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +133,11 @@ async def test_a_guest_path_held_by_a_live_socket_does_not_stop_the_server(
     assert any("dom9: no guest socket" in record.getMessage() for record in caplog.records)
     assert accepts(guest_dir / "9") and handle.store is not None
     squatter.close()
+
+
+def test_rmrrd_xenstored_refuses_a_live_socket_in_one_line(live_socket: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "rmrrd", "xenstored", "--socket", str(live_socket)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines()[-1].startswith(f"rmrrd xenstored: {live_socket}: a socket there accepts")
+    assert "Traceback" not in done.stderr and accepts(live_socket)
