@@ -35,6 +35,7 @@ from yaml.constructor import SafeConstructor
 from rmrrd.errors import InputError
 from rmrrd.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB, check_seabios_size
 from rmrrd.logs import LEVELS
+from rmrrd.runtime_paths import own_xenstored_socket
 from rmrrd.xlcfg import parse_rdm
 
 DEFAULT_CONFIG_PATH = Path("/etc/rmrrd/rmrrd.yaml")
@@ -126,28 +127,36 @@ class Config:
     source: Path | None = None
 
 
-def default_xenstore_path(environ: Mapping[str, str]) -> Path:
-    """``$XENSTORED_PATH`` when set (as libxenstore honours it), else Xen's socket."""
+def default_xenstore_path(environ: Mapping[str, str], *, embedded: bool = False) -> Path:
+    """``xenstore.path`` when the file gives none.
+
+    ``$XENSTORED_PATH`` when set (as libxenstore honours it); else, for the embedded
+    simulated xenstored, a socket of rmrrd's own (:mod:`rmrrd.runtime_paths`), so that
+    it never lands on Xen's; else Xen's socket, to connect to.
+    """
     value = environ.get("XENSTORED_PATH", "")
-    return Path(value) if value else DEFAULT_XENSTORED_SOCKET
+    if value:
+        return Path(value)
+    return own_xenstored_socket(environ) if embedded else DEFAULT_XENSTORED_SOCKET
 
 
 def default_config(
-    *, environ: Mapping[str, str] | None = None, hostname: str | None = None
+    *, environ: Mapping[str, str] | None = None, hostname: str | None = None, embedded: bool = False
 ) -> Config:
-    """Every key at its default: what ``--simulate`` runs with when no file is given."""
-    return parse_config_text("", "<defaults>", environ=environ, hostname=hostname)
+    """Every key at its default: what ``run`` uses when no file is given."""
+    return parse_config_text("", "<defaults>", environ=environ, hostname=hostname, embedded=embedded)
 
 
 def load_config(
-    path: Path, *, environ: Mapping[str, str] | None = None, hostname: str | None = None
+    path: Path, *, environ: Mapping[str, str] | None = None, hostname: str | None = None,
+    embedded: bool = False,
 ) -> Config:
     """Read and parse ``path``; :class:`ConfigError` if it is unreadable or invalid."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read the configuration: {exc}"]) from None
-    return parse_config_text(text, path, environ=environ, hostname=hostname)
+    return parse_config_text(text, path, environ=environ, hostname=hostname, embedded=embedded)
 
 
 def parse_config_text(
@@ -156,12 +165,15 @@ def parse_config_text(
     *,
     environ: Mapping[str, str] | None = None,
     hostname: str | None = None,
+    embedded: bool = False,
 ) -> Config:
     """Parse configuration ``text`` read from ``source`` (a path, or a label).
 
     Relative paths in the file resolve against ``source``'s directory.  ``environ``
     and ``hostname`` supply the defaults of ``xenstore.path`` and ``host.name``
     (the process's own when None), so tests need not touch the environment.
+    ``embedded`` is ``run --simulate``: ``xenstore.embedded`` true whatever the file
+    says, with the default path that goes with it.
     Raises :class:`ConfigError` listing every problem found.
     """
     reader = _Reader(str(source), Path(source).parent)
@@ -170,7 +182,9 @@ def parse_config_text(
         raise ConfigError(reader.problems)
     env = os.environ if environ is None else environ
     xenstore = sections.get("xenstore", {})
-    xenstore.setdefault("path", default_xenstore_path(env))
+    if embedded:
+        xenstore["embedded"] = True
+    xenstore.setdefault("path", default_xenstore_path(env, embedded=xenstore.get("embedded", False)))
     host = sections.get("host", {})
     host.setdefault("name", socket.gethostname() if hostname is None else hostname)
     return Config(

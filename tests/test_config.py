@@ -19,6 +19,8 @@ from rmrrd.config import (
 )
 from rmrrd.errors import InputError
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "rmrrd.yaml"
 SOURCE = Path("/etc/rmrrd/rmrrd.yaml")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,8 @@ from rmrrd.pci import Bdf
 from rmrrd.planner import DomainRequest, plan, requested_regions
 from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
 from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy
+
+pytestmark = pytest.mark.unit
 
 _DEVICES = [Bdf(0, 0, n, 0) for n in range(4)]
 _policies = st.sampled_from(list(Policy))

@@ -11,6 +11,8 @@ from rmrrd.planner import DomainRequest, Plan, parse_domain_request, plan
 from rmrrd.ranges import parse_range
 from rmrrd.xlcfg import DeviceSpec, Policy, parse_rdm
 
+pytestmark = pytest.mark.unit
+
 GPU = Bdf.parse("00:02.0")
 HOST = Inventory("h", (
     HostRegion(parse_range("0xa0000000-0xa37fffff"), (GPU,)),

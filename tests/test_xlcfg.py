@@ -8,6 +8,8 @@ from rmrrd.errors import InputError
 from rmrrd.pci import Bdf
 from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy, parse_device_spec, parse_rdm
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(("text", "expected"), [
     # No policy named: None, so that pci= devices know there is none to inherit.

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from rmrrd.cli import EXIT_BROKEN_PIPE, EXIT_USAGE
 from rmrrd.errors import InputError
 from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import load_inventory_file
@@ -27,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "plan", help="plan a guest's layout around reserved regions (offline)",
         description="Plan one guest's memory layout around its reserved regions, as the daemon "
-                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.")
+                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.",
+        exit_statuses={EXIT_READY: "status ready: the domain can be built with this layout",
+                       EXIT_ERROR: "status error: the domain must not be built as asked (the error says why)",
+                       EXIT_USAGE: "bad arguments, or an inventory or request that is invalid",
+                       EXIT_BROKEN_PIPE: "the reader of the output went away"})
     parser.add_argument("--inventory", metavar="FILE", type=Path, required=True,
                         help="this host's inventory (YAML, docs/inventory.md)")
     parser.add_argument("--peer", metavar="FILE", type=Path, action="append", default=[],
