@@ -146,7 +146,7 @@ def classify_libxl_path(path: str) -> LibxlEvent | None:
 
 REQUEST_KEY = "request"
 """Under :func:`rdm_path`: the generation; written last, or in the same transaction."""
-SCALAR_KEYS = ("memory", "mmio_hole", "config", "mem_boundary")
+SCALAR_KEYS = ("memory", "mmio_hole", "config", "mem_boundary", "videoram", "hap", "bios")
 """The single-valued keys under :func:`rdm_path`, in the order setup reads them."""
 DEVICE_LISTS = ("pci", "hotplug", "migrate", "reserve")
 """The numbered lists under :func:`rdm_path`."""

@@ -8,9 +8,12 @@ Tiers, chosen with ``-m``:
   alone, in well under 20 s on two cores.
 - ``process``: starts programs: ``rmrrd run`` / ``rmrrd xenstored`` as systemd or a
   dom0 would (``support.processes``), xenstore-utils, pyxs, promtool, Prometheus,
-  pip, systemd-analyze.  A module marks itself with ``pytestmark = pytest.mark.process``.
+  pip, systemd-analyze.  A module marks itself with ``pytestmark = pytest.mark.process``
+  (or a test with ``@pytest.mark.process``).
 
-Every test that is not ``process`` is ``unit``; this file adds the mark.
+Every test that is not ``process`` is ``unit``: this file adds the mark (many pure
+modules also carry it themselves), and refuses a test marked both.  The markers are
+registered in ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,11 @@ from rmrrd.xenstore.server import XenstoredHandle, serve_xenstored
 
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "unit: runs in the test process, no program started (the fast tier)")
-    config.addinivalue_line("markers", "process: starts programs (rmrrd, xenstore-utils, Prometheus...)")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    both = [item.nodeid for item in items
+            if item.get_closest_marker("process") is not None and item.get_closest_marker("unit") is not None]
+    if both:
+        raise pytest.UsageError(f"marked both unit and process: {', '.join(both)}")
     for item in items:
         if item.get_closest_marker("process") is None:
             item.add_marker(pytest.mark.unit)

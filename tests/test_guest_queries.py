@@ -8,8 +8,6 @@ opens the MMIO hole, D1's 0xe0000-0xeffff sits in the BIOS area and node-b's
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from rmrrd.errors import InputError
@@ -22,29 +20,17 @@ from rmrrd.core.guest_queries import (
     handle_query,
 )
 from rmrrd.core.inventory import Inventory
-from rmrrd.core.inventory_yaml import load_inventory_file
 from rmrrd.core.planner import Plan, parse_domain_request, plan
 from rmrrd.core.ranges import Range
 from rmrrd.protocol import answer_entries
+from support import D1
+from support.plans import reserve_plan, seed_plan
 
-_ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
-D1, D2 = "0000:00:14.0", "0000:00:02.0"
+pytestmark = pytest.mark.unit
+
 MAX_LENGTH = 256
 HOLE_START = 0xA3800000
 """The seed plan's first free address in the hole: just past D2's region."""
-
-
-def seed_plan(pci: str = D2) -> Plan:
-    """Domain 1 of the seed scenario on node-a, as the daemon would plan it."""
-    peers = {"node-b": load_inventory_file(_ETC / "node-b.yaml")}
-    request = parse_domain_request("4096", "1024", None, None, [pci], [D1], ["node-b"])
-    return plan(request, load_inventory_file(_ETC / "node-a.yaml"), peers)
-
-
-def reserve_plan(reserve: list[str]) -> Plan:
-    """A 4 GiB guest with a 1 GiB hole and only the given ``reserve`` ranges."""
-    request = parse_domain_request("4096", "1024", None, None, reserve=reserve)
-    return plan(request, Inventory("here", ()), {})
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ and no sequence of ``alloc`` / ``free`` breaks the allocation invariants."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +12,9 @@ from rmrrd.core.inventory import Inventory
 from rmrrd.core.planner import DomainRequest, Plan, plan
 from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
 
-from test_guest_queries import seed_plan
+from support.plans import seed_plan
+
+pytestmark = pytest.mark.unit
 
 SEED = seed_plan()
 MAX_LENGTH = 128

@@ -22,6 +22,8 @@ from rmrrd.core.inventory_yaml import (
 from rmrrd.core.pci import Bdf
 from rmrrd.core.ranges import Range
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).parents[1]
 
 

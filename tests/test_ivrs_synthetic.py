@@ -10,7 +10,9 @@ from rmrrd.core.acpi import TableError
 from rmrrd.core.ivrs import ivrs_inventory, parse_ivrs
 from rmrrd.core.pci import Bdf
 from rmrrd.core.ranges import Range
-from test_acpi_helpers import fix_checksum, ivmd, ivrs
+from support.acpi_tables import fix_checksum, ivmd, ivrs
+
+pytestmark = pytest.mark.unit
 
 IVHD = struct.pack("<BBH", 0x10, 0xB0, 24) + bytes(20)
 

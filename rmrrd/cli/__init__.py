@@ -1,9 +1,13 @@
 """The ``rmrrd`` command: one program, a subcommand per job.
 
 Each subcommand lives in ``rmrrd/cli/<name>.py`` and exposes ``register`` (add
-its argparse sub-parser) and ``run`` (do the work, return the exit status).  Input
-errors become one line on stderr and exit status 2, never a trace; a peer that said
-no or could not be reached, one line and exit status 1 (:mod:`rmrrd.errors`).
+its argparse sub-parser, with its ``exit_statuses``) and ``run`` (do the work, return
+the exit status).  The parser is the one description of the command line: ``--help``,
+the man page and the bash completion (:mod:`rmrrd.cli.docs`) are all made from it.  Input
+errors become one line on stderr and exit status 2, never a trace, also when trio
+delivers them wrapped in an ``ExceptionGroup`` (:func:`rmrrd.cli.exits.sole_cause`); a
+peer that said no or could not be reached, one line and exit status 1
+(:mod:`rmrrd.errors`).  The statuses every command shares are in :mod:`rmrrd.cli.exits`.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from types import ModuleType
+from typing import Any
 
+from rmrrd import __version__
 from rmrrd.errors import InputError, PeerError, TransportError
 
-from rmrrd.cli.exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE
+from rmrrd.cli.exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, sole_cause
 
 
 def _commands() -> list[ModuleType]:
@@ -27,16 +34,50 @@ def _commands() -> list[ModuleType]:
     return [run, check, demo, inventory, plan, xenstored]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's wrapping, except that lines indented by two spaces stay lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for block in text.split("\n"):
+            if block.startswith("  "):
+                paragraphs.append(textwrap.fill(block.strip(), width, initial_indent=indent + "  ",
+                                                subsequent_indent=indent + "       "))
+            else:
+                paragraphs.append(super()._fill_text(block, width, indent))
+        return "\n".join(paragraphs)
+
+
+def exit_status_text(statuses: Mapping[int, str]) -> str:
+    """The ``exit status:`` block of a command's ``--help``, one status a line."""
+    return "exit status:\n" + "\n".join(f"  {status:<4} {meaning}" for status, meaning in sorted(statuses.items()))
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit status 2, as every subcommand's."""
+    """argparse, but usage errors are one line and exit status 2, as every subcommand's.
+
+    ``exit_statuses`` (status to meaning) becomes the epilog of ``--help`` and the
+    EXIT STATUS of the man page; every command gives them.
+    """
+
+    def __init__(self, *args: Any, exit_statuses: Mapping[int, str] | None = None, **kwargs: Any) -> None:
+        self.exit_statuses = dict(exit_statuses or {})
+        if self.exit_statuses:
+            kwargs["epilog"] = exit_status_text(self.exit_statuses)
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rmrrd", description="Reserved-device-memory daemon for Xen hosts.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="rmrrd", description="Reserved-device-memory daemon for Xen hosts.",
+                     exit_statuses={EXIT_USAGE: "a usage error (each command's --help lists its own statuses)",
+                                    EXIT_INTERRUPTED: "interrupted (SIGINT) outside the daemon"})
+    parser.add_argument("--version", action="version", version=f"rmrrd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+                                title="commands")
     for module in _commands():
         module.register(sub)
     return parser
@@ -47,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        status: int = args.run(args)
+        try:
+            status: int = args.run(args)
+        except ExceptionGroup as group:
+            raise sole_cause(group) from None
     except InputError as exc:
         print(f"rmrrd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -56,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rmrrd {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`rmrrd plan ... | head`): as for any Unix filter,
         # not worth a trace.  Python would still try to flush stdout at exit and

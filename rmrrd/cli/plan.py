@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from rmrrd.cli.exits import EXIT_BROKEN_PIPE, EXIT_USAGE
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.inventory_yaml import load_inventory_file
-from rmrrd.core.planner import Plan, parse_domain_request, plan
+from rmrrd.core.planner import XL_DEFAULTS, Plan, parse_domain_request, plan
 
 EXIT_READY = 0
 EXIT_ERROR = 1
@@ -26,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "plan", help="plan a guest's layout around reserved regions (offline)",
         description="Plan one guest's memory layout around its reserved regions, as the daemon "
-                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.")
+                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.",
+        exit_statuses={EXIT_READY: "status ready: the domain can be built with this layout",
+                       EXIT_ERROR: "status error: the domain must not be built as asked (the error says why)",
+                       EXIT_USAGE: "bad arguments, or an inventory or request that is invalid",
+                       EXIT_BROKEN_PIPE: "the reader of the output went away"})
     parser.add_argument("--inventory", metavar="FILE", type=Path, required=True,
                         help="this host's inventory (YAML, docs/inventory.md)")
     parser.add_argument("--peer", metavar="FILE", type=Path, action="append", default=[],
@@ -43,6 +49,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="a peer host the guest may move to (repeatable)")
     parser.add_argument("--reserve", metavar="RANGE", action="append", default=[],
                         help="an extra range START-END to reserve (repeatable)")
+    parser.add_argument("--videoram", metavar="MIB",
+                        help="MiB of --memory that is video RAM, not guest RAM (default 0; xl: 8 for "
+                             "the default cirrus card, 16 for stdvga)")
+    parser.add_argument("--hap", metavar="0|1", help="1 (default, as xl): a lowered lowmem_end is rounded "
+                                                     "down to 2 MiB; 0 for shadow paging")
+    parser.add_argument("--bios", metavar="seabios|ovmf|rombios", help="the guest's firmware (default seabios)")
+    parser.add_argument("--seabios-size", metavar="KIB", type=int, default=XL_DEFAULTS.seabios_size,
+                        help="size of the SeaBIOS image in KiB, as defaults.seabios_size of the daemon's "
+                             "configuration (default 128, upstream Xen's; Debian ships 256)")
     parser.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     parser.set_defaults(run=run)
 
@@ -62,8 +77,10 @@ def load_peers(paths: Sequence[Path]) -> dict[str, Inventory]:
 def run(args: argparse.Namespace) -> int:
     host = load_inventory_file(args.inventory)
     peers = load_peers(args.peer)
+    defaults = replace(XL_DEFAULTS, seabios_size=args.seabios_size)
     request = parse_domain_request(args.memory, args.mmio_hole, args.rdm, args.mem_boundary,
-                                   args.pci, args.hotplug, args.migrate, args.reserve)
+                                   args.pci, args.hotplug, args.migrate, args.reserve, defaults,
+                                   videoram=args.videoram, hap=args.hap, bios=args.bios)
     result = plan(request, host, peers)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return EXIT_READY if result.status == "ready" else EXIT_ERROR

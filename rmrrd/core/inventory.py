@@ -50,6 +50,16 @@ class HostRegion:
     def belongs_to(self, device: Bdf) -> bool:
         return self.all_devices or device in self.devices
 
+    @property
+    def is_shared(self) -> bool:
+        """A shared RMRR: its device scope lists more than one device.
+
+        Xen's VT-d refuses to assign a device with such a region unless it is relaxed
+        (``intel_iommu_assign_device`` in ``xen/drivers/passthrough/vtd/iommu.c``).  An
+        IVMD for all devices (AMD) is not counted: AMD-Vi has no such refusal.
+        """
+        return len(self.devices) > 1
+
 
 @dataclass(frozen=True, slots=True)
 class Inventory:

@@ -189,6 +189,20 @@ def _clean_environment() -> dict[str, str]:
             if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "XENSTORED_PATH")}
 
 
+def run_to_end(workdir: Path, argv: list[str], *, timeout: float = 60) -> tuple[int, list[str]]:
+    """Run ``argv`` until it exits, its output the journal stream (as systemd runs a
+    service); its exit status and every line it wrote."""
+    process, output = _spawn(argv, workdir, "run", _clean_environment(), journal=True)
+    try:
+        status = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{argv!r} did not exit within {timeout} s:\n{output.text()}") from None
+    output.wait_closed()
+    return status, output.lines()
+
+
 # --- rmrrd xenstored ------------------------------------------------------------------------------
 
 class XenstoredProcess:
