@@ -169,6 +169,30 @@ async def test_a_failed_setup_is_one_log_line_and_the_next_change_retries_it(
     assert await xs.read(f"{answer_path(7)}/status") == b"ready"
 
 
+async def test_a_bug_in_one_domains_setup_is_contained_and_logged_with_its_trace(
+        domains: Domains, xs: XenstoreClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def before(domid: int) -> None:
+        if domid == 1:
+            raise RuntimeError("a bug")
+
+    wrap_setups(monkeypatch, before)
+    await write_request(xs, 1, {"memory": "1024"})
+    await write_request(xs, 2, {"memory": "1024"})
+    with caplog.at_level(logging.WARNING, logger="rmrrd"):
+        domains.changed(1)
+        domains.changed(2)
+        await domains.wait_idle()
+    assert not await xs.exists(answer_path(1))
+    assert await xs.read(f"{answer_path(2)}/status") == b"ready"
+    traced = [record for record in caplog.records if record.exc_info is not None]
+    assert [record.getMessage() for record in traced] == ["domain 1: setup failed"]
+    monkeypatch.undo()
+    domains.changed(1)  # out of PLANNING: the next change is served
+    await domains.wait_idle()
+    assert await xs.read(f"{answer_path(1)}/status") == b"ready"
+
+
 async def test_wait_idle_returns_at_once_when_nothing_was_posted(domains: Domains) -> None:
     with trio.fail_after(1):
         await domains.wait_idle()

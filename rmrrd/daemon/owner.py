@@ -163,6 +163,10 @@ class DomainOwner:
             # are dropped; the next event or the reconcile after a reconnect redoes it.
             log.warning("domain %d: %s not completed: %s: %s", self.domid, type(event).__name__,
                         type(exc).__name__, exc)
+        except Exception:
+            # A bug: its trace is what a developer needs.  Contained to this event of
+            # this domain, so one domain's bug never stops the others.
+            log.exception("domain %d: %s failed", self.domid, type(event).__name__)
         finally:
             if self.machine.state is not before:
                 self._domains.state_changed(self.domid, self.machine.state)
@@ -232,6 +236,11 @@ class DomainOwner:
                                                peers=settings.peers)))
             except (PeerError, TransportError, InputError) as exc:
                 return SetupFailed(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                # A bug in planning or writing: said with its trace, and the domain
+                # leaves PLANNING so that the next change can try again.
+                log.exception("domain %d: setup failed", self.domid)
+                return SetupFailed(f"{type(exc).__name__}: {exc} (a bug: see the trace above)")
         return SetupDone(result, trio.current_time())
 
     async def _watch_queries(self, scope: trio.CancelScope) -> None:
@@ -249,10 +258,13 @@ class DomainOwner:
                                 names: tuple[str, ...] | None = tuple(await xs.directory(queries))
                             except NoEntry:
                                 names = None
+                            except TransportError:
+                                continue  # the watch's initial event after the reconnect lists again
                             await self.call(QueriesListed(names))
                         elif event.path.startswith(queries + "/"):
                             await self.call(QueryWritten(event.path[len(queries) + 1:].split("/", 1)[0]))
             except (PeerError, TransportError) as exc:
+                # The watch itself is gone (xenstored refused it after a reconnect).
                 self.post(QueriesStopped(f"{type(exc).__name__}: {exc}"))
 
 
