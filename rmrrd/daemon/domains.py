@@ -1,4 +1,4 @@
-"""Every domain the daemon knows, each with its owner task .
+"""Every domain the daemon knows, each with its owner task; reconciliation.
 
 :class:`Domains` routes each event to the domain it concerns (starting an owner on
 first sight), answers the questions that span domains (which devices the others

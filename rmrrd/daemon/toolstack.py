@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -32,11 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(settings: Settings, domain: Domain, request: ToolRequest,
-             elsewhere: Mapping[Bdf, int]) -> tuple[Verdict, list[str]]:
+             elsewhere: Callable[[], Mapping[Bdf, int]]) -> tuple[Verdict, list[str]]:
     """The verdict for ``request`` and, for ``migrate`` without a target, the ranking.
 
     ``domain`` is the one the request names, as its owner holds it; ``elsewhere``
-    the devices every other domain holds.  Raises :class:`InputError` when the
+    gives the devices every other domain holds (asked only for an assign or a
+    hotplug: it walks every domain).  Raises :class:`InputError` when the
     request cannot be checked at all (unknown domain, unknown target): the caller
     answers ``fail`` with that reason.
     """
@@ -56,7 +58,7 @@ def evaluate(settings: Settings, domain: Domain, request: ToolRequest,
         best_host, best = ranking[0]
         return Verdict(best.verdict, f"best target {best_host}: {best.reason}", best.conflicts), lines
     check = check_assign if request.op == "assign" else check_hotplug
-    return check(plan, settings.host, request.devices[0], elsewhere), []
+    return check(plan, settings.host, request.devices[0], elsewhere()), []
 
 
 class ToolstackHandler:
@@ -149,7 +151,7 @@ class _Check:
         domains = self.handler._domains
         try:
             verdict, ranking = evaluate(domains.settings, domain, self.request,
-                                        domains.devices_elsewhere(self.request.domid))
+                                        partial(domains.devices_elsewhere, self.request.domid))
         except InputError as exc:
             verdict, ranking = Verdict("fail", str(exc)), []
         return await self.handler._answer(self.req_id, self.started, self.request, verdict, ranking)
