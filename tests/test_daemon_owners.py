@@ -21,7 +21,8 @@ from support import INVENTORIES
 from rmrrd.edges.config import DefaultsConfig
 from rmrrd.daemon import owner as owner_module
 from rmrrd.daemon.domains import Domains
-from rmrrd.daemon.lifecycle import Limits, Released, SetupResult
+from rmrrd.core.pci import Bdf
+from rmrrd.daemon.lifecycle import Limits, Released, Reloaded, SetupResult
 from rmrrd.daemon.watches import Daemon
 from rmrrd.daemon.settings import Settings
 from rmrrd.app.demo import SEED_DOMAIN
@@ -191,6 +192,23 @@ async def test_a_bug_in_one_domains_setup_is_contained_and_logged_with_its_trace
     domains.changed(1)  # out of PLANNING: the next change is served
     await domains.wait_idle()
     assert await xs.read(f"{answer_path(1)}/status") == b"ready"
+
+
+async def test_the_devices_of_other_domains_follow_setups_and_releases(domains: Domains, xs: XenstoreClient) -> None:
+    d1, d2 = Bdf.parse(SEED_DOMAIN["hotplug/0"]), Bdf.parse(SEED_DOMAIN["pci/0"])
+    await write_request(xs, 1, SEED_DOMAIN)
+    await write_request(xs, 2, {"memory": "1024", "pci/0": SEED_DOMAIN["pci/0"]})
+    domains.changed(1)
+    domains.changed(2)
+    await domains.wait_idle()
+    assert domains.devices_elsewhere(3).keys() == {d2}  # held by both; either is named
+    assert domains.devices_elsewhere(1) == {d2: 2}  # the same device in two domains: the other's
+    domains.post(1, Reloaded({d1: "hotplug"}, None))
+    await trio.testing.wait_all_tasks_blocked()
+    assert domains.devices_elsewhere(2) == {d2: 1, d1: 1}
+    domains.post(1, Released("released"))
+    await domains.wait_idle()
+    assert domains.devices_elsewhere(2) == {} and domains.devices_elsewhere(3) == {d2: 2}
 
 
 async def test_wait_idle_returns_at_once_when_nothing_was_posted(domains: Domains) -> None:

@@ -54,6 +54,8 @@ class Domains:
         self.setup_slots = trio.CapacityLimiter(setup_concurrency)
         self._owners: dict[int, DomainOwner] = {}
         self._answered: set[int] = set()
+        self._holders: dict[Bdf, dict[int, None]] = {}
+        """Each device held, and the domains holding it, in the order they took it."""
         self._work = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -76,7 +78,6 @@ class Domains:
         owner = self._owners.get(domid)
         if owner is None:
             owner = self._owners[domid] = DomainOwner(domid, self)
-            self.nursery.start_soon(owner.run, name=f"domain {domid}")
         return owner
 
     def post(self, domid: int, event: Event) -> None:
@@ -136,17 +137,30 @@ class Domains:
         if len(self._answered) != count:
             self.observer.set_domains(len(self._answered))
 
+    def devices_changed(self, domid: int, before: set[Bdf], after: set[Bdf]) -> None:
+        """An owner says which devices its domain holds now (statically assigned plus
+        attached; none once released)."""
+        for device in before - after:
+            holders = self._holders[device]
+            del holders[domid]
+            if not holders:
+                del self._holders[device]
+        for device in after - before:
+            self._holders.setdefault(device, {})[domid] = None
+
     def devices_elsewhere(self, domid: int) -> dict[Bdf, int]:
-        """Devices held by every domain but ``domid``, with their holder.
+        """Devices held by every domain but ``domid``, with their (first) holder.
 
         This is what makes a region shared with another guest's device a ``fail``:
-        the map is rebuilt from xenstore on every reconcile.
+        the map is rebuilt from xenstore on every reconcile.  Kept as an index by the
+        owners, so a check costs the devices held, not a walk of every domain.
         """
         held: dict[Bdf, int] = {}
-        for other in self:
-            if other.domid != domid:
-                for device in other.devices():
-                    held.setdefault(device, other.domid)
+        for device, holders in self._holders.items():
+            for holder in holders:
+                if holder != domid:
+                    held[device] = holder
+                    break
         return held
 
     def report_setup(self, domid: int, generation: str, outcome: SetupOutcome, seconds: float) -> None:

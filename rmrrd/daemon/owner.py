@@ -18,8 +18,10 @@ Senders that must not run ahead (the guest-query watch, the toolstack handler)
 await :meth:`DomainOwner.call`, so a flooding guest fills its own watch queue
 (bounded, see :mod:`rmrrd.xenstore.client_watch`), never this mailbox.
 
-An owner ends when its domain holds nothing (released, or waiting with no plan and
-no record) and its mailbox is empty; the next event for that domid starts a new one.
+The owner runs a task only while its mailbox holds letters: an idle domain costs no
+task.  An owner ends when its domain holds nothing (released, or waiting with no
+plan and no record) and its mailbox is empty; the next event for that domid starts a
+new one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from rmrrd.core.pci import Bdf
 from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.protocol import (allocated_path, allocation_entry, answer_path, assigned_path, query_path,
                             reply_path)
@@ -71,14 +74,14 @@ class Letter:
 
 
 class DomainOwner:
-    """The task that changes one domain; see the module docstring."""
+    """The owner of one domain: its state machine, its mailbox, the task that empties it."""
 
     def __init__(self, domid: int, domains: Domains) -> None:
         self.domid = domid
         self.machine = DomainMachine(domid, domains.limits)
         self._domains = domains
         self._mailbox: deque[Letter] = deque()
-        self._wakeup = trio.Event()
+        self._running = False
         self._queries: trio.CancelScope | None = None
         self._ended = False
 
@@ -101,7 +104,11 @@ class DomainOwner:
         if letter.work:
             self._domains.work_started()
         self._mailbox.append(letter)
-        self._wakeup.set()
+        if not self._running:
+            # A task only while there is mail: an idle domain costs no task (with
+            # thousands of domains, idle tasks were objects every GC pass visited).
+            self._running = True
+            self._domains.nursery.start_soon(self.run, name=f"domain {self.domid}")
         return letter
 
     async def call(self, event: Event) -> None:
@@ -123,27 +130,25 @@ class DomainOwner:
     # --- the task ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Handle the mailbox in order until the domain holds nothing and it is empty."""
-        while True:
-            while not self._mailbox:
-                if self.machine.holds_nothing:
-                    self._end()
-                    return
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-            letter = self._mailbox.popleft()
-            try:
-                await self._handle(letter.event)
-            finally:
-                self._finish(letter)
-            if self.machine.state is State.RELEASED:
-                # What the watch saw, and repeated releases, concerned the domain
-                # just released; anything else is for the domid's next domain.
-                self._drop_waiting(lambda letter: not isinstance(letter.event, (*FOLLOW_ON, Released)))
-                if not self._mailbox:
-                    self._end()
-                    return
-                self.machine = DomainMachine(self.domid, self._domains.limits)
+        """Handle the mailbox in order until it is empty (then the task ends; the
+        next letter starts another), and end the owner once its domain holds nothing."""
+        try:
+            while self._mailbox:
+                letter = self._mailbox.popleft()
+                try:
+                    await self._handle(letter.event)
+                finally:
+                    self._finish(letter)
+                if self.machine.state is State.RELEASED:
+                    # What the watch saw, and repeated releases, concerned the domain
+                    # just released; anything else is for the domid's next domain.
+                    self._drop_waiting(lambda letter: not isinstance(letter.event, (*FOLLOW_ON, Released)))
+                    if self._mailbox:
+                        self.machine = DomainMachine(self.domid, self._domains.limits)
+            if self.machine.holds_nothing:
+                self._end()
+        finally:
+            self._running = False
 
     def _end(self) -> None:
         self._ended = True
@@ -172,7 +177,17 @@ class DomainOwner:
                 self._domains.state_changed(self.domid, self.machine.state)
 
     def _feed(self, event: Event) -> list[Effect]:
-        return self.machine.handle(event)
+        """One event into the machine; the devices the domain holds kept current in
+        :meth:`Domains.devices_elsewhere`'s index, which the other domains' checks read."""
+        before = self._devices()
+        effects = self.machine.handle(event)
+        after = self._devices()
+        if after != before:
+            self._domains.devices_changed(self.domid, before, after)
+        return effects
+
+    def _devices(self) -> set[Bdf]:
+        return set() if self.machine.state is State.RELEASED else self.machine.domain.devices()
 
     # --- effects -------------------------------------------------------------------------
 

@@ -107,16 +107,18 @@ async def keep_newest(tx: Ops, kept: deque[str], name: str, limit: int, parent: 
 async def read_tree(tx: Ops, path: str) -> dict[str, str]:
     """Every non-empty value below ``path``, keyed relative to it; {} if absent.
 
-    The shape the decoders of :mod:`rmrrd.protocol` take (directories have empty
-    values and are left out).  Read level by level, each level's reads pipelined.
+    The shape the decoders of :mod:`rmrrd.protocol` take.  In rmrrd's schema a node
+    has a value or children, never both, so only empty-valued nodes are listed.
+    Read level by level, each level's reads pipelined.
     """
     found: dict[str, str] = {}
     level = await _children(tx, path)
     while level:
         values = await gather(lambda rel: read_text(tx, f"{path}/{rel}"), level)
-        below = await gather(lambda rel: _children(tx, f"{path}/{rel}"), level)
         found.update((rel, value) for rel, value in zip(level, values) if value)
-        level = [f"{rel}/{name}" for rel, names in zip(level, below) for name in names]
+        parents = [rel for rel, value in zip(level, values) if not value]
+        below = await gather(lambda rel: _children(tx, f"{path}/{rel}"), parents)
+        level = [f"{rel}/{name}" for rel, names in zip(parents, below) for name in names]
     return found
 
 
