@@ -22,6 +22,13 @@ Why the shape (each choice measured with ``bench/bench_xenstore.py``, see
   no per-request Event or channel.  Watch events go to a callback.
 * **Failure is loud and immediate.**  When the stream ends or breaks, every waiting
   request gets ConnectionLost at once, never a hang.
+
+Does the hand scheduling earn its complexity?  ``bench/bench_xenstore.py`` runs the
+same client with this connection swapped for the obvious trio one (its
+``PlainConnection``: a ``SocketStream``, a send lock, an Event per request).  Three
+runs on the shared two-core build machine: one request at a time 1.0x, 1.1x and 1.3x
+the plain connection's rate; 100 in flight 2.9x, 2.5x and 2.6x.  The daemon uses it
+the second way (``gather``, 64 setups at once), so it stays.
 """
 
 from __future__ import annotations
