@@ -18,7 +18,8 @@ any request.  Every rule below is checked against Xen 4.17's sources:
   the whole setting without a word; an ``rdm=`` with only ``strategy=host`` leaves the
   policy as it was, and xl's ``libxl_rdm_reserve rdm`` is never initialised;
 * ``xlu_pci_parse_spec_string``: the ``pci=`` grammar (no spaces; ``rdm_policy`` is
-  case-insensitive, as every libxl enum);
+  case-insensitive, as every libxl enum); rmrrd refuses the few spellings only
+  ``sscanf("%x")``'s leniency lets through (``01: 00.0``, ``01:00.0x``);
 * ``tools/libs/light/libxl_create.c`` ``libxl__domain_build_info_setdefault``: HAP on
   (rmrrd assumes a host with HAP), firmware and video RAM defaults by device model
   and ``vga``, ``libxl__rdm_setdefault`` (domain policy relaxed, boundary 2048 MiB);
