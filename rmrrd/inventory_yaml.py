@@ -5,6 +5,7 @@ The YAML form is what operators write for simulated and peer hosts and what
 ``/inventory`` and reads from its peers.  Both use the same field names::
 
     host: node-a
+    aliases: [node-a.example, 10.0.0.1]  # optional: other names of the host
     warnings: ["..."]            # optional: what the source noticed (firmware bugs)
     regions:
       - range: 0xe0000-0xeffff   # inclusive, page granular
@@ -35,14 +36,14 @@ from typing import Any
 import yaml
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import Device, HostRegion, Inventory, UnresolvedDevice
+from rmrrd.inventory import HOST_NAME_RE, Device, HostRegion, Inventory, UnresolvedDevice
 from rmrrd.pci import Bdf
 from rmrrd.ranges import parse_range
 
 ALL_DEVICES = "all"
 """The device list entry that marks a region as applying to every device."""
 
-_HOST_KEYS = frozenset({"host", "regions", "warnings"})
+_HOST_KEYS = frozenset({"host", "aliases", "regions", "warnings"})
 # "unresolved" is accepted on input so that JSON served by a peer reads back as is;
 # it is derived from the devices, never trusted over them.
 _REGION_KEYS = frozenset({"range", "devices", "unresolved"})
@@ -159,7 +160,16 @@ def _inventory(obj: Any, source: str, locate: _Locate, allowed: frozenset[str]) 
     regions = tuple(_region(item, source, locate, ("regions", index)) for index, item in enumerate(items))
     warnings = [_string(text, source, locate, ("warnings", index))
                 for index, text in enumerate(_list(obj.get("warnings", []), source, locate, ("warnings",)))]
-    return Inventory(host, regions, tuple(warnings))
+    aliases: list[str] = []
+    for index, item in enumerate(_list(obj.get("aliases", []), source, locate, ("aliases",))):
+        alias = _string(item, source, locate, ("aliases", index))
+        if HOST_NAME_RE.fullmatch(alias) is None:
+            raise InputError(f"{_where(source, locate, ('aliases', index))}: {alias!r} is not a host name "
+                             f"(letters, digits, '.', '_', '-')")
+        if alias == host or alias in aliases:
+            raise InputError(f"{_where(source, locate, ('aliases', index))}: {alias!r} is listed already")
+        aliases.append(alias)
+    return Inventory(host, regions, tuple(warnings), tuple(aliases))
 
 
 # --- YAML --------------------------------------------------------------------------
@@ -245,6 +255,8 @@ def dump_inventory_yaml(inv: Inventory) -> str:
     comment on unresolved devices for the operator who reads it.
     """
     out = [f"host: {_quote(inv.host)}"]
+    if inv.aliases:
+        out.append(f"aliases: [{', '.join(_quote(alias) for alias in inv.aliases)}]")
     if inv.warnings:
         out.append("warnings:")
         out.extend(f"  - {_quote(warning)}" for warning in inv.warnings)
@@ -268,7 +280,7 @@ def inventory_to_json(inv: Inventory) -> dict[str, Any]:
     """
     regions = [{"range": str(region.range), "devices": device_strings(region),
                 "unresolved": is_unresolved(region)} for region in inv.regions]
-    return {"host": inv.host, "regions": regions, "warnings": list(inv.warnings),
+    return {"host": inv.host, "aliases": list(inv.aliases), "regions": regions, "warnings": list(inv.warnings),
             "unresolved": any(region["unresolved"] for region in regions)}
 
 

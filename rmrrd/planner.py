@@ -36,7 +36,7 @@ from rmrrd.guest_layout import (
     default_lowmem_end,
     guest_ram,
 )
-from rmrrd.inventory import Device, Inventory
+from rmrrd.inventory import Device, Inventory, find_host, known_hosts_text
 from rmrrd.ranges import Range, RangeSet, parse_range
 from rmrrd.regions import ReservedRegion, Source, merge_regions
 from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy, parse_device_spec, parse_rdm
@@ -186,11 +186,11 @@ def requested_regions(request: DomainRequest, host: Inventory,
         host_source = (Source.of("host"),)
         regions += [ReservedRegion(hr.range, host_source, hr.devices, request.rdm.policy) for hr in host.regions]
     for name in request.migrate:
-        peer = peers.get(name)
-        if peer is None:
-            known = ", ".join(sorted(peers)) or "none"
-            raise InputError(f"migrate host {name!r} is not a known peer (known: {known})")
-        regions += [ReservedRegion(hr.range, (Source.of("migrate", name),), hr.devices) for hr in peer.regions]
+        found = find_host(peers, name)
+        if found is None:
+            raise InputError(f"migrate host {name!r} is not a known peer (known: {known_hosts_text(peers)})")
+        regions += [ReservedRegion(hr.range, (Source.of("migrate", found[0]),), hr.devices)
+                    for hr in found[1].regions]
     regions += [ReservedRegion(range_, (Source.of("reserve"),)) for range_ in request.reserve]
     return regions
 

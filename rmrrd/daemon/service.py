@@ -17,7 +17,7 @@ import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -65,8 +65,9 @@ def load_host(config: Config) -> Inventory:
     """
     root = config.host.sysfs_root
     try:
-        return build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
-                                    sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
+        inventory = build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
+                                         sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
+        return replace(inventory, aliases=config.host.aliases)
     except InputError as exc:
         raise InputError(f"{config.source or 'built-in defaults'}: host.sources: {exc}") from None
 
