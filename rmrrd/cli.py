@@ -8,6 +8,7 @@ errors become one line on stderr and exit status 2, never a trace.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -21,12 +22,18 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 """What a shell reports for a filter killed by SIGPIPE, as ``cat | head`` gives."""
 
 
-def _commands() -> list[ModuleType]:
-    # Imported here, not at module top, so `rmrrd --help` stays fast and one broken
-    # subcommand cannot stop the others from loading in tests.
-    from rmrrd.commands import check, demo, inventory, plan, run, xenstored
+COMMANDS = ("run", "check", "demo", "inventory", "plan", "xenstored")
 
-    return [run, check, demo, inventory, plan, xenstored]
+
+def _commands(argv: Sequence[str] | None = None) -> list[ModuleType]:
+    """The subcommand modules to register: only the one ``argv`` names, if it names one.
+
+    A toolstack hook runs ``rmrrd check`` for every operation it checks; importing the
+    daemon's modules (trio, YAML, Prometheus) for that would cost more than the check
+    itself.  ``rmrrd --help`` and a mistyped command still see every subcommand.
+    """
+    names = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
+    return [importlib.import_module(f"rmrrd.commands.{name}") for name in names]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,17 +43,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (every subcommand when it names none)."""
     parser = _Parser(prog="rmrrd", description="Reserved-device-memory daemon for Xen hosts.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in _commands():
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for module in _commands(argv):
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         status: int = args.run(args)

@@ -39,12 +39,15 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from rmrrd.errors import InputError
 from rmrrd.pci import Bdf
-from rmrrd.planner import DomainRequest, parse_domain_request
 from rmrrd.xlcfg import DeviceSpec, Policy
 from rmrrd.xlcfg_file import XlConfig
+
+if TYPE_CHECKING:  # the planner is imported when a request is built, not by the hooks' fast exits
+    from rmrrd.planner import DomainRequest
 
 MMIO_HOLE_DEFAULT_MIB = 256
 """``HVM_BELOW_4G_MMIO_LENGTH``, libxl's hole when none is set."""
@@ -72,7 +75,7 @@ class DeviceModel(enum.Enum):
 
 # libxl__domain_build_info_setdefault: (default video RAM, minimum) in MiB by device
 # model and vga kind; None for a kind the device model refuses.
-_VIDEORAM: dict[DeviceModel, dict[str, tuple[int, int] | None]] = {
+VIDEORAM_DEFAULTS: dict[DeviceModel, dict[str, tuple[int, int] | None]] = {
     DeviceModel.QEMU_XEN: {"none": (0, 0), "qxl": (128, 128), "stdvga": (16, 16), "cirrus": (8, 8)},
     DeviceModel.TRADITIONAL: {"none": (0, 0), "qxl": None, "stdvga": (8, 8), "cirrus": (4, 4)},
 }
@@ -380,7 +383,7 @@ def _videoram(cfg: XlConfig, model: DeviceModel, refusals: list[str]) -> int:
         std = cfg.boolean("stdvga")
         if std is not None:
             kind = "stdvga" if std else "cirrus"
-    limits = _VIDEORAM[model][kind]
+    limits = VIDEORAM_DEFAULTS[model][kind]
     if limits is None:
         refusals.append(f"{cfg.where('vga')}: qxl needs the qemu-xen device model: libxl refuses it")
         return 0
@@ -461,6 +464,8 @@ def _hvm(cfg: XlConfig, domain: LibxlDomain, warnings: list[str], refusals: list
 def domain_request(domain: LibxlDomain, hotplug: Sequence[str] = (), migrate: Sequence[str] = (),
                    reserve: Sequence[str] = ()) -> DomainRequest:
     """The planner's request for ``domain``, plus rmrrd's own what-ifs (hot-plug, migrate, reserve)."""
+    from rmrrd.planner import parse_domain_request
+
     keys = domain.setup_keys()
     # Guest RAM is what libxl lays out: maxmem less the video RAM (libxl__build_hvm).
     ram = str(domain.max_memory_mib - domain.videoram_mib)

@@ -24,7 +24,8 @@ from rmrrd.logs import LEVELS, setup_logging
 from rmrrd.peers import load_peers
 from rmrrd.xenstore.client_conn import ConnectionLost
 
-from rmrrd.daemon.service import load_host, run_service
+from rmrrd.daemon.service import run_service
+from rmrrd.host_inventory import load_host
 
 log = logging.getLogger(__name__)
 
