@@ -39,6 +39,10 @@ class XenstoreUnavailable(XenstoreError):
 
     def __init__(self, message: str) -> None:
         super().__init__("EIO", message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message  # the errno name says nothing more to a user here
 
 
 class BlockingXenstore:
