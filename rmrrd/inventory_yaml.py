@@ -31,14 +31,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from rmrrd.errors import InputError
 from rmrrd.inventory import HOST_NAME_RE, Device, HostRegion, Inventory, UnresolvedDevice
 from rmrrd.pci import Bdf
 from rmrrd.ranges import parse_range
+
+if TYPE_CHECKING:  # imported where YAML is read or written: the JSON form needs no YAML
+    import yaml
 
 ALL_DEVICES = "all"
 """The device list entry that marks a region as applying to every device."""
@@ -181,6 +182,8 @@ def _plain(node: yaml.Node, path: _KeyPath, lines: dict[_KeyPath, int], source: 
     Scalars stay strings (their text as written); only an explicit null becomes None,
     so that a missing value is reported as such rather than as the string ``null``.
     """
+    import yaml
+
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.ScalarNode):
         return None if node.tag == "tag:yaml.org,2002:null" else str(node.value)
@@ -217,6 +220,8 @@ def load_inventory_text(text: str, source: str) -> Inventory:
     Raises :class:`InputError` naming the source, the line and the key for YAML syntax
     errors, unknown or missing keys, and ranges that are not page granular.
     """
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -243,6 +248,8 @@ def load_inventory_file(path: str | Path) -> Inventory:
 def _quote(text: str) -> str:
     """A YAML double-quoted scalar for any text (yaml's own escaping: JSON's surrogate
     pairs for characters beyond the BMP do not read back in YAML)."""
+    import yaml
+
     dumped: str = yaml.safe_dump(text, default_style='"', width=float("inf"), allow_unicode=True)
     return dumped.rstrip("\n")
 

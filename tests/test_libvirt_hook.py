@@ -10,6 +10,7 @@ with one near 2.5 GiB.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -59,12 +60,14 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-def run_hook(xml: str, *argv: str, config: Path | None) -> subprocess.CompletedProcess[str]:
-    """The hook as libvirtd's virHookCall runs it."""
+def run_hook(xml: str, *argv: str, config: Path | None,
+             extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The hook as libvirtd's virHookCall runs it (plus where to find its files, for the test)."""
     env = {"LC_ALL": "C", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "HOME": "/root", "USER": "root", "LOGNAME": "root"}
+           "HOME": "/root", "USER": "root", "LOGNAME": "root", **(extra or {})}
     if config is not None:
         env["RMRRD_CONFIG"] = str(config)
+    env.setdefault("RMRRD_RUNTIME_DIR", str(config.parent / "run") if config is not None else "/nonexistent")
     return subprocess.run([str(HOOK), *argv], input=xml, env=env, capture_output=True, text=True, check=False)
 
 
@@ -132,5 +135,28 @@ def test_a_broken_rmrrd_setup_allows_and_says_why(tmp_path: Path) -> None:
     assert done.returncode == 0
     [line] = done.stderr.splitlines()
     assert line.startswith("rmrrd: not checked, allowing prepare of hvm-gpu: ")
-    garbage = run_hook("<domain><name>x", "x", "prepare", "begin", "-", config=missing)
+    garbage = run_hook("<domain><name>x</name><devices><hostdev", "x", "prepare", "begin", "-", config=missing)
     assert garbage.returncode == 0 and "not checked" in garbage.stderr
+
+
+def test_the_inventory_is_cached_until_a_file_it_came_from_changes(tmp_path: Path, config: Path) -> None:
+    """The second run reads the cache; editing the inventory file makes the hook load again."""
+    inventory = tmp_path / "node-a.yaml"
+    inventory.write_text((REPO / "etc" / "inventories" / "node-a.yaml").read_text())
+    config.write_text(f"host:\n  name: node-a\n  sources: [{inventory}]\n")
+    runtime = tmp_path / "run"
+    env_extra = {"RMRRD_RUNTIME_DIR": str(runtime)}
+    assert run_hook(VARIANTS["usb"], "g", "prepare", "begin", "-", config=config, extra=env_extra).returncode == 1
+    cache = runtime / "host-inventory.json"
+    assert json.loads(cache.read_text())["depends"][0][0] == str(inventory)
+    # A cache that says something else than its files is not believed...
+    record = json.loads(cache.read_text())
+    record["inventory"]["regions"] = []
+    cache.write_text(json.dumps(record))
+    assert run_hook(VARIANTS["usb"], "g", "prepare", "begin", "-", config=config, extra=env_extra).returncode == 0
+    # ...until a file it depends on changes: the USB controller's region is gone from the host.
+    inventory.write_text(inventory.read_text().replace("0xe0000-0xeffff", "0xf0000000-0xf00fffff") + "\n")
+    done = run_hook(VARIANTS["usb"], "g", "prepare", "begin", "-", config=config, extra=env_extra)
+    assert done.returncode == 0 and done.stderr == ""
+    inventory.write_text((REPO / "etc" / "inventories" / "node-a.yaml").read_text())
+    assert run_hook(VARIANTS["usb"], "g", "prepare", "begin", "-", config=config, extra=env_extra).returncode == 1

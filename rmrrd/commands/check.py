@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import time
 from typing import Any
 
@@ -46,7 +45,7 @@ def ask(xs: BlockingXenstore, request: str, timeout: float) -> dict[str, Any]:
     Raises :class:`InputError` when no verdict comes within ``timeout`` (the request is
     withdrawn then, so a daemon that starts later does not answer it for nobody).
     """
-    req_id = f"cli-{os.getpid()}-{secrets.token_hex(4)}"
+    req_id = f"cli-{os.getpid()}-{os.urandom(4).hex()}"  # what secrets.token_hex does, without its imports
     result = f"{RESULT_ROOT}/{req_id}"
     deadline = time.monotonic() + timeout
     xs.watch(result, req_id)

@@ -15,7 +15,8 @@ only on failure, so a wrong setup shows in ``rmrrd-libvirt-hook`` run by hand).
 Nothing is written on stdout: for ``migrate`` libvirt would take it as a new XML.
 
 The configuration is ``$RMRRD_CONFIG``, else ``/etc/rmrrd/rmrrd.yaml``, else the
-built-in defaults (this host's DMAR and IVRS tables).
+built-in defaults (this host's DMAR and IVRS tables); the inventory it names is kept
+in ``$RMRRD_RUNTIME_DIR`` (``/run/rmrrd``) between runs (:mod:`rmrrd.hooks.host_cache`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from rmrrd.errors import InputError
 CHECKED_OPERATIONS = ("prepare", "migrate")
 EXIT_ALLOW, EXIT_REFUSE = 0, 1
 DEFAULT_CONFIG = Path("/etc/rmrrd/rmrrd.yaml")
+RUNTIME_DIR = Path("/run/rmrrd")
+"""Where :mod:`rmrrd.hooks.host_cache` keeps this host's inventory between runs."""
 
 
-def verdict(xml: str, config_path: Path | None) -> tuple[bool, str | None]:
+def verdict(xml: str, config_path: Path | None, runtime_dir: Path) -> tuple[bool, str | None]:
     """(allowed, the line to print) for one domain XML."""
+    if "hostdev" not in xml:
+        # No <hostdev>, no <interface type='hostdev'>: nothing to check, nothing to load.
+        return True, None
     from rmrrd.libvirt_xml import libxl_domain_from_xml, parse_domain_xml, pci_devices
 
     root = parse_domain_xml(xml)
@@ -45,16 +51,15 @@ def verdict(xml: str, config_path: Path | None) -> tuple[bool, str | None]:
         return False, f"rmrrd: libxl would refuse domain {name}: {domain.refusals[0]}"
     if domain.type.value != "hvm":
         return True, None
-    # Only now the heavier part: configuration (YAML), inventory, planner.
-    from rmrrd.config import default_config, load_config
-    from rmrrd.host_inventory import load_host
+    # Only now the heavier part: this host's inventory (cached) and the planner.
+    from rmrrd.hooks.host_cache import host_inventory
     from rmrrd.libxl_domain import domain_request
     from rmrrd.planner import plan
 
-    config = load_config(config_path) if config_path is not None else default_config()
-    result = plan(domain_request(domain), load_host(config), {})
+    host = host_inventory(config_path, runtime_dir)
+    result = plan(domain_request(domain), host, {})
     if result.status != "ready":
-        return False, f"rmrrd: Xen would refuse domain {name} on {config.host.name}: {result.error}"
+        return False, f"rmrrd: Xen would refuse domain {name} on {host.host}: {result.error}"
     warned = [region for region in result.regions if region.action == "warned"]
     if warned:
         return True, (f"rmrrd: domain {name}: {len(warned)} reserved region(s) overlap the guest under "
@@ -71,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ALLOW
     env_config = os.environ.get("RMRRD_CONFIG")
     config_path = Path(env_config) if env_config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    runtime_dir = Path(os.environ.get("RMRRD_RUNTIME_DIR") or RUNTIME_DIR)
     try:
-        allowed, line = verdict(xml, config_path)
+        allowed, line = verdict(xml, config_path, runtime_dir)
     except InputError as exc:
         print(f"rmrrd: not checked, allowing {args[1]} of {args[0]}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_ALLOW

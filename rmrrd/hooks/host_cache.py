@@ -1,0 +1,77 @@
+"""This host's inventory for the hooks, kept as JSON between runs.
+
+Loading it the daemon's way means the configuration (YAML), the inventory sources
+(firmware tables or YAML files) and their parsers: tens of milliseconds that a hook
+would pay on every domain start.  The first run pays them and writes the inventory,
+with the files it came from, to ``host-inventory.json`` in a runtime directory
+(``/run/rmrrd``, a tmpfs, so a reboot starts afresh); a later run
+uses it as long as the configuration file and every one of those files are unchanged
+(same inode, size and modification time).  The cache holds nothing that is not
+derived from those files, so a stale or broken cache is only ever a reason to load
+again; a directory that cannot be written means no cache, not an error.
+
+Not followed: PCI bus numbers read from sysfs to resolve DMAR device scopes (they
+change only with a PCI rescan; ``rm`` the cache file, or restart, after one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rmrrd.errors import InputError
+from rmrrd.inventory import Inventory
+from rmrrd.inventory_yaml import inventory_from_json, inventory_to_json
+
+CACHE_NAME = "host-inventory.json"
+FORMAT = 1
+
+
+def _stat(path: Path) -> list[Any]:
+    """What identifies a file's content without reading it; ``[path]`` for a missing one."""
+    try:
+        st = path.stat()
+    except OSError:
+        return [str(path)]
+    return [str(path), st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _load(config_path: Path | None) -> tuple[Inventory, list[Path]]:
+    """The inventory the daemon's way, and the files it depends on."""
+    from rmrrd.config import default_config, load_config
+    from rmrrd.host_inventory import TABLE_SOURCES, load_host
+
+    config = load_config(config_path) if config_path is not None else default_config()
+    acpi_dir = config.host.sysfs_root / "sys/firmware/acpi/tables"
+    depends = [acpi_dir / TABLE_SOURCES[str(source)] if str(source) in TABLE_SOURCES else Path(source)
+               for source in config.host.sources]
+    return load_host(config), depends
+
+
+def host_inventory(config_path: Path | None, runtime_dir: Path) -> Inventory:
+    """This host's inventory, from the cache when its files are unchanged.
+
+    Raises :class:`InputError` as loading the configuration and inventory does.
+    """
+    cache = runtime_dir / CACHE_NAME
+    config_key = _stat(config_path) if config_path is not None else ["built-in defaults"]
+    try:
+        saved = json.loads(cache.read_text())
+        if (saved["format"] == FORMAT and saved["config"] == config_key
+                and all(_stat(Path(entry[0])) == entry for entry in saved["depends"])):
+            return inventory_from_json(saved["inventory"], str(cache))
+    except (OSError, ValueError, KeyError, TypeError, IndexError, InputError):
+        pass  # no cache, or not one we wrote for these files: load
+    inventory, depends = _load(config_path)
+    record = {"format": FORMAT, "config": config_key, "depends": [_stat(path) for path in depends],
+              "inventory": inventory_to_json(inventory)}
+    try:
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f".{CACHE_NAME}.{os.getpid()}")
+        partial.write_text(json.dumps(record))
+        partial.replace(cache)
+    except OSError:
+        pass  # a read-only or missing runtime directory: every run loads
+    return inventory
