@@ -77,12 +77,15 @@ async def set_up_domain(socket_path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--runs", type=int, default=30)
+    parser.add_argument("--runtime-dir", type=Path, help="where the libvirt hook caches the inventory "
+                                                           "(default: a temporary directory)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, services(Path(tmp)) as (socket_path, _, _):
         trio.run(set_up_domain, socket_path)
         workdir = Path(tmp)
         config = workdir / "rmrrd.yaml"  # written by services(): node-a, peer node-b
-        env = dict(os.environ, XENSTORED_PATH=str(socket_path), RMRRD_XL="/bin/true", RMRRD_CONFIG=str(config))
+        env = dict(os.environ, XENSTORED_PATH=str(socket_path), RMRRD_XL="/bin/true", RMRRD_CONFIG=str(config),
+                   RMRRD_RUNTIME_DIR=str(args.runtime_dir or workdir / "run"))
         rows = [
             ("python3 -c pass (floor)", ["python3", "-c", "pass"], ""),
             ("venv python -c pass (floor)", [sys.executable, "-c", "pass"], ""),
@@ -100,13 +103,13 @@ def main() -> int:
         results = [(name, timed(argv, env, stdin, args.runs)) for name, argv, stdin in rows]
     floor = statistics.median(results[1][1])
     print(f"{args.runs} runs each, after 3 warm-up runs; ms from spawn to exit")
-    print(f"| {'process':<42} | {'median':>7} | {'p90':>7} | {'vs venv python':>14} | aim |")
-    print(f"| {'-' * 42} | {'-' * 7}: | {'-' * 7}: | {'-' * 14}: | --- |")
+    print(f"| {'process':<42} | {'min':>6} | {'median':>7} | {'p90':>7} | {'vs venv python':>14} | aim |")
+    print(f"| {'-' * 42} | {'-' * 5}: | {'-' * 6}: | {'-' * 6}: | {'-' * 13}: | --- |")
     for name, times in results:
         median = statistics.median(times)
         p90 = sorted(times)[int(len(times) * 0.9) - 1]
         aim = "" if "floor" in name else ("ok" if median <= AIM_MS else "MISSED")
-        print(f"| {name:<42} | {median:7.1f} | {p90:7.1f} | {median / floor:14.2f} | {aim} |")
+        print(f"| {name:<42} | {min(times):6.1f} | {median:7.1f} | {p90:7.1f} | {median / floor:14.2f} | {aim} |")
     return 0
 
 
