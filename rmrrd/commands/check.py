@@ -12,7 +12,6 @@ imported that the check does not use (docs/performance.md measures it).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Any
@@ -84,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     parse_request(request)  # refuse bad arguments here, with the same words as the daemon
     result = ask_daemon(args.xenstore, request, args.timeout)
     if args.json:
+        import json  # only for this output form
+
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['verdict']}: {result['reason']}")

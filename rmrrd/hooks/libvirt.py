@@ -24,22 +24,31 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rmrrd.errors import InputError
 
+if TYPE_CHECKING:  # pathlib is imported where a check is made, not on the fast exits
+    from pathlib import Path
+
 CHECKED_OPERATIONS = ("prepare", "migrate")
 EXIT_ALLOW, EXIT_REFUSE = 0, 1
-DEFAULT_CONFIG = Path("/etc/rmrrd/rmrrd.yaml")
-RUNTIME_DIR = Path("/run/rmrrd")
+DEFAULT_CONFIG = "/etc/rmrrd/rmrrd.yaml"
+RUNTIME_DIR = "/run/rmrrd"
 """Where :mod:`rmrrd.hooks.host_cache` keeps this host's inventory between runs."""
 
 
-def verdict(xml: str, config_path: Path | None, runtime_dir: Path) -> tuple[bool, str | None]:
-    """(allowed, the line to print) for one domain XML."""
+def verdict(xml: str, config: str | None, runtime_dir: str) -> tuple[bool, str | None]:
+    """(allowed, the line to print) for one domain XML.
+
+    ``config`` is the configuration file (None: the default one if it exists, else
+    the built-in defaults); ``runtime_dir`` where the inventory is cached.
+    """
     if "hostdev" not in xml:
         # No <hostdev>, no <interface type='hostdev'>: nothing to check, nothing to load.
         return True, None
+    from pathlib import Path
+
     from rmrrd.libvirt_xml import libxl_domain_from_xml, parse_domain_xml, pci_devices
 
     root = parse_domain_xml(xml)
@@ -56,7 +65,8 @@ def verdict(xml: str, config_path: Path | None, runtime_dir: Path) -> tuple[bool
     from rmrrd.libxl_domain import domain_request
     from rmrrd.planner import plan
 
-    host = host_inventory(config_path, runtime_dir)
+    config_path = Path(config) if config else (Path(DEFAULT_CONFIG) if os.path.exists(DEFAULT_CONFIG) else None)
+    host = host_inventory(config_path, Path(runtime_dir))
     result = plan(domain_request(domain), host, {})
     if result.status != "ready":
         return False, f"rmrrd: Xen would refuse domain {name} on {host.host}: {result.error}"
@@ -74,11 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     xml = sys.stdin.read()
     if len(args) < 2 or args[1] not in CHECKED_OPERATIONS:
         return EXIT_ALLOW
-    env_config = os.environ.get("RMRRD_CONFIG")
-    config_path = Path(env_config) if env_config else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    runtime_dir = Path(os.environ.get("RMRRD_RUNTIME_DIR") or RUNTIME_DIR)
     try:
-        allowed, line = verdict(xml, config_path, runtime_dir)
+        allowed, line = verdict(xml, os.environ.get("RMRRD_CONFIG") or None,
+                                os.environ.get("RMRRD_RUNTIME_DIR") or RUNTIME_DIR)
     except InputError as exc:
         print(f"rmrrd: not checked, allowing {args[1]} of {args[0]}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_ALLOW
