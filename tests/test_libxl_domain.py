@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from libxlutil import LIBXLUTIL
 from rmrrd.errors import InputError
-from rmrrd.libxl_domain import (DomainType, LibxlDomain, RdmParse, domain_request, from_xl_config,
-                                xl_pci_spec, xlu_rdm_parse)
+from rmrrd.libxl_domain import DomainType, LibxlDomain, domain_request, from_xl_config
+from rmrrd.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
 from rmrrd.pci import Bdf
 from rmrrd.xlcfg import Policy
 from rmrrd.xlcfg_file import load_xl_config, parse_xl_config

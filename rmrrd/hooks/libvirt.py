@@ -24,12 +24,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from rmrrd.errors import InputError
-
-if TYPE_CHECKING:  # pathlib is imported where a check is made, not on the fast exits
-    from pathlib import Path
 
 CHECKED_OPERATIONS = ("prepare", "migrate")
 EXIT_ALLOW, EXIT_REFUSE = 0, 1

@@ -71,7 +71,7 @@ def _requests(command: str, args: list[str]) -> tuple[str, list[tuple[str, tuple
         opts, rest = getopt.gnu_getopt(args, "h", ["help"])
         if opts or len(rest) < 2:
             raise NotChecked("xl pci-attach usage not understood")
-        from rmrrd.libxl_domain import xl_pci_spec
+        from rmrrd.libxlu import xl_pci_spec
 
         bdfs, policy = xl_pci_spec(rest[1])
         policy_text = f",rdm_policy={policy}" if policy else ""
