@@ -4,7 +4,17 @@ Given a domain's :class:`~rmrrd.planner.Plan` (its layout as built) and inventor
 each check says whether a device may be assigned or hot-plugged, or the guest moved:
 
 * a device region that overlaps guest RAM or a fixed guest area is ``fail`` under
-  ``strict`` (a device's default, as in xl) and ``warn`` under ``relaxed``;
+  ``strict`` and ``warn`` under ``relaxed`` (Xen: ``p2m_add_identity_entry`` refuses
+  to map over a guest page with ``-EBUSY`` unless relaxed).  A device without its own
+  ``rdm_policy`` is strict when hot-plugged (xl ``pci-attach`` gives it none, and
+  ``libxl__device_pci_setdefault`` makes it strict); assigned or moved with the guest
+  it has the domain's device policy (:attr:`Plan.device_policy`, as at setup).  For
+  ``assign``, a region in hvmloader's dynamic area is ``fail`` whatever the policy:
+  hvmloader would stop with ``BUG()``;
+* a region whose device scope lists other devices (a shared RMRR) is ``fail`` under
+  ``strict`` and ``warn`` under ``relaxed``, as Xen's VT-d assignment
+  (``intel_iommu_assign_device``: "disallowed" / "risky"); for ``migrate``, the
+  target host's scopes count;
 * a region shared with a device assigned to another domain is ``fail`` whatever the
   policy (two guests would own one identity-mapped range);
 * a region reserved at setup and clear of RAM is ``ok``;
@@ -16,7 +26,8 @@ each check says whether a device may be assigned or hot-plugged, or the guest mo
 * ``migrate`` checks the target host's regions against the current layout; with no
   device named, every region of the target is checked and nothing is worse than
   ``warn`` (the guest may never use those devices).  Assignments on the target are
-  not known here, so the shared-region rule applies to ``assign``/``hotplug`` only.
+  not known here, so the rule on other domains' devices applies to
+  ``assign``/``hotplug`` only.
 """
 
 from __future__ import annotations
@@ -26,12 +37,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rmrrd.errors import InputError
-from rmrrd.guest_layout import conflict_kinds
+from rmrrd.guest_layout import DYNAMIC_AREA
 from rmrrd.inventory import Device, HostRegion, Inventory, find_host, known_hosts_text
 from rmrrd.pci import Bdf
-from rmrrd.planner import Plan
+from rmrrd.planner import SHARED_RMRR, Plan
 from rmrrd.ranges import Range, RangeSet
-from rmrrd.xlcfg import DeviceSpec, Policy
+from rmrrd.xlcfg import DEFAULT_DEVICE_POLICY, DeviceSpec, Policy
 
 VerdictName = Literal["ok", "warn", "fail"]
 _SEVERITY: dict[VerdictName, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -62,16 +73,36 @@ class Verdict:
         return sum(1 for conflict in self.conflicts if conflict.severity == severity)
 
 
-def _layout_conflicts(rng: Range, device: Device | None, policy: Policy, ram: RangeSet,
-                      reserved: RangeSet) -> list[Conflict]:
-    """What one device region meets in a guest with ``ram`` and ``reserved`` regions."""
-    kinds = conflict_kinds(rng, ram)
+def _severity(policy: Policy) -> VerdictName:
+    return "fail" if policy is Policy.STRICT else "warn"
+
+
+def _layout_conflicts(plan: Plan, rng: Range, device: Device | None, policy: Policy,
+                      reserved: RangeSet, static: bool = False) -> list[Conflict]:
+    """What one device region meets in the guest laid out by ``plan``.
+
+    ``static``: the device is assigned as the domain is built, so a region in
+    hvmloader's dynamic area would stop hvmloader whatever the policy.
+    """
+    kinds = plan.conflict_kinds(rng)
     if kinds:
-        severity: VerdictName = "fail" if policy is Policy.STRICT else "warn"
+        severity = _severity(policy)
+        if static and rng.overlaps(DYNAMIC_AREA) and not plan.ram.overlaps(rng):
+            severity = "fail"
         return [Conflict(rng, kind, device, severity) for kind in kinds]
     if RangeSet([rng]) - reserved:
         return [Conflict(rng, "unreserved", device, "warn")]
     return []
+
+
+def _scope_conflicts(region: HostRegion, device: Bdf, policy: Policy,
+                     reported: Sequence[Conflict] = ()) -> list[Conflict]:
+    """The other devices of a shared RMRR, unless already reported for ``region``."""
+    if not region.is_shared:
+        return []
+    seen = {conflict.device for conflict in reported}
+    return [Conflict(region.range, SHARED_RMRR, other, _severity(policy))
+            for other in region.devices if other != device and other not in seen]
 
 
 def _shared_conflicts(region: HostRegion, assigned_elsewhere: Mapping[Bdf, int]) -> list[Conflict]:
@@ -94,6 +125,14 @@ def _advice(conflict: Conflict, assigned_elsewhere: Mapping[Bdf, int] | None) ->
         owner = (assigned_elsewhere or {}).get(conflict.device) if isinstance(conflict.device, Bdf) else None
         return (f"region {conflict.range} is shared with {conflict.device}, assigned to domain {owner}; "
                 f"detach it there first")
+    if conflict.kind == SHARED_RMRR:
+        if conflict.severity == "fail":
+            return (f"region {conflict.range} is a shared RMRR (also {conflict.device}): Xen's VT-d refuses "
+                    f"the device under rdm_policy=strict; rdm_policy=relaxed assigns it at a risk")
+        return f"region {conflict.range} is a shared RMRR (also {conflict.device}): assigned at a risk"
+    if conflict.severity == "fail" and conflict.range.overlaps(DYNAMIC_AREA):
+        return (f"region {conflict.range} lies in hvmloader's dynamic area {DYNAMIC_AREA}, which the guest's "
+                f"firmware uses; this guest cannot use the device")
     if conflict.kind == "unreserved":
         return (f"region {conflict.range} was not reserved at setup and may collide with guest MMIO; "
                 f"list the device under hotplug/ or migrate/ when creating the domain")
@@ -103,14 +142,15 @@ def _advice(conflict: Conflict, assigned_elsewhere: Mapping[Bdf, int] | None) ->
     return f"region {conflict.range} overlaps guest {conflict.kind}; the device may misbehave if it uses it"
 
 
-def _check_device(what: str, plan: Plan, host: Inventory, device: DeviceSpec,
+def _check_device(what: str, plan: Plan, host: Inventory, device: DeviceSpec, policy: Policy,
                   assigned_elsewhere: Mapping[Bdf, int]) -> Verdict:
-    ram, reserved = plan.ram, plan.reserved
+    reserved = plan.reserved
     regions = host.regions_for(device.bdf)
     conflicts: list[Conflict] = []
     for region in regions:
-        conflicts += _shared_conflicts(region, assigned_elsewhere)
-        conflicts += _layout_conflicts(region.range, device.bdf, device.policy, ram, reserved)
+        taken = _shared_conflicts(region, assigned_elsewhere)
+        conflicts += taken + _scope_conflicts(region, device.bdf, policy, taken)
+        conflicts += _layout_conflicts(plan, region.range, device.bdf, policy, reserved, static=what == "assign")
     clear = "its regions are reserved and clear of guest RAM" if regions else "it has no reserved regions"
     return _verdict(f"{what} {device.bdf}", conflicts, clear, assigned_elsewhere)
 
@@ -120,36 +160,45 @@ def check_assign(plan: Plan, host: Inventory, device: DeviceSpec,
     """Static assignment of ``device`` to the domain laid out by ``plan`` (STEP-2).
 
     ``assigned_elsewhere`` maps devices assigned to *other* domains to their domid.
+    A device without ``rdm_policy`` has the domain's device policy, as at setup.
     """
-    return _check_device("assign", plan, host, device, assigned_elsewhere)
+    return _check_device("assign", plan, host, device, device.policy or plan.device_policy, assigned_elsewhere)
 
 
 def check_hotplug(plan: Plan, host: Inventory, device: DeviceSpec,
                   assigned_elsewhere: Mapping[Bdf, int]) -> Verdict:
-    """Hot-plug of ``device`` into the running domain (STEP-4); same rules as assign."""
-    return _check_device("hotplug", plan, host, device, assigned_elsewhere)
+    """Hot-plug of ``device`` into the running domain (STEP-4); same rules as assign.
+
+    A device without ``rdm_policy`` is strict, as ``xl pci-attach`` makes it.
+    """
+    return _check_device("hotplug", plan, host, device, device.policy or DEFAULT_DEVICE_POLICY,
+                         assigned_elsewhere)
 
 
 def check_migrate(plan: Plan, peers: Mapping[str, Inventory], target: str,
                   devices: Sequence[DeviceSpec] = ()) -> Verdict:
     """Moving the guest to ``target`` and assigning ``devices`` there (STEP-5).
 
-    ``target`` is a peer's host name or one of its aliases.  Raises :class:`InputError` when ``target`` is not a known peer.
+    The devices' regions and device scopes are the target's.  ``target`` is a peer's
+    host name or one of its aliases.  Raises :class:`InputError` when ``target`` is not
+    a known peer.
     """
     found = find_host(peers, target)
     if found is None:
         raise InputError(f"migrate target {target!r} is not a known peer (known: {known_hosts_text(peers)})")
     inventory = found[1]
-    ram, reserved = plan.ram, plan.reserved
+    reserved = plan.reserved
     conflicts: list[Conflict] = []
     if devices:
         for spec in devices:
+            policy = spec.policy or plan.device_policy
             for region in inventory.regions_for(spec.bdf):
-                conflicts += _layout_conflicts(region.range, spec.bdf, spec.policy, ram, reserved)
+                conflicts += _scope_conflicts(region, spec.bdf, policy)
+                conflicts += _layout_conflicts(plan, region.range, spec.bdf, policy, reserved)
     else:
         for region in inventory.regions:
             device = region.devices[0] if region.devices else None
-            conflicts += _layout_conflicts(region.range, device, Policy.RELAXED, ram, reserved)
+            conflicts += _layout_conflicts(plan, region.range, device, Policy.RELAXED, reserved)
     host = found[0] if found[0] == target else f"{found[0]} (as {target})"
     return _verdict(f"migrate to {host}", conflicts, "its regions are clear of the guest's RAM")
 

@@ -1,8 +1,11 @@
 """The ``rmrrd`` command: one program, a subcommand per job.
 
 Each subcommand lives in ``rmrrd/commands/<name>.py`` and exposes ``register`` (add
-its argparse sub-parser) and ``run`` (do the work, return the exit status).  Input
-errors become one line on stderr and exit status 2, never a trace.
+its argparse sub-parser, with its ``exit_statuses``) and ``run`` (do the work, return
+the exit status).  The parser is the one description of the command line: ``--help``,
+the man page and the bash completion (:mod:`rmrrd.cli_docs`) are all made from it.  Input
+errors become one line on stderr and exit status 2, never a trace, also when trio
+delivers them wrapped in an ``ExceptionGroup`` (:func:`sole_cause`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from types import ModuleType
+from typing import Any
 
+from rmrrd import __version__
 from rmrrd.errors import InputError
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 """What a shell reports for a filter killed by SIGPIPE, as ``cat | head`` gives."""
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 COMMANDS = ("run", "check", "demo", "inventory", "plan", "xenstored")
@@ -30,14 +37,44 @@ def _commands(argv: Sequence[str] | None = None) -> list[ModuleType]:
 
     A toolstack hook runs ``rmrrd check`` for every operation it checks; importing the
     daemon's modules (trio, YAML, Prometheus) for that would cost more than the check
-    itself.  ``rmrrd --help`` and a mistyped command still see every subcommand.
+    itself.  ``rmrrd --help``, the man page and a mistyped command see every subcommand.
     """
     names = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
     return [importlib.import_module(f"rmrrd.commands.{name}") for name in names]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's wrapping, except that lines indented by two spaces stay lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for block in text.split("\n"):
+            if block.startswith("  "):
+                paragraphs.append(textwrap.fill(block.strip(), width, initial_indent=indent + "  ",
+                                                subsequent_indent=indent + "       "))
+            else:
+                paragraphs.append(super()._fill_text(block, width, indent))
+        return "\n".join(paragraphs)
+
+
+def exit_status_text(statuses: Mapping[int, str]) -> str:
+    """The ``exit status:`` block of a command's ``--help``, one status a line."""
+    return "exit status:\n" + "\n".join(f"  {status:<4} {meaning}" for status, meaning in sorted(statuses.items()))
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit status 2, as every subcommand's."""
+    """argparse, but usage errors are one line and exit status 2, as every subcommand's.
+
+    ``exit_statuses`` (status to meaning) becomes the epilog of ``--help`` and the
+    EXIT STATUS of the man page; every command gives them.
+    """
+
+    def __init__(self, *args: Any, exit_statuses: Mapping[int, str] | None = None, **kwargs: Any) -> None:
+        self.exit_statuses = dict(exit_statuses or {})
+        if self.exit_statuses:
+            kwargs["epilog"] = exit_status_text(self.exit_statuses)
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -45,11 +82,27 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv`` (every subcommand when it names none)."""
-    parser = _Parser(prog="rmrrd", description="Reserved-device-memory daemon for Xen hosts.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    parser = _Parser(prog="rmrrd", description="Reserved-device-memory daemon for Xen hosts.",
+                     exit_statuses={EXIT_USAGE: "a usage error (each command's --help lists its own statuses)",
+                                    EXIT_INTERRUPTED: "interrupted (SIGINT) outside the daemon"})
+    parser.add_argument("--version", action="version", version=f"rmrrd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+                                title="commands")
     for module in _commands(argv):
         module.register(sub)
     return parser
+
+
+def sole_cause(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups, or ``exc`` itself.
+
+    trio's nurseries wrap whatever a task raised in an ``ExceptionGroup`` even when
+    it is one error; this finds that error so that it can be reported as itself.  A
+    group of several errors is returned as it is.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,12 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
-        status: int = args.run(args)
+        try:
+            status: int = args.run(args)
+        except ExceptionGroup as group:
+            raise sole_cause(group) from None
     except InputError as exc:
         print(f"rmrrd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`rmrrd plan ... | head`): as for any Unix filter,
         # not worth a trace.  Python would still try to flush stdout at exit and

@@ -13,8 +13,9 @@ I/O except :func:`load_config` reading the file; paths are not checked for
 existence here (the inventory loaders report missing files with their own context).
 
 Defaults follow Xen where Xen has one (xl.cfg(5): ``rdm=`` has no strategy and
-``policy=relaxed``, ``rdm_mem_boundary`` is 2048 MiB, ``mmio_hole`` 256 MiB) and are
-listed with every key in ``etc/rmrrd.yaml`` and ``docs/configuration.md``.
+``policy=relaxed``, ``rdm_mem_boundary`` is 2048 MiB, ``mmio_hole`` 256 MiB; the
+SeaBIOS upstream Xen builds is 128 KiB) and are listed with every key in
+``etc/rmrrd.yaml`` and ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 from rmrrd.errors import InputError
-from rmrrd.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB
+from rmrrd.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB, check_seabios_size
 from rmrrd.inventory import HOST_NAME_RE
 from rmrrd.logs import LEVELS
+from rmrrd.runtime_paths import own_xenstored_socket
 from rmrrd.xlcfg import parse_rdm
 
 DEFAULT_CONFIG_PATH = Path("/etc/rmrrd/rmrrd.yaml")
@@ -80,6 +82,8 @@ class DefaultsConfig:
     rdm: str = "policy=relaxed"
     rdm_mem_boundary: int = 2048
     mmio_hole: int = 256
+    #: KiB of the SeaBIOS image hvmloader loads below 1 MiB (upstream 128, Debian 256).
+    seabios_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -127,28 +131,36 @@ class Config:
     source: Path | None = None
 
 
-def default_xenstore_path(environ: Mapping[str, str]) -> Path:
-    """``$XENSTORED_PATH`` when set (as libxenstore honours it), else Xen's socket."""
+def default_xenstore_path(environ: Mapping[str, str], *, embedded: bool = False) -> Path:
+    """``xenstore.path`` when the file gives none.
+
+    ``$XENSTORED_PATH`` when set (as libxenstore honours it); else, for the embedded
+    simulated xenstored, a socket of rmrrd's own (:mod:`rmrrd.runtime_paths`), so that
+    it never lands on Xen's; else Xen's socket, to connect to.
+    """
     value = environ.get("XENSTORED_PATH", "")
-    return Path(value) if value else DEFAULT_XENSTORED_SOCKET
+    if value:
+        return Path(value)
+    return own_xenstored_socket(environ) if embedded else DEFAULT_XENSTORED_SOCKET
 
 
 def default_config(
-    *, environ: Mapping[str, str] | None = None, hostname: str | None = None
+    *, environ: Mapping[str, str] | None = None, hostname: str | None = None, embedded: bool = False
 ) -> Config:
-    """Every key at its default: what ``--simulate`` runs with when no file is given."""
-    return parse_config_text("", "<defaults>", environ=environ, hostname=hostname)
+    """Every key at its default: what ``run`` uses when no file is given."""
+    return parse_config_text("", "<defaults>", environ=environ, hostname=hostname, embedded=embedded)
 
 
 def load_config(
-    path: Path, *, environ: Mapping[str, str] | None = None, hostname: str | None = None
+    path: Path, *, environ: Mapping[str, str] | None = None, hostname: str | None = None,
+    embedded: bool = False,
 ) -> Config:
     """Read and parse ``path``; :class:`ConfigError` if it is unreadable or invalid."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read the configuration: {exc}"]) from None
-    return parse_config_text(text, path, environ=environ, hostname=hostname)
+    return parse_config_text(text, path, environ=environ, hostname=hostname, embedded=embedded)
 
 
 def parse_config_text(
@@ -157,12 +169,15 @@ def parse_config_text(
     *,
     environ: Mapping[str, str] | None = None,
     hostname: str | None = None,
+    embedded: bool = False,
 ) -> Config:
     """Parse configuration ``text`` read from ``source`` (a path, or a label).
 
     Relative paths in the file resolve against ``source``'s directory.  ``environ``
     and ``hostname`` supply the defaults of ``xenstore.path`` and ``host.name``
     (the process's own when None), so tests need not touch the environment.
+    ``embedded`` is ``run --simulate``: ``xenstore.embedded`` true whatever the file
+    says, with the default path that goes with it.
     Raises :class:`ConfigError` listing every problem found.
     """
     reader = _Reader(str(source), Path(source).parent)
@@ -171,7 +186,9 @@ def parse_config_text(
         raise ConfigError(reader.problems)
     env = os.environ if environ is None else environ
     xenstore = sections.get("xenstore", {})
-    xenstore.setdefault("path", default_xenstore_path(env))
+    if embedded:
+        xenstore["embedded"] = True
+    xenstore.setdefault("path", default_xenstore_path(env, embedded=xenstore.get("embedded", False)))
     host = sections.get("host", {})
     host.setdefault("name", socket.gethostname() if hostname is None else hostname)
     return Config(
@@ -302,6 +319,16 @@ def _rdm(reader: _Reader, node: yaml.Node) -> str:
     return value
 
 
+def _seabios_size(reader: _Reader, node: yaml.Node) -> int:
+    """KiB of SeaBIOS, checked as the planner checks it (page granular, at most 256)."""
+    value: int = _int_between(1, 1 << 20)(reader, node)
+    try:
+        check_seabios_size(value, "size")
+    except InputError as exc:
+        raise _Bad(f"expected KiB of the SeaBIOS image: {exc}") from None
+    return value
+
+
 def _level(reader: _Reader, node: yaml.Node) -> str:
     value = _text(reader, node).lower()
     if value not in LEVELS:
@@ -368,6 +395,7 @@ _SCHEMA: dict[str, dict[str, _Convert]] = {
         "rdm_mem_boundary": _int_between(1, 4096),
         # xl's own limits (tools/xl/xl_parse.c, see rmrrd.guest_layout).
         "mmio_hole": _int_between(MMIO_HOLE_MIN_MIB, MMIO_HOLE_MAX_MIB),
+        "seabios_size": _seabios_size,
     },
     "metrics": {"listen": _listen},
     "limits": {

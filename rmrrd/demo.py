@@ -179,5 +179,5 @@ def demo(say: Callable[[str], None] = print) -> int:
     with tempfile.TemporaryDirectory(prefix="rmrrd-demo-") as workdir:
         steps = trio.run(run_demo, say, Path(workdir))
     good = sum(step.ok for step in steps)
-    say(f"{good} of {len(steps)} steps as the contract expects")
+    say(f"{good} of {len(steps)} steps as expected")
     return 0 if good == len(steps) else 1

@@ -1,20 +1,27 @@
-"""The fixed parts of an HVM guest's physical address space, as Xen lays it out.
+"""The fixed parts of an HVM guest's physical address space, as Xen 4.17 lays it out.
 
 A reserved region that lands on one of these cannot be moved out of the way: the
 guest's firmware or legacy devices live there.  Every constant comes from Xen's
 sources (``xen-project/xen``), cited beside it:
 
 * ``tools/firmware/hvmloader/e820.c``, ``build_e820_table``: RAM from 0 to
-  ``0xA0000``; "0xA0000-0xC0000: VGA memory-mapped I/O"; "0xC0000-0xE0000: 16-bit
-  devices, expansion ROMs (inc. vgabios)"; the BIOS image reserved up to 1 MiB; RAM
-  again from ``0x100000`` to ``low_mem_pgend``; ``RESERVED_MEMBASE`` to 4 GiB reserved
-  "for special pages ... LAPIC, IOAPIC, default SVGA framebuffer"; RAM from 4 GiB to
-  ``high_mem_pgend``.  It also ``BUG_ON``s when low RAM ends below 2 MiB.
+  ``lowmem_reserved_base`` (``0xA0000`` unless the firmware asks for less);
+  "0xA0000-0xC0000: VGA memory-mapped I/O"; "0xC0000-0xE0000: 16-bit devices,
+  expansion ROMs (inc. vgabios)", neither in the e820; the BIOS area from
+  ``bios_image_base`` to 1 MiB, reserved; ACPI NVS from ``RESERVED_MEMBASE``
+  (``0xFC000000``) over the ACPI tables, then reserved up to 4 GiB "for special pages
+  ... LAPIC, IOAPIC, default SVGA framebuffer"; then the toolstack's own map (low RAM
+  from ``0x100000``, its reserved regions, RAM from 4 GiB).  It ``BUG_ON``s when low
+  RAM ends below 2 MiB, and ``memory_map_setup`` stops with ``BUG()`` when a reserved
+  entry of the toolstack overlaps ``RESERVED_MEMORY_DYNAMIC_START``-``_END``.
 * ``tools/firmware/hvmloader/config.h``: ``VGABIOS_PHYSICAL_ADDRESS 0x000C0000``,
-  ``RESERVED_MEMBASE 0xFC000000`` (ACPI info, dynamic reserved memory, the
-  ``GUEST_RESERVED`` window at ``0xFE700000``, IOAPIC ``0xfec00000``, LAPIC
-  ``0xfee00000``).  The BIOS image ends at 1 MiB; a 128 KiB SeaBIOS or ROMBIOS
-  (``ROMBIOS_PHYSICAL_ADDRESS 0x000E0000``) starts at ``0xE0000``.
+  ``RESERVED_MEMBASE 0xFC000000``, ``ACPI_MEMORY_DYNAMIC_START 0xFC001000``,
+  ``RESERVED_MEMORY_DYNAMIC_START 0xFC100000``, ``RESERVED_MEMORY_DYNAMIC_END
+  0xFE000000``, ``GUEST_RESERVED_START 0xFE700000``, ``LAPIC_BASE_ADDRESS
+  0xfee00000``; the IOAPIC is at ``0xfec00000`` (``ioapic_base_address`` in
+  ``hvmloader.c`` in 4.17; ``IOAPIC_BASE_ADDRESS`` in ``util.h`` from 4.19).
+* The BIOS area depends on the firmware (``seabios.c``, ``rombios.c``, ``ovmf.c``):
+  see :func:`firmware`.
 * ``xen/include/public/hvm/e820.h``: ``HVM_BELOW_4G_MMIO_START 0xF0000000`` and
   ``HVM_BELOW_4G_MMIO_LENGTH`` (256 MiB); ``tools/xl/xl_parse.c`` refuses an
   ``mmio_hole`` smaller than the length or larger than the start, i.e. outside
@@ -23,6 +30,7 @@ sources (``xen-project/xen``), cited beside it:
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from rmrrd.errors import InputError
@@ -45,7 +53,32 @@ MAX_PHYSICAL_ADDRESS = 1 << 52
 LEGACY_RAM_END = 0xA0000
 """End of the RAM hvmloader reports below 1 MiB (``lowmem_reserved_base`` default)."""
 HIGH_RAM_START = 0x100000
-"""Start of low RAM above the legacy area (``HVMLOADER_PHYSICAL_ADDRESS``)."""
+"""Start of low RAM above the legacy area (``HVMLOADER_PHYSICAL_ADDRESS``); the BIOS
+area ends here, whatever the firmware."""
+KIB = 1 << 10
+VGA_AREA = Range(0xA0000, 0xC0000)
+ROM_AREA_START = 0xC0000
+"""``VGABIOS_PHYSICAL_ADDRESS``: expansion ROMs from here up to the BIOS area."""
+FIRMWARE_AREA_START = 0xFC000000
+"""``RESERVED_MEMBASE``: hvmloader reserves from here to 4 GiB (ACPI NVS first)."""
+DYNAMIC_AREA = Range(0xFC100000, 0xFE000000)
+"""``RESERVED_MEMORY_DYNAMIC_START``-``_END``: hvmloader's ``memory_map_setup`` stops
+with ``BUG()`` when a reserved entry it is given overlaps this."""
+SEABIOS_SIZE_MAX_KIB = 256
+"""``seabios_setup_e820`` ``BUG_ON``s a SeaBIOS loaded below ``0xC0000``."""
+ROMBIOS_LOW_RESERVED = 0x9E000
+"""``rombios_setup_e820``: its stack and EBDA, ``0x9E000-0x9FFFF``, are reserved."""
+
+
+class Bios(enum.Enum):
+    """xl.cfg ``bios=``: the firmware hvmloader loads, which decides the BIOS area."""
+
+    SEABIOS = "seabios"
+    OVMF = "ovmf"
+    ROMBIOS = "rombios"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +95,106 @@ class FixedArea:
     in_e820: bool
 
 
-FIXED_AREAS: tuple[FixedArea, ...] = (
-    FixedArea("vga", Range(0xA0000, 0xC0000), in_e820=False),
-    FixedArea("rom", Range(0xC0000, 0xE0000), in_e820=False),
-    FixedArea("bios", Range(0xE0000, 0x100000), in_e820=True),
-    FixedArea("firmware", Range(0xFC000000, FOUR_GIB), in_e820=True),
-)
-"""In address order; the kinds are what ``region/<n>/conflict`` reports."""
+FIXED_AREA_KINDS = ("vga", "rom", "bios", "firmware")
+"""Every kind a fixed area can have, whatever the firmware."""
 
-E820_FIXED_RESERVED = RangeSet(area.range for area in FIXED_AREAS if area.in_e820)
+
+@dataclass(frozen=True, slots=True)
+class Firmware:
+    """What one firmware makes of the guest's first megabyte (hvmloader's ``*_setup_e820``).
+
+    ``low_ram_end`` is where RAM below 640 KiB ends (``build_e820_table``'s
+    ``lowmem_reserved_base``: ``0xA0000``, or ``0x9E000`` for ROMBIOS); ``areas`` are the
+    fixed areas in address order, their kinds the ``region/<n>/conflict`` values.
+    Built by :func:`firmware`.
+    """
+
+    bios: Bios
+    low_ram_end: int
+    areas: tuple[FixedArea, ...]
+
+    @property
+    def e820_reserved(self) -> RangeSet:
+        """The fixed areas hvmloader lists as reserved."""
+        return RangeSet(area.range for area in self.areas if area.in_e820)
+
+    def guest_ram(self, lowmem_end: int, highmem_end: int) -> RangeSet:
+        """The guest RAM hvmloader reports for a layout (``build_e820_table``).
+
+        The legacy window below 1 MiB is not RAM here even though libxl counts its
+        pages in ``lowmem_end``: it belongs to the fixed areas, which name a conflict
+        there more usefully (``bios`` rather than ``ram``).
+        """
+        ranges = [Range(0, self.low_ram_end), Range(HIGH_RAM_START, lowmem_end)]
+        if highmem_end > FOUR_GIB:
+            ranges.append(Range(FOUR_GIB, highmem_end))
+        return RangeSet(ranges)
+
+    def conflict_kinds(self, rng: Range, ram: RangeSet) -> tuple[str, ...]:
+        """What ``rng`` overlaps in a guest with RAM ``ram``: ``ram`` and fixed-area kinds.
+
+        In address order, each kind once; empty when the range is clear (in the MMIO
+        hole or above the highest RAM).
+        """
+        # At most three RAM ranges and five areas: plain comparisons beat any index
+        # here, and this runs once per region (tens of thousands with strategy=host).
+        start, end = rng.start, rng.end
+        hits = [(max(part.start, start), "ram") for part in ram if part.start < end and start < part.end]
+        hits += [(max(area.range.start, start), area.kind) for area in self.areas
+                 if area.range.start < end and start < area.range.end]
+        if len(hits) < 2:
+            return tuple(kind for _, kind in hits)
+        kinds: list[str] = []
+        for _, kind in sorted(hits):
+            if kind not in kinds:
+                kinds.append(kind)
+        return tuple(kinds)
+
+
+def check_seabios_size(kib: int, name: str = "seabios_size") -> int:
+    """Refuse a SeaBIOS size hvmloader cannot load; return it in bytes.
+
+    Page granular (the BIOS area is an e820 entry) and at most 256 KiB
+    (``seabios_setup_e820``: ``BUG_ON(bios_address < 0x000c0000)``).
+    """
+    if not 0 < kib <= SEABIOS_SIZE_MAX_KIB or kib % 4:
+        raise InputError(f"{name} {kib} KiB is not a multiple of 4 KiB from 4 to {SEABIOS_SIZE_MAX_KIB} KiB")
+    return kib * KIB
+
+
+def firmware(bios: Bios, seabios_size_kib: int = 128) -> Firmware:
+    """The firmware's layout below 1 MiB, as hvmloader sets it up.
+
+    * SeaBIOS (``seabios_load``, ``seabios_setup_e820``): the image ends at 1 MiB, so
+      the area starts at ``0x100000 - image size`` (upstream Xen builds 128 KiB:
+      ``0xE0000``; Debian ships 256 KiB: ``0xC0000``).
+    * ROMBIOS (``rombios_setup_e820``): the image is at ``0xF0000``
+      (``ROMBIOS_PHYSICAL_ADDRESS``), but hvmloader reserves from ``0xE0000`` ("PC-specific
+      area. We place various tables here"), and ``0x9E000-0x9FFFF`` (stack and EBDA).
+    * OVMF (``ovmf_setup_e820``): from ``0xF0000`` (``LOWCHUNK_BEGIN``, the reset vector).
+
+    Raises :class:`InputError` for a SeaBIOS size :func:`check_seabios_size` refuses.
+    """
+    low_ram_end = LEGACY_RAM_END
+    if bios is Bios.SEABIOS:
+        bios_base = HIGH_RAM_START - check_seabios_size(seabios_size_kib)
+    elif bios is Bios.ROMBIOS:
+        bios_base, low_ram_end = 0xE0000, ROMBIOS_LOW_RESERVED
+    else:
+        bios_base = 0xF0000
+    areas = []
+    if low_ram_end < LEGACY_RAM_END:
+        areas.append(FixedArea("bios", Range(low_ram_end, LEGACY_RAM_END), in_e820=True))
+    areas.append(FixedArea("vga", VGA_AREA, in_e820=False))
+    if bios_base > ROM_AREA_START:
+        areas.append(FixedArea("rom", Range(ROM_AREA_START, bios_base), in_e820=False))
+    areas += [FixedArea("bios", Range(bios_base, HIGH_RAM_START), in_e820=True),
+              FixedArea("firmware", Range(FIRMWARE_AREA_START, FOUR_GIB), in_e820=True)]
+    return Firmware(bios, low_ram_end, tuple(areas))
+
+
+DEFAULT_FIRMWARE = firmware(Bios.SEABIOS)
+"""xl's default firmware for an HVM guest (``bios="seabios"``), at upstream's 128 KiB."""
 
 
 def check_mmio_hole(mib: int, name: str = "mmio_hole") -> int:
@@ -83,37 +207,3 @@ def check_mmio_hole(mib: int, name: str = "mmio_hole") -> int:
 def default_lowmem_end(memory: int, mmio_hole: int) -> int:
     """Where low RAM ends before any region is avoided: ``min(memory, 4 GiB - hole)``."""
     return min(memory, FOUR_GIB - mmio_hole)
-
-
-def guest_ram(lowmem_end: int, highmem_end: int) -> RangeSet:
-    """The guest RAM hvmloader reports for a layout (``build_e820_table``).
-
-    The legacy window ``0xA0000-0xFFFFF`` is not RAM here even though its pages are
-    below ``lowmem_end``: it belongs to the fixed areas, which name a conflict there
-    more usefully (``bios`` rather than ``ram``).
-    """
-    ranges = [Range(0, LEGACY_RAM_END), Range(HIGH_RAM_START, lowmem_end)]
-    if highmem_end > FOUR_GIB:
-        ranges.append(Range(FOUR_GIB, highmem_end))
-    return RangeSet(ranges)
-
-
-def conflict_kinds(rng: Range, ram: RangeSet) -> tuple[str, ...]:
-    """What ``rng`` overlaps in a guest with RAM ``ram``: ``ram`` and fixed-area kinds.
-
-    In address order, each kind once; empty when the range is clear (in the MMIO hole
-    or above the highest RAM).
-    """
-    # At most three RAM ranges and four areas: plain comparisons beat any index here,
-    # and this runs once per region (tens of thousands with strategy=host).
-    start, end = rng.start, rng.end
-    hits = [(max(part.start, start), "ram") for part in ram if part.start < end and start < part.end]
-    hits += [(max(area.range.start, start), area.kind) for area in FIXED_AREAS
-             if area.range.start < end and start < area.range.end]
-    if len(hits) < 2:
-        return tuple(kind for _, kind in hits)
-    kinds: list[str] = []
-    for _, kind in sorted(hits):
-        if kind not in kinds:
-            kinds.append(kind)
-    return tuple(kinds)

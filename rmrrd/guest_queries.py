@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rmrrd.errors import InputError
-from rmrrd.guest_layout import conflict_kinds
 from rmrrd.planner import Plan
 from rmrrd.ranges import PAGE_SIZE, Range, RangeSet, parse_range
 
@@ -35,9 +34,9 @@ Kind = Literal["e820", "regions", "check", "alloc", "free", "other"]
 Outcome = Literal["ok", "error", "rejected"]
 
 HOLE_END = 0xFC000000
-"""End of the MMIO hole hvmloader places BARs in: ``PCI_MEM_END`` (equal to
-``RESERVED_MEMBASE``, where the firmware's special pages begin) in
-``tools/firmware/hvmloader/config.h``."""
+"""End of the MMIO hole hvmloader places BARs in: ``pci_mem_end = RESERVED_MEMBASE``
+(``tools/firmware/hvmloader/pci.c``; ``config.h``: where the firmware's special pages
+begin), called ``PCI_MEM_END`` in releases before 4.17."""
 
 MAX_REPLY_BYTES = 2048 - 20 - 8 * 5
 """The longest reply value: it must fit a xenstore node a guest could own.  C
@@ -211,7 +210,7 @@ class CheckQuery:
         kinds: list[str] = []
         if plan.reserved.overlaps(self.range):
             kinds.append("reserved")
-        kinds += conflict_kinds(self.range, plan.ram)
+        kinds += plan.conflict_kinds(self.range)
         if allocations.as_set().overlaps(self.range):
             kinds.append("allocated")
         return _ok(self.kind, "overlaps " + " ".join(kinds) if kinds else "clear")
@@ -335,7 +334,7 @@ def mmio_hole_free(plan: Plan, allocations: Allocations) -> RangeSet:
     """The part of the guest's MMIO hole below 4 GiB that ``alloc`` may hand out.
 
     The hole is where hvmloader puts BARs: from the end of low RAM
-    (``hvm_info->low_mem_pgend``, i.e. ``plan.lowmem_end``) to ``PCI_MEM_END``.  Reserved
+    (``hvm_info->low_mem_pgend``, i.e. ``plan.lowmem_end``) to :data:`HOLE_END`.  Reserved
     regions and earlier allocations are taken out.
     """
     if plan.lowmem_end >= HOLE_END:

@@ -63,9 +63,13 @@ async def serve_http(
 
     ``port`` 0 picks a free port; the bound port is reported through
     ``task_status.started(port)``, so ``await nursery.start(serve_http, ...)``
-    returns once connections are accepted.  Raises ``OSError`` if it cannot bind.
+    returns once connections are accepted.  Raises ``OSError`` if it cannot bind,
+    with the address as its ``filename`` (trio's names none).
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"HTTP listener {host}:{port}") from None
     bound: int = listeners[0].socket.getsockname()[1]
     log.info("HTTP listener on %s port %d: %s", host, bound, ", ".join(sorted(routes)))
 

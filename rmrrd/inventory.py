@@ -52,6 +52,16 @@ class HostRegion:
     def belongs_to(self, device: Bdf) -> bool:
         return self.all_devices or device in self.devices
 
+    @property
+    def is_shared(self) -> bool:
+        """A shared RMRR: its device scope lists more than one device.
+
+        Xen's VT-d refuses to assign a device with such a region unless it is relaxed
+        (``intel_iommu_assign_device`` in ``xen/drivers/passthrough/vtd/iommu.c``).  An
+        IVMD for all devices (AMD) is not counted: AMD-Vi has no such refusal.
+        """
+        return len(self.devices) > 1
+
 
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 """A host name or alias: what a toolstack request can carry as one word (no ``:``, so

@@ -321,12 +321,16 @@ def _hvm(cfg: XlConfig, domain: LibxlDomain, warnings: list[str], refusals: list
 
 
 def domain_request(domain: LibxlDomain, hotplug: Sequence[str] = (), migrate: Sequence[str] = (),
-                   reserve: Sequence[str] = ()) -> DomainRequest:
-    """The planner's request for ``domain``, plus rmrrd's own what-ifs (hot-plug, migrate, reserve)."""
-    from rmrrd.planner import parse_domain_request
+                   reserve: Sequence[str] = (), *, seabios_size: int | None = None) -> DomainRequest:
+    """The planner's request for ``domain``, plus rmrrd's own what-ifs (hot-plug, migrate, reserve).
+
+    ``seabios_size`` (KiB) is the host's SeaBIOS image, which xl.cfg does not say
+    (``defaults.seabios_size``; upstream's 128 when None).
+    """
+    from rmrrd.planner import XL_DEFAULTS, parse_domain_request
 
     keys = domain.setup_keys()
-    # Guest RAM is what libxl lays out: maxmem less the video RAM (libxl__build_hvm).
-    ram = str(domain.max_memory_mib - domain.videoram_mib)
-    return parse_domain_request(ram, keys["mmio_hole"], keys["config"], keys["mem_boundary"],
-                                domain.pci_specs(), hotplug, migrate, reserve)
+    defaults = XL_DEFAULTS if seabios_size is None else replace(XL_DEFAULTS, seabios_size=seabios_size)
+    return parse_domain_request(keys["memory"], keys["mmio_hole"], keys["config"], keys["mem_boundary"],
+                                domain.pci_specs(), hotplug, migrate, reserve, defaults,
+                                videoram=keys["videoram"], hap=keys["hap"], bios=keys["bios"])

@@ -28,6 +28,7 @@ LEVELS: Mapping[str, int] = {
 }
 
 # syslog priorities (RFC 5424 severities) journald reads from a "<N>" line prefix.
+_PRIORITY_CRIT = 2
 _PRIORITY_ERR = 3
 _PRIORITY_WARNING = 4
 _PRIORITY_INFO = 6
@@ -46,6 +47,8 @@ def parse_level(text: str) -> int:
 
 def syslog_priority(levelno: int) -> int:
     """The syslog priority journald should file a record of ``levelno`` under."""
+    if levelno >= logging.CRITICAL:
+        return _PRIORITY_CRIT
     if levelno >= logging.ERROR:
         return _PRIORITY_ERR
     if levelno >= logging.WARNING:

@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
 
 from rmrrd import __version__
-from rmrrd.guest_layout import FIXED_AREAS
+from rmrrd.guest_layout import FIXED_AREA_KINDS
+from rmrrd.planner import SHARED_RMRR
 
 OTHER = "other"
 #: The classic text format.  Recent client_python labels it ``version=1.0.0`` (UTF-8
@@ -34,9 +35,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 SETUP_STATUSES = ("ready", "error")
 #: What a region can overlap: guest RAM, hvmloader's fixed areas (vga, rom, bios,
-#: firmware), and from the toolstack checks (4.3) ``shared`` (a device of another
-#: domain) and ``unreserved`` (a region the domain did not reserve at setup).
-CONFLICT_KINDS = ("ram", *(area.kind for area in FIXED_AREAS), "shared", "unreserved")
+#: firmware), ``shared-rmrr`` (a device scope listing other devices), and from the
+#: toolstack checks ``shared`` (a device of another domain) and ``unreserved``
+#: (a region the domain did not reserve at setup).
+CONFLICT_KINDS = ("ram", *FIXED_AREA_KINDS, SHARED_RMRR, "shared", "unreserved")
 CONFLICT_ACTIONS = ("avoided", "warned", "failed")
 REQUEST_OPS = ("assign", "hotplug", "migrate")
 VERDICTS = ("ok", "warn", "fail")

@@ -27,7 +27,7 @@ PID_KEY = f"{TOOL_ROOT}/pid"
 DEVICE_LISTS = ("pci", "hotplug", "migrate", "reserve")
 """The numbered lists under ``/libxl/<domid>/rdm/``."""
 
-SCALAR_KEYS = ("memory", "mmio_hole", "config", "mem_boundary")
+SCALAR_KEYS = ("memory", "mmio_hole", "config", "mem_boundary", "videoram", "hap", "bios")
 """The single-valued keys under ``/libxl/<domid>/rdm/``, in the order setup reads them."""
 
 _DOMID_RE = re.compile(r"0|[1-9][0-9]{0,4}")

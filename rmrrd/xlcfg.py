@@ -5,12 +5,16 @@ reads them with xl's vocabulary and defaults:
 
 * ``rdm="strategy=host,policy=strict|relaxed"`` (xl.cfg(5), ``docs/man/xl.cfg.5.pod.in``):
   ``host`` is the only strategy and there is none unless set (only the assigned
-  devices' regions are then considered); ``policy`` defaults to ``relaxed``.
+  devices' regions are then considered); the domain's ``policy`` is ``relaxed``
+  unless set (libxl's ``libxl__rdm_setdefault``).
 * ``pci=["[DDDD:]BB:DD.F[@VSLOT],KEY=VALUE,..."]`` (xl-pci-configuration(5),
-  ``docs/man/xl-pci-configuration.5.pod``): rmrrd reads ``rdm_policy``, whose default
-  for a device is ``strict`` as libxl's ``libxl__device_pci_setdefault`` sets it (the man page says ``relaxed``; unlike xl, a device does not inherit the
-  ``rdm=`` policy: see docs/planner.md), and accepts xl's other keys without acting on
-  them.
+  ``docs/man/xl-pci-configuration.5.pod``): rmrrd reads ``rdm_policy`` and accepts xl's
+  other keys without acting on them.
+
+Both parsers keep "not given" apart from a value (``policy`` and ``rdm_policy`` are
+``None`` when absent), because Xen's default for a device depends on it: xl copies the
+``policy`` an ``rdm=`` names into every ``pci=`` device without its own ``rdm_policy``,
+and libxl makes a device that still has none ``strict`` (see docs/planner.md).
 
 Anything else is refused with an :class:`InputError` naming the key or value, so a
 typo such as ``rdm_polcy=relaxed`` never silently leaves a device strict.
@@ -45,7 +49,7 @@ DEFAULT_DOMAIN_POLICY = Policy.RELAXED
 """``rdm=``'s ``policy`` unless set: libxl's ``libxl__rdm_setdefault`` (xl.cfg(5) names none)."""
 
 DEFAULT_DEVICE_POLICY = Policy.STRICT
-"""``rdm_policy`` unless set: libxl's ``libxl__device_pci_setdefault``."""
+"""A device's policy when neither it nor ``rdm=`` names one: ``libxl__device_pci_setdefault``."""
 
 # Keys of a pci= spec that rmrrd accepts and ignores: they steer pciback and QEMU, not
 # memory layout.  "bdf" is read (it is the keyed form of the positional address).
@@ -57,11 +61,17 @@ class RdmConfig:
     """A parsed ``rdm=`` string: the domain-wide strategy and policy."""
 
     strategy: Strategy | None = None
-    policy: Policy = DEFAULT_DOMAIN_POLICY
+    policy: Policy | None = None
+    """The ``policy`` the string names; ``None`` when it names none."""
+
+    @property
+    def domain_policy(self) -> Policy:
+        """The policy of the domain's host regions: the named one, else ``relaxed``."""
+        return self.policy or DEFAULT_DOMAIN_POLICY
 
     def __str__(self) -> str:
         items = [f"strategy={self.strategy.value}"] if self.strategy else []
-        return ",".join([*items, f"policy={self.policy}"])
+        return ",".join(items + ([f"policy={self.policy}"] if self.policy else []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +79,11 @@ class DeviceSpec:
     """A parsed ``pci=`` entry: the device and its ``rdm_policy``."""
 
     bdf: Bdf
-    policy: Policy = DEFAULT_DEVICE_POLICY
+    policy: Policy | None = None
+    """The ``rdm_policy`` the spec names; ``None`` when it names none."""
 
     def __str__(self) -> str:
-        return f"{self.bdf},rdm_policy={self.policy}"
+        return f"{self.bdf},rdm_policy={self.policy}" if self.policy else str(self.bdf)
 
 
 def _items(text: str, what: str) -> list[tuple[str, str]]:
@@ -103,7 +114,7 @@ def parse_rdm(text: str) -> RdmConfig:
         return RdmConfig()
     what = "rdm="
     strategy: Strategy | None = None
-    policy = DEFAULT_DOMAIN_POLICY
+    policy: Policy | None = None
     seen: set[str] = set()
     for key, value in _items(text, f"rdm= {text!r}"):
         if key in seen:
@@ -136,7 +147,7 @@ def parse_device_spec(text: str) -> DeviceSpec:
     else:
         # "@VSLOT" places the device in the guest; it does not change what it needs.
         address = head.partition("@")[0]
-    policy = DEFAULT_DEVICE_POLICY
+    policy: Policy | None = None
     seen: set[str] = set()
     for key, value in items:
         if key in seen:

@@ -12,6 +12,8 @@ from rmrrd.planner import DomainRequest, Plan, plan
 from rmrrd.ranges import parse_range
 from rmrrd.xlcfg import DeviceSpec, Policy
 
+pytestmark = pytest.mark.unit
+
 NIC, NIC2, HBA = Bdf.parse("00:03.0"), Bdf.parse("00:03.1"), Bdf.parse("00:04.0")
 HOST = Inventory("h", (
     HostRegion(parse_range("0xd0000000-0xd0ffffff"), (NIC, NIC2)),   # shared, in the MMIO hole

@@ -19,6 +19,8 @@ from rmrrd.config import (
 )
 from rmrrd.errors import InputError
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "rmrrd.yaml"
 SOURCE = Path("/etc/rmrrd/rmrrd.yaml")
 
@@ -43,6 +45,7 @@ def test_defaults_without_a_file() -> None:
     assert config.peers == ()
     assert config.defaults.rdm == "policy=relaxed"
     assert (config.defaults.rdm_mem_boundary, config.defaults.mmio_hole) == (2048, 256)
+    assert config.defaults.seabios_size == 128
     assert config.metrics.listen == f"127.0.0.1:{DEFAULT_METRICS_PORT}"
     assert config.log.level == "info"
     assert config.source is None
@@ -132,6 +135,8 @@ def test_every_problem_is_listed_at_once() -> None:
         ("limits: {shutdown_grace_seconds: 0}\n", "expected more than 0"),
         ("limits: {max_query_length: 8192}\n", "from 16 to 4096"),
         ("defaults: {mmio_hole: 128}\n", "defaults.mmio_hole: expected an integer from 256 to 3840, got 128"),
+        ("defaults: {seabios_size: 300}\n", "defaults.seabios_size: expected KiB of the SeaBIOS image: size 300 KiB"),
+        ("defaults: {seabios_size: 130}\n", "not a multiple of 4 KiB from 4 to 256 KiB"),
         ("defaults: {rdm: 'policy=strict,policy=relaxed'}\n", "defaults.rdm: expected an xl.cfg rdm= string"),
         ("metrics: {listen: '127.0.0.1:70000'}\n", "metrics.listen"),
         ("log: {level: loud}\n", "log.level: expected one of debug, info, warning, error"),

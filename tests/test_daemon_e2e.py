@@ -103,6 +103,27 @@ async def test_mem_boundary_row_strict_error_relaxed_warning(rmrrd_daemon: Daemo
     assert refused.verdict == "fail" and "refused at setup" in refused.reason
 
 
+async def test_videoram_hap_and_bios_keys_shape_the_layout(rmrrd_daemon: DaemonProcess) -> None:
+    xs = rmrrd_daemon.xs
+    # 8 MiB of video RAM is not guest RAM; ROMBIOS reserves 0x9e000 up and 0xe0000 up.
+    answer = await request_setup(xs, 4, {"memory": "1032", "videoram": "8", "hap": "0", "bios": "rombios"})
+    assert (answer.status, answer.lowmem_end, answer.highmem_end) == ("ready", "0x40000000", "0x100000000")
+    assert answer.e820[:3] == ["0x0-0x9dfff ram", "0x9e000-0x9ffff reserved", "0xe0000-0xfffff reserved"]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("hap", "yes", "hap: 'yes' is not 0 or 1"),
+    ("bios", "uefi", "bios: 'uefi' is not seabios, ovmf, rombios"),
+    ("videoram", "8M", "videoram: '8M' is not a size in MiB"),
+    ("videoram", "1024", "memory 1024 MiB less videoram 1024 MiB is below"),
+])
+async def test_bad_new_keys_are_errors_naming_the_key(rmrrd_daemon: DaemonProcess, key: str, value: str,
+                                                      message: str) -> None:
+    answer = await request_setup(rmrrd_daemon.xs, 5, {"memory": "1024", key: value})
+    assert answer.status == "error"
+    assert answer.error is not None and message in answer.error, answer.error
+
+
 async def test_changed_request_generation_is_answered_again(rmrrd_daemon: DaemonProcess) -> None:
     xs = rmrrd_daemon.xs
     first = await request_setup(xs, 1, SEED_DOMAIN)

@@ -9,6 +9,8 @@ from rmrrd.pci import Bdf
 from rmrrd.schema import classify_libxl_path, parse_domid
 from rmrrd.xlcfg import Policy
 
+pytestmark = pytest.mark.unit
+
 
 def test_hotplug_with_relaxed_policy() -> None:
     request = parse_request("op=hotplug domid=1 device=0000:00:14.0,rdm_policy=relaxed")

@@ -27,6 +27,8 @@ from rmrrd.planner import Plan, parse_domain_request, plan
 from rmrrd.ranges import Range
 from rmrrd.schema import answer_entries
 
+pytestmark = pytest.mark.unit
+
 _ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 D1, D2 = "0000:00:14.0", "0000:00:02.0"
 MAX_LENGTH = 256

@@ -3,6 +3,7 @@ and no sequence of ``alloc`` / ``free`` breaks the allocation invariants."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,8 @@ from rmrrd.planner import DomainRequest, Plan, plan
 from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
 
 from test_guest_queries import seed_plan
+
+pytestmark = pytest.mark.unit
 
 SEED = seed_plan()
 MAX_LENGTH = 128

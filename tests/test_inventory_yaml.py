@@ -22,6 +22,8 @@ from rmrrd.inventory_yaml import (
 from rmrrd.pci import Bdf
 from rmrrd.ranges import Range
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).parents[1]
 
 

@@ -12,6 +12,8 @@ from rmrrd.pci import Bdf
 from rmrrd.ranges import Range
 from test_acpi_helpers import fix_checksum, ivmd, ivrs
 
+pytestmark = pytest.mark.unit
+
 IVHD = struct.pack("<BBH", 0x10, 0xB0, 24) + bytes(20)
 
 

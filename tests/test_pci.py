@@ -3,6 +3,8 @@ import pytest
 from rmrrd.errors import InputError
 from rmrrd.pci import Bdf
 
+pytestmark = pytest.mark.unit
+
 
 def test_short_form_means_segment_zero() -> None:
     assert Bdf.parse("00:14.0") == Bdf.parse("0000:00:14.0") == Bdf(0, 0, 0x14, 0)

@@ -18,10 +18,10 @@ from rmrrd.http_server import Route, serve_http
 from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
 from rmrrd.peers import inventory_url, load_peers
+from firmware_corpus import CORPUS, is_dmar
 
 HOST = "127.0.0.1"
 ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
-TABLES = Path("/work/shared/fixtures/tables")
 NODE_A = load_inventory_file(ETC / "node-a.yaml")
 NODE_B = load_inventory_file(ETC / "node-b.yaml")
 
@@ -101,18 +101,13 @@ async def test_empty_directory_and_no_sources(tmp_path: Path) -> None:
 
 
 def fixture_inventories() -> list[Inventory]:
-    """Real hosts' inventories from the shared firmware tables (with unresolved scope
-    paths, shared regions, warnings): what a peer daemon would serve."""
-    found = []
-    for path in sorted(TABLES.glob("*")):
-        kind = "dmar" if "DMAR" in path.name.upper() else "ivrs"
-        if path.suffix == ".dsl" or path.suffix == ".json":
-            continue
-        found.append(table_inventory(kind, path.read_bytes(), path.name, path, None))
-    return found
+    """Real hosts' inventories from the firmware corpus (with unresolved scope paths,
+    shared regions, warnings): what a peer daemon would serve."""
+    return [table_inventory("dmar" if is_dmar(name) else "ivrs", path.read_bytes(), name, path, None)
+            for name, path in sorted(CORPUS.tables.items())]
 
 
-@pytest.mark.skipif(not TABLES.is_dir(), reason="shared fixtures not present")
+@pytest.mark.firmware
 async def test_http_round_trip_of_real_inventories(nursery: trio.Nursery) -> None:
     inventories = [NODE_A, NODE_B, *fixture_inventories()]
     urls = [await serve(nursery, {"/inventory": inventory_route(inv)}) for inv in inventories]

@@ -41,7 +41,19 @@ def test_strict_conflict_exits_1_and_relaxed_0(capsys: pytest.CaptureFixture[str
     assert main([*_SEED, "--pci", "0000:00:02.0,rdm_policy=relaxed", "--mem-boundary", "4096"]) == 0
 
 
+def test_videoram_bios_and_seabios_size(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", "--inventory", str(_ETC / "node-a.yaml"), "--memory", "1040", "--videoram", "16",
+            "--hap", "1", "--bios", "seabios", "--seabios-size", "256", "--json"]
+    assert main(args) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["lowmem_end"], answer["highmem_end"]) == ("0x40000000", "0x100000000")
+    assert answer["e820"][:2] == ["0x0-0x9ffff ram", "0xc0000-0xfffff reserved"]
+
+
 @pytest.mark.parametrize(("extra", "message"), [
+    (["--bios", "uefi"], "bios: 'uefi' is not seabios, ovmf, rombios"),
+    (["--hap", "2"], "hap: '2' is not 0 or 1"),
+    (["--seabios-size", "512"], "seabios_size 512 KiB is not a multiple of 4 KiB from 4 to 256 KiB"),
     (["--mmio-hole", "64"], "mmio_hole 64 MiB is outside"),
     (["--migrate", "node-z"], "migrate host 'node-z' is not a known peer"),
     (["--rdm", "strategy=all"], "strategy='all'"),

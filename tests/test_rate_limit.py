@@ -3,6 +3,8 @@ from hypothesis import given, strategies as st
 
 from rmrrd.rate_limit import TokenBucket
 
+pytestmark = pytest.mark.unit
+
 
 def test_burst_then_refused_then_refilled() -> None:
     bucket = TokenBucket(rate=10.0, burst=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,6 +10,8 @@ from rmrrd.pci import Bdf
 from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
 from rmrrd.regions import ReservedRegion, Source, combine_policies, merge_regions
 from rmrrd.xlcfg import Policy
+
+pytestmark = pytest.mark.unit
 
 _sources = st.sampled_from([Source.of("pci", "0000:00:02.0"), Source.of("hotplug", "0000:00:14.0"),
                             Source.of("host"), Source.of("migrate", "node-b"), Source.of("reserve")])

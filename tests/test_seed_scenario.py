@@ -16,6 +16,8 @@ from rmrrd.inventory_yaml import load_inventory_file
 from rmrrd.planner import Plan, parse_domain_request, plan
 from rmrrd.xlcfg import parse_device_spec
 
+pytestmark = pytest.mark.unit
+
 _ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 D1, D2, D3 = "0000:00:14.0", "0000:00:02.0", "0000:03:00.0"
 

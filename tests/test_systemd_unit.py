@@ -81,6 +81,7 @@ def test_promises_of_the_unit() -> None:
     assert service["ExecStart"] == ["/usr/local/bin/rmrrd run --config /etc/rmrrd/rmrrd.yaml"]
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["Restart"] == ["on-failure"]
+    assert service["RestartPreventExitStatus"] == ["2"]  # bad input: a restart fails the same way
     assert service["WatchdogSec"]
     assert "xenstored.service" in unit["Unit"]["After"][0].split()
     assert "proc-xen.mount" in unit["Unit"]["After"][0].split()

@@ -67,10 +67,10 @@ async def test_bad_requests_fail_before_sending(xs: XenstoreClient) -> None:
 
 async def test_permissions_for_a_guest_connection(xs: XenstoreClient, xenstored: XenstoredHandle) -> None:
     await xs.write("/secret", "s3")
-    await xs.write("/shared/ro", "v")
-    await xs.set_perms("/shared", [Perm(0, "n"), Perm(5, "r")])
-    await xs.set_perms("/shared/ro", [Perm(0, "n"), Perm(5, "r")])
-    assert await xs.get_perms("/shared/ro") == [Perm(0, "n"), Perm(5, "r")]
+    await xs.write("/public/ro", "v")
+    await xs.set_perms("/public", [Perm(0, "n"), Perm(5, "r")])
+    await xs.set_perms("/public/ro", [Perm(0, "n"), Perm(5, "r")])
+    assert await xs.get_perms("/public/ro") == [Perm(0, "n"), Perm(5, "r")]
     await xs.introduce(5, 1234, 7)
     assert await xs.is_introduced(5) and not await xs.is_introduced(6)
     assert await xs.get_domain_path(5) == "/local/domain/5"
@@ -79,11 +79,11 @@ async def test_permissions_for_a_guest_connection(xs: XenstoreClient, xenstored:
     async with open_xenstore(str(xenstored.guest_socket(5)), timeout=5) as guest:
         with pytest.raises(PermissionDenied, match="READ /secret"):
             await guest.read("/secret")
-        assert await guest.read("/shared/ro") == b"v"
+        assert await guest.read("/public/ro") == b"v"
         with pytest.raises(PermissionDenied):
-            await guest.write("/shared/ro", "w")
+            await guest.write("/public/ro", "w")
         with pytest.raises(PermissionDenied):
-            await guest.set_perms("/shared/ro", [Perm(5, "b")])
+            await guest.set_perms("/public/ro", [Perm(5, "b")])
         await guest.write("data/x", "relative")  # resolves under the guest's home
         assert await xs.read("/local/domain/5/data/x") == b"relative"
         with pytest.raises(PermissionDenied):  # as C xenstored: EACCES, not EPERM

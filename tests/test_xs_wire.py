@@ -35,6 +35,8 @@ from rmrrd.xenstore.wire import (
     validate_path,
 )
 
+pytestmark = pytest.mark.unit
+
 # The enum and error table of xen/include/public/io/xs_wire.h (xen-project/xen,
 # with the 2023 addition of GET/SET_FEATURE and GET/SET_QUOTA, and EPERM), copied
 # as the header spells them so the test parses C, not our own Python.

@@ -3,6 +3,9 @@ pytest puts tests/ on sys.path, so ``from xs_fixtures import ...`` works)."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,19 @@ def events(store: Store, conn: Connection, op: Op, *args: bytes, tx: int = 0) ->
     assert out[0][1].op in (op, Op.ERROR)
     assert all(p.op is Op.WATCH_EVENT for _, p in out[1:])
     return [(c.id, p.payload) for c, p in out[1:]]
+
+
+@contextmanager
+def listening_socket(path: Path) -> Iterator[socket.socket]:
+    """A live unix socket at ``path``, accepting connections: someone else's server
+    (Xen's xenstored on a dom0), for tests that rmrrd leaves it alone."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(str(path))
+        server.listen(8)
+        yield server
+    finally:
+        server.close()
 
 
 class RawClient:

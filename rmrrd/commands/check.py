@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from rmrrd.cli import EXIT_USAGE
 from rmrrd.daemon.requests import format_request, parse_request
 from rmrrd.errors import InputError
 from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT
@@ -23,11 +24,22 @@ from rmrrd.xenstore.blocking import BlockingXenstore, XenstoreUnavailable
 from rmrrd.xenstore.wire import NoEntry
 
 EXIT_STATUS = {"ok": 0, "fail": 1, "warn": 3}
+EXIT_STATUSES = {
+    0: "ok: the verdict allows it",
+    1: "fail: the verdict refuses it (the reason and conflicts are printed)",
+    EXIT_USAGE: "bad arguments, xenstore unreachable, or no verdict within --timeout",
+    3: "warn: allowed, with conflicts a relaxed policy accepts",
+}
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("check", help="check an assign, hotplug or migrate against a running rmrrd")
-    parser.add_argument("op", choices=("assign", "hotplug", "migrate"))
+    parser = subparsers.add_parser("check", help="check an assign, hotplug or migrate against a running rmrrd",
+                                   exit_statuses=EXIT_STATUSES,
+                                   description="Ask the rmrrd serving this xenstore whether a device may be "
+                                               "assigned or hot-plugged to a domain, or the domain moved to a "
+                                               "peer host, and wait for its verdict.")
+    parser.add_argument("op", choices=("assign", "hotplug", "migrate"),
+                        help="what to check: assigning a device, hot-plugging it, or migrating the domain")
     parser.add_argument("--domid", type=int, required=True, help="the guest's domain id")
     parser.add_argument("--device", action="append", default=[], metavar="SPEC",
                         help="xl pci= spec, e.g. 0000:00:14.0,rdm_policy=relaxed (repeatable for migrate)")

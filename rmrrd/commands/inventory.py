@@ -21,6 +21,7 @@ from rmrrd.host_inventory import read_table
 from rmrrd.inventory import HostRegion, Inventory, UnresolvedDevice
 from rmrrd.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
 from rmrrd.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
+from rmrrd.cli import EXIT_BROKEN_PIPE, EXIT_USAGE
 from rmrrd.errors import InputError
 from rmrrd.sysfs_pci import sysfs_bus_lookup
 
@@ -33,7 +34,11 @@ _MAX_LISTED = 8
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("inventory", help="print a host inventory read from a table or a file",
                                    description="Print the reserved regions a DMAR or IVRS table or a YAML "
-                                               "inventory declares.")
+                                               "inventory declares.",
+                                   exit_statuses={0: "printed",
+                                                  EXIT_USAGE: "bad arguments, or a table or file that cannot "
+                                                              "be read or parsed",
+                                                  EXIT_BROKEN_PIPE: "the reader of the output went away"})
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dmar", metavar="FILE", type=Path, help="an ACPI DMAR table (Intel VT-d)")
     source.add_argument("--ivrs", metavar="FILE", type=Path, help="an ACPI IVRS table (AMD-Vi)")

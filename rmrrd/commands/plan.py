@@ -2,10 +2,10 @@
 
 Takes the same inputs the toolstack writes under ``/libxl/<domid>/rdm/``, as options,
 or reads them from an xl.cfg file with ``--xl-config`` as stock xl would (its warnings
-on stderr), and prints the answer the daemon would write: a readable table, or with
-``--json`` one object with the xenstore answer's field names.  Exit status 0 when the
-domain could be built (``ready``), 1 when not (``error``, or libxl would refuse the
-file), 2 for bad input.
+on stderr, docs/xl-config.md), and prints the answer the daemon would write: a
+readable table, or with ``--json`` one object with the xenstore answer's field names.
+Exit status 0 when the domain could be built (``ready``), 1 when not (``error``, or
+libxl would refuse the file), 2 for bad input.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from rmrrd.cli import EXIT_BROKEN_PIPE, EXIT_USAGE
 from rmrrd.errors import InputError
 from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.planner import DomainRequest, Plan, parse_domain_request, plan
+from rmrrd.planner import XL_DEFAULTS, DomainRequest, Plan, parse_domain_request, plan
 
 EXIT_READY = 0
 EXIT_ERROR = 1
@@ -29,14 +31,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "plan", help="plan a guest's layout around reserved regions (offline)",
         description="Plan one guest's memory layout around its reserved regions, as the daemon "
-                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.")
+                    "would answer /libxl/<domid>/rdm/.  Defaults are xl's.",
+        exit_statuses={EXIT_READY: "status ready: the domain can be built with this layout",
+                       EXIT_ERROR: "status error: the domain must not be built as asked (the error says why), "
+                                   "or libxl would refuse the --xl-config file",
+                       EXIT_USAGE: "bad arguments, or an inventory or request that is invalid",
+                       EXIT_BROKEN_PIPE: "the reader of the output went away"})
     parser.add_argument("--inventory", metavar="FILE", type=Path, required=True,
                         help="this host's inventory (YAML, docs/inventory.md)")
     parser.add_argument("--peer", metavar="FILE", type=Path, action="append", default=[],
                         help="a peer host's inventory, for --migrate (repeatable)")
     parser.add_argument("--xl-config", metavar="FILE", type=Path,
-                        help="read memory, mmio_hole, rdm, rdm_mem_boundary, pci and the rest from an xl.cfg "
-                             "file, as stock xl 4.17 does (instead of the options below)")
+                        help="read memory, mmio_hole, rdm, rdm_mem_boundary, pci, videoram, hap and bios from "
+                             "an xl.cfg file as stock xl 4.17 does, its bugs included (instead of those options)")
     parser.add_argument("--memory", metavar="MIB", help="guest RAM in MiB (required without --xl-config)")
     parser.add_argument("--mmio-hole", metavar="MIB", help="MMIO hole below 4 GiB in MiB (default 256)")
     parser.add_argument("--rdm", metavar="STRING", help="xl.cfg rdm= string (default policy=relaxed)")
@@ -49,6 +56,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="a peer host the guest may move to (repeatable)")
     parser.add_argument("--reserve", metavar="RANGE", action="append", default=[],
                         help="an extra range START-END to reserve (repeatable)")
+    parser.add_argument("--videoram", metavar="MIB",
+                        help="MiB of --memory that is video RAM, not guest RAM (default 0; xl: 8 for "
+                             "the default cirrus card, 16 for stdvga)")
+    parser.add_argument("--hap", metavar="0|1", help="1 (default, as xl): a lowered lowmem_end is rounded "
+                                                     "down to 2 MiB; 0 for shadow paging")
+    parser.add_argument("--bios", metavar="seabios|ovmf|rombios", help="the guest's firmware (default seabios)")
+    parser.add_argument("--seabios-size", metavar="KIB", type=int, default=XL_DEFAULTS.seabios_size,
+                        help="size of the SeaBIOS image in KiB, as defaults.seabios_size of the daemon's "
+                             "configuration (default 128, upstream Xen's; Debian ships 256)")
     parser.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     parser.set_defaults(run=run)
 
@@ -65,7 +81,7 @@ def load_peers(paths: Sequence[Path]) -> dict[str, Inventory]:
     return peers
 
 
-_XL_CONFIG_DECIDES = ("memory", "mmio_hole", "rdm", "mem_boundary", "pci")
+_XL_CONFIG_DECIDES = ("memory", "mmio_hole", "rdm", "mem_boundary", "pci", "videoram", "hap", "bios")
 """Options the xl.cfg file decides: giving both would leave one of them unused."""
 
 
@@ -74,8 +90,10 @@ def _request(args: argparse.Namespace) -> tuple[DomainRequest, tuple[str, ...]]:
     if args.xl_config is None:
         if args.memory is None:
             raise InputError("--memory is required (or --xl-config FILE)")
+        defaults = replace(XL_DEFAULTS, seabios_size=args.seabios_size)
         return parse_domain_request(args.memory, args.mmio_hole, args.rdm, args.mem_boundary,
-                                    args.pci, args.hotplug, args.migrate, args.reserve), ()
+                                    args.pci, args.hotplug, args.migrate, args.reserve, defaults,
+                                    videoram=args.videoram, hap=args.hap, bios=args.bios), ()
     # Imported here: the xl.cfg reader is only needed with this option.
     from rmrrd.libxl_domain import domain_request, from_xl_config
     from rmrrd.xlcfg_file import load_xl_config
@@ -86,7 +104,8 @@ def _request(args: argparse.Namespace) -> tuple[DomainRequest, tuple[str, ...]]:
     prediction = from_xl_config(load_xl_config(args.xl_config))
     for warning in prediction.warnings:
         print(f"rmrrd plan: warning: {warning}", file=sys.stderr)
-    request = domain_request(prediction.domain, args.hotplug, args.migrate, args.reserve)
+    request = domain_request(prediction.domain, args.hotplug, args.migrate, args.reserve,
+                             seabios_size=args.seabios_size)
     return request, prediction.domain.refusals
 
 

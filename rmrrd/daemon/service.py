@@ -165,16 +165,18 @@ class Daemon:
                 log.debug("%s failed", what, exc_info=True)
 
 
-async def reload(ctx: Context, config_path: Path | None, log_level: str | None = None) -> bool:
+async def reload(ctx: Context, config_path: Path | None, log_level: str | None = None,
+                 simulate: bool = False) -> bool:
     """SIGHUP: read the configuration and inventories again; keep the old on error.
 
     Nothing is half-applied: the new configuration, host inventory and peers are all
     read first and swapped in together, or none is.  ``log_level`` is the command
-    line's ``--log-level``, which outranks ``log.level`` in the file.  One log line
+    line's ``--log-level``, which outranks ``log.level`` in the file, and ``simulate``
+    its ``--simulate``, which outranks ``xenstore.embedded``.  One log line
     per change says what the reload did.  Returns whether it applied.
     """
     try:
-        config = load_config(config_path) if config_path is not None else ctx.config
+        config = load_config(config_path, embedded=simulate) if config_path is not None else ctx.config
         host = load_host(config)
         peers = await load_peer_inventories(config, ctx.peers)
     except InputError as exc:
@@ -211,7 +213,8 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
     """Run the daemon until SIGTERM/SIGINT (or until cancelled).
 
     ``config_path`` is the file SIGHUP re-reads (None: only the inventories are
-    re-read); ``log_level`` is a ``--log-level`` that outranks the file's on reload.
+    re-read); ``log_level`` is a ``--log-level`` and ``simulate`` a ``--simulate``
+    that outrank the file on reload (``config`` has them applied already).
     """
     notifier = notifier or Notifier.from_env()
     host = load_host(config)
@@ -239,7 +242,7 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
             else _no_signals() as signals:
         async with trio.open_nursery() as root:
             xs_path = config.xenstore.path
-            if simulate or config.xenstore.embedded:
+            if config.xenstore.embedded:
                 await root.start(partial(serve_xenstored, xs_path, persist=config.xenstore.persist))
             port = await root.start(partial(serve_http, config.metrics.host, config.metrics.port, routes))
             async with open_xenstore(str(xs_path), on_reconnect=on_reconnect) as xs:
@@ -259,7 +262,7 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
                     async for signum in signals:
                         if signum == signal.SIGHUP:
                             notifier.status("reloading configuration and inventories")
-                            await reload(ctx, config_path, log_level)
+                            await reload(ctx, config_path, log_level, simulate)
                             notifier.status(_status_line(ctx))
                             continue
                         log.info("signal %s: stopping within %.1f s", signal.Signals(signum).name,

@@ -33,6 +33,9 @@ class SetupInput:
     mmio_hole: str | None
     config: str | None
     mem_boundary: str | None
+    videoram: str | None
+    hap: str | None
+    bios: str | None
     lists: Mapping[str, Mapping[str, str]]
 
 
@@ -55,9 +58,11 @@ async def read_setup_input(tx: Transaction, domid: int) -> SetupInput | None:
     generation = await read_text(tx, f"{base}/request")
     if generation is None:
         return None
-    memory, mmio_hole, config, mem_boundary = await gather(lambda key: read_text(tx, f"{base}/{key}"), SCALAR_KEYS)
+    memory, mmio_hole, config, mem_boundary, videoram, hap, bios = await gather(
+        lambda key: read_text(tx, f"{base}/{key}"), SCALAR_KEYS)
     lists = await gather(lambda key: read_list(tx, f"{base}/{key}"), DEVICE_LISTS)
-    return SetupInput(generation, memory, mmio_hole, config, mem_boundary, dict(zip(DEVICE_LISTS, lists)))
+    return SetupInput(generation, memory, mmio_hole, config, mem_boundary, videoram, hap, bios,
+                      dict(zip(DEVICE_LISTS, lists)))
 
 
 def decide(given: SetupInput, defaults: DefaultsConfig, host: Inventory,
@@ -69,7 +74,8 @@ def decide(given: SetupInput, defaults: DefaultsConfig, host: Inventory,
         request = parse_domain_request(
             given.memory, given.mmio_hole, given.config, given.mem_boundary,
             pci=given.lists["pci"], hotplug=given.lists["hotplug"],
-            migrate=given.lists["migrate"], reserve=given.lists["reserve"], defaults=defaults)
+            migrate=given.lists["migrate"], reserve=given.lists["reserve"], defaults=defaults,
+            videoram=given.videoram, hap=given.hap, bios=given.bios)
         return SetupOutcome(request, plan(request, host, peers), None)
     except InputError as exc:
         return SetupOutcome(None, None, str(exc))

@@ -1,4 +1,4 @@
-"""This host's inventory for the hooks, kept as JSON between runs.
+"""This host's inventory (and SeaBIOS size) for the hooks, kept as JSON between runs.
 
 Loading it the daemon's way means the configuration (YAML), the inventory sources
 (firmware tables or YAML files) and their parsers: tens of milliseconds that a hook
@@ -26,7 +26,7 @@ from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import inventory_from_json, inventory_to_json
 
 CACHE_NAME = "host-inventory.json"
-FORMAT = 1
+FORMAT = 2
 
 
 def _stat(path: Path) -> list[Any]:
@@ -38,8 +38,8 @@ def _stat(path: Path) -> list[Any]:
     return [str(path), st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def _load(config_path: Path | None) -> tuple[Inventory, list[Path]]:
-    """The inventory the daemon's way, and the files it depends on."""
+def _load(config_path: Path | None) -> tuple[Inventory, int, list[Path]]:
+    """The inventory the daemon's way, ``defaults.seabios_size``, and the files they depend on."""
     from rmrrd.config import default_config, load_config
     from rmrrd.host_inventory import TABLE_SOURCES, load_host
 
@@ -47,11 +47,11 @@ def _load(config_path: Path | None) -> tuple[Inventory, list[Path]]:
     acpi_dir = config.host.sysfs_root / "sys/firmware/acpi/tables"
     depends = [acpi_dir / TABLE_SOURCES[str(source)] if str(source) in TABLE_SOURCES else Path(source)
                for source in config.host.sources]
-    return load_host(config), depends
+    return load_host(config), config.defaults.seabios_size, depends
 
 
-def host_inventory(config_path: Path | None, runtime_dir: Path) -> Inventory:
-    """This host's inventory, from the cache when its files are unchanged.
+def host_inventory(config_path: Path | None, runtime_dir: Path) -> tuple[Inventory, int]:
+    """This host's inventory and SeaBIOS size (KiB), from the cache when its files are unchanged.
 
     Raises :class:`InputError` as loading the configuration and inventory does.
     """
@@ -61,12 +61,12 @@ def host_inventory(config_path: Path | None, runtime_dir: Path) -> Inventory:
         saved = json.loads(cache.read_text())
         if (saved["format"] == FORMAT and saved["config"] == config_key
                 and all(_stat(Path(entry[0])) == entry for entry in saved["depends"])):
-            return inventory_from_json(saved["inventory"], str(cache))
+            return inventory_from_json(saved["inventory"], str(cache)), int(saved["seabios_size"])
     except (OSError, ValueError, KeyError, TypeError, IndexError, InputError):
         pass  # no cache, or not one we wrote for these files: load
-    inventory, depends = _load(config_path)
+    inventory, seabios_size, depends = _load(config_path)
     record = {"format": FORMAT, "config": config_key, "depends": [_stat(path) for path in depends],
-              "inventory": inventory_to_json(inventory)}
+              "inventory": inventory_to_json(inventory), "seabios_size": seabios_size}
     try:
         runtime_dir.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(f".{CACHE_NAME}.{os.getpid()}")
@@ -74,4 +74,4 @@ def host_inventory(config_path: Path | None, runtime_dir: Path) -> Inventory:
         partial.replace(cache)
     except OSError:
         pass  # a read-only or missing runtime directory: every run loads
-    return inventory
+    return inventory, seabios_size

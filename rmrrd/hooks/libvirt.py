@@ -62,8 +62,8 @@ def verdict(xml: str, config: str | None, runtime_dir: str) -> tuple[bool, str |
     from rmrrd.planner import plan
 
     config_path = Path(config) if config else (Path(DEFAULT_CONFIG) if os.path.exists(DEFAULT_CONFIG) else None)
-    host = host_inventory(config_path, Path(runtime_dir))
-    result = plan(domain_request(domain), host, {})
+    host, seabios_size = host_inventory(config_path, Path(runtime_dir))
+    result = plan(domain_request(domain, seabios_size=seabios_size), host, {})
     if result.status != "ready":
         return False, f"rmrrd: Xen would refuse domain {name} on {host.host}: {result.error}"
     warned = [region for region in result.regions if region.action == "warned"]
