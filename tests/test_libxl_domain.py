@@ -210,5 +210,7 @@ def test_all_functions_name_every_function() -> None:
 
 
 def test_domain_request_lays_out_maxmem_less_video_ram() -> None:
-    domain = LibxlDomain(DomainType.HVM, 4096, 4096, videoram_mib=16)
-    assert domain_request(domain).memory_mib == 4080
+    domain = LibxlDomain(DomainType.HVM, 4096, 2048, videoram_mib=16, hap=False, bios="ovmf")
+    request = domain_request(domain, seabios_size=256)
+    assert (request.memory_mib, request.videoram_mib, request.ram) == (4096, 16, 4080 << 20)
+    assert (request.hap, str(request.firmware.bios)) == (False, "ovmf")
