@@ -3,8 +3,9 @@
 Loading it the daemon's way means the configuration (YAML), the inventory sources
 (firmware tables or YAML files) and their parsers: tens of milliseconds that a hook
 would pay on every domain start.  The first run pays them and writes the inventory,
-with the files it came from, to ``host-inventory.json`` in a runtime directory
-(``/run/rmrrd``, a tmpfs, so a reboot starts afresh); a later run
+with the files it came from, to ``host-inventory.json`` in rmrrd's runtime directory
+(``/run/rmrrd``: a tmpfs, and the unit's ``RuntimeDirectory``, so a reboot or a
+daemon stop starts afresh); a later run
 uses it as long as the configuration file and every one of those files are unchanged
 (same inode, size and modification time).  The cache holds nothing that is not
 derived from those files, so a stale or broken cache is only ever a reason to load
@@ -68,7 +69,7 @@ def host_inventory(config_path: Path | None, runtime_dir: Path) -> tuple[Invento
     record = {"format": FORMAT, "config": config_key, "depends": [_stat(path) for path in depends],
               "inventory": inventory_to_json(inventory), "seabios_size": seabios_size}
     try:
-        runtime_dir.mkdir(parents=True, exist_ok=True)
+        runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = cache.with_name(f".{CACHE_NAME}.{os.getpid()}")
         partial.write_text(json.dumps(record))
         partial.replace(cache)
