@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmrrd.errors import InputError
@@ -38,7 +37,9 @@ from rmrrd.inventory import HOST_NAME_RE, Device, HostRegion, Inventory, Unresol
 from rmrrd.pci import Bdf
 from rmrrd.ranges import parse_range
 
-if TYPE_CHECKING:  # imported where YAML is read or written: the JSON form needs no YAML
+if TYPE_CHECKING:  # imported where YAML is read or written: the JSON form needs neither
+    from pathlib import Path
+
     import yaml
 
 ALL_DEVICES = "all"
@@ -239,7 +240,8 @@ def load_inventory_text(text: str, source: str) -> Inventory:
 def load_inventory_file(path: str | Path) -> Inventory:
     """Read and parse a YAML inventory file; errors name the file (and line)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read inventory: {exc}") from None
     return load_inventory_text(text, str(path))

@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING
 from rmrrd.errors import InputError
 from rmrrd.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
 from rmrrd.xlcfg import DeviceSpec, Policy
-from rmrrd.xlcfg_file import XlConfig
 
 if TYPE_CHECKING:  # the planner is imported when a request is built, not by the hooks' fast exits
     from rmrrd.planner import DomainRequest
+    from rmrrd.xlcfg_file import XlConfig
 
 MMIO_HOLE_DEFAULT_MIB = 256
 """``HVM_BELOW_4G_MMIO_LENGTH``, libxl's hole when none is set."""

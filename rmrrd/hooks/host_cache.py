@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from rmrrd.errors import InputError
@@ -30,49 +29,53 @@ CACHE_NAME = "host-inventory.json"
 FORMAT = 2
 
 
-def _stat(path: Path) -> list[Any]:
+def _stat(path: str) -> list[Any]:
     """What identifies a file's content without reading it; ``[path]`` for a missing one."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
-        return [str(path)]
-    return [str(path), st.st_ino, st.st_size, st.st_mtime_ns]
+        return [path]
+    return [path, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def _load(config_path: Path | None) -> tuple[Inventory, int, list[Path]]:
+def _load(config_path: str | None) -> tuple[Inventory, int, list[str]]:
     """The inventory the daemon's way, ``defaults.seabios_size``, and the files they depend on."""
+    from pathlib import Path
+
     from rmrrd.config import default_config, load_config
     from rmrrd.host_inventory import TABLE_SOURCES, load_host
 
-    config = load_config(config_path) if config_path is not None else default_config()
+    config = load_config(Path(config_path)) if config_path is not None else default_config()
     acpi_dir = config.host.sysfs_root / "sys/firmware/acpi/tables"
-    depends = [acpi_dir / TABLE_SOURCES[str(source)] if str(source) in TABLE_SOURCES else Path(source)
+    depends = [str(acpi_dir / TABLE_SOURCES[str(source)]) if str(source) in TABLE_SOURCES else str(source)
                for source in config.host.sources]
     return load_host(config), config.defaults.seabios_size, depends
 
 
-def host_inventory(config_path: Path | None, runtime_dir: Path) -> tuple[Inventory, int]:
+def host_inventory(config_path: str | None, runtime_dir: str) -> tuple[Inventory, int]:
     """This host's inventory and SeaBIOS size (KiB), from the cache when its files are unchanged.
 
     Raises :class:`InputError` as loading the configuration and inventory does.
     """
-    cache = runtime_dir / CACHE_NAME
+    cache = os.path.join(runtime_dir, CACHE_NAME)
     config_key = _stat(config_path) if config_path is not None else ["built-in defaults"]
     try:
-        saved = json.loads(cache.read_text())
+        with open(cache, encoding="utf-8") as file:
+            saved = json.load(file)
         if (saved["format"] == FORMAT and saved["config"] == config_key
-                and all(_stat(Path(entry[0])) == entry for entry in saved["depends"])):
-            return inventory_from_json(saved["inventory"], str(cache)), int(saved["seabios_size"])
+                and all(_stat(entry[0]) == entry for entry in saved["depends"])):
+            return inventory_from_json(saved["inventory"], cache), int(saved["seabios_size"])
     except (OSError, ValueError, KeyError, TypeError, IndexError, InputError):
         pass  # no cache, or not one we wrote for these files: load
     inventory, seabios_size, depends = _load(config_path)
     record = {"format": FORMAT, "config": config_key, "depends": [_stat(path) for path in depends],
               "inventory": inventory_to_json(inventory), "seabios_size": seabios_size}
     try:
-        runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = cache.with_name(f".{CACHE_NAME}.{os.getpid()}")
-        partial.write_text(json.dumps(record))
-        partial.replace(cache)
+        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+        partial = os.path.join(runtime_dir, f".{CACHE_NAME}.{os.getpid()}")
+        with open(partial, "w", encoding="utf-8") as file:
+            json.dump(record, file)
+        os.replace(partial, cache)
     except OSError:
         pass  # a read-only or missing runtime directory: every run loads
     return inventory, seabios_size

@@ -43,8 +43,6 @@ def verdict(xml: str, config: str | None, runtime_dir: str) -> tuple[bool, str |
     if "hostdev" not in xml:
         # No <hostdev>, no <interface type='hostdev'>: nothing to check, nothing to load.
         return True, None
-    from pathlib import Path
-
     from rmrrd.libvirt_xml import libxl_domain_from_xml, parse_domain_xml, pci_devices
 
     root = parse_domain_xml(xml)
@@ -61,8 +59,8 @@ def verdict(xml: str, config: str | None, runtime_dir: str) -> tuple[bool, str |
     from rmrrd.libxl_domain import domain_request
     from rmrrd.planner import plan
 
-    config_path = Path(config) if config else (Path(DEFAULT_CONFIG) if os.path.exists(DEFAULT_CONFIG) else None)
-    host, seabios_size = host_inventory(config_path, Path(runtime_dir))
+    config_path = config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    host, seabios_size = host_inventory(config_path, runtime_dir)
     result = plan(domain_request(domain, seabios_size=seabios_size), host, {})
     if result.status != "ready":
         return False, f"rmrrd: Xen would refuse domain {name} on {host.host}: {result.error}"
