@@ -50,6 +50,7 @@ def parse_domain_xml(text: str) -> ET.Element:
 
 
 def _hex(element: ET.Element, name: str) -> int:
+    """An address attribute as libvirt writes it (``0x0a``), read as libvirt reads it (base 0)."""
     text = element.get(name, "0")
     try:
         return int(text, 0)
@@ -61,10 +62,7 @@ def pci_devices(root: ET.Element) -> list[Bdf]:
     """The host PCI functions the domain is given, as libvirt passes them to libxl."""
     addresses = root.findall("./devices/hostdev[@mode='subsystem'][@type='pci']/source/address")
     addresses += root.findall("./devices/interface[@type='hostdev']/source/address[@type='pci']")
-    try:
-        return [Bdf(_hex(a, "domain"), _hex(a, "bus"), _hex(a, "slot"), _hex(a, "function")) for a in addresses]
-    except InputError as exc:
-        raise InputError(f"domain XML: {exc}") from None
+    return [Bdf(_hex(a, "domain"), _hex(a, "bus"), _hex(a, "slot"), _hex(a, "function")) for a in addresses]
 
 
 def _mib(root: ET.Element, tag: str) -> int | None:
