@@ -58,12 +58,16 @@ POLICY_BUG_FIX = ('write rdm="strategy=host" without policy= and give every pci=
 
 
 class DomainType(enum.Enum):
+    """``libxl_domain_type``: only HVM guests have reserved regions handled."""
+
     HVM = "hvm"
     PV = "pv"
     PVH = "pvh"
 
 
 class DeviceModel(enum.Enum):
+    """``device_model_version``: it decides the default firmware and video RAM."""
+
     QEMU_XEN = "qemu-xen"
     TRADITIONAL = "qemu-xen-traditional"
 
