@@ -95,3 +95,50 @@ async def test_what_cannot_be_checked_runs_xl(rmrrd_daemon: DaemonProcess, fake_
 async def test_other_commands_go_straight_to_xl(rmrrd_daemon: DaemonProcess, fake_xl: Path) -> None:
     done = await wrapper(rmrrd_daemon.xs.env, fake_xl, "list", "-l")
     assert (done.returncode, done.stderr, xl_ran(fake_xl)) == (0, b"", ["list", "-l"])
+
+
+@pytest.fixture
+def stock_env(tmp_path: Path) -> dict[str, str]:
+    """No daemon: ``xl create`` is predicted from this host's inventory (node-a)."""
+    config = tmp_path / "rmrrd.yaml"
+    config.write_text(f"host:\n  name: node-a\n  sources: [{INVENTORIES / 'node-a.yaml'}]\n")
+    return {"PATH": "/usr/bin:/bin", "RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"),
+            "XENSTORED_PATH": str(tmp_path / "no-xenstore")}
+
+
+async def test_create_refuses_what_libxl_would_refuse(stock_env: dict[str, str], fake_xl: Path,
+                                                      tmp_path: Path) -> None:
+    guest = tmp_path / "guest.cfg"
+    guest.write_text('name = "web1"\ntype = "hvm"\nmemory = 2048\npci = [ "00:14.0" ]\n')
+    done = await wrapper(stock_env, fake_xl, "create", str(guest))
+    assert done.returncode == 1 and xl_ran(fake_xl) is None
+    assert done.stderr.decode().startswith("rmrrd: refused: Xen would refuse domain web1 on node-a: "
+                                           "region 0xe0000-0xeffff")
+    # The same device, added on xl's command line as xl allows.
+    guest.write_text('name = "web1"\ntype = "hvm"\nmemory = 2048\n')
+    extra = await wrapper(stock_env, fake_xl, "create", "-q", str(guest), 'pci=["00:14.0"]')
+    assert extra.returncode == 1 and xl_ran(fake_xl) is None
+
+
+async def test_create_warns_about_xls_rdm_bug_and_runs_xl(stock_env: dict[str, str], fake_xl: Path,
+                                                         tmp_path: Path) -> None:
+    guest = tmp_path / "guest.cfg"
+    guest.write_text('name = "web1"\ntype = "hvm"\nmemory = 2048\nrdm = "strategy=host,policy=relaxed"\n'
+                     'pci = [ "00:14.0,rdm_policy=relaxed" ]\n')
+    done = await wrapper(stock_env, fake_xl, "create", str(guest), "-c")
+    assert done.returncode == 0 and xl_ran(fake_xl) == ["create", str(guest), "-c"]
+    lines = done.stderr.decode().splitlines()
+    assert lines[0].startswith(f"rmrrd: warning: {guest}:4: rdm: xl 4.15 and later drop an rdm= that names a policy")
+    assert lines[1].startswith("rmrrd: warning: domain web1: 1 reserved region(s) overlap the guest")
+
+
+async def test_create_of_what_cannot_be_predicted_runs_xl(stock_env: dict[str, str], fake_xl: Path,
+                                                         tmp_path: Path) -> None:
+    pv = tmp_path / "pv.cfg"
+    pv.write_text('name = "pv1"\nmemory = 512\npci = [ "00:14.0" ]\n')
+    assert (await wrapper(stock_env, fake_xl, "create", str(pv))).returncode == 0
+    broken = tmp_path / "broken.cfg"
+    broken.write_text('name = "x"\nmemory = [\n')
+    done = await wrapper(stock_env, fake_xl, "create", str(broken))
+    assert done.returncode == 0 and xl_ran(fake_xl) == ["create", str(broken)]
+    assert done.stderr.decode().startswith(f"rmrrd: xl create not checked: {broken}:3: config parsing error")

@@ -1,7 +1,10 @@
-"""``rmrrd-xl``: ``xl`` with a check first, for ``pci-attach`` and ``migrate``.
+"""``rmrrd-xl``: ``xl`` with a check first, for ``create``, ``pci-attach`` and ``migrate``.
 
 Installed in place of ``xl`` (docs/toolstack.md), it is called with xl's own
-arguments.  For ``xl pci-attach DOMAIN BDF`` it asks the running rmrrd for a
+arguments.  For ``xl create FILE [KEY=VALUE...]`` it predicts what stock xl and libxl
+do with the configuration on this host (:mod:`rmrrd.hooks.stock`, no daemon needed)
+and prints xl's own traps in the file as warnings (the ``rdm=`` policy bug among
+them, docs/xl-config.md).  For ``xl pci-attach DOMAIN BDF`` it asks the running rmrrd for a
 ``hotplug`` check of the device, for ``xl migrate [OPTIONS] DOMAIN HOST`` for a
 ``migrate`` check to HOST (a peer's name or alias; ``user@`` is dropped, as ssh would
 take it); then it runs the real xl with the same arguments:
@@ -41,6 +44,10 @@ XL_GLOBAL_OPTIONS = "+vftTN"
 """``xl``'s own options before the command (``tools/xl/xl.c``)."""
 MIGRATE_OPTIONS = ("hFC:s:epD", ["debug", "live", "help"])
 """``xl migrate``'s options (``tools/xl/xl_migrate.c`` ``main_migrate``)."""
+CREATE_OPTIONS = ("hAFVcdef:inpq", ["defconfig=", "dryrun", "ignore-global-affinity-masks", "quiet", "vncviewer",
+                                    "vncviewer-autopass", "help"])
+"""``xl create``'s options (``tools/xl/xl_vmcontrol.c`` ``main_create``)."""
+CHECKED_COMMANDS = ("create", "pci-attach", "migrate")
 
 
 _RANK = {"ok": 0, "warn": 1, "fail": 2}
@@ -84,8 +91,59 @@ def _requests(command: str, args: list[str]) -> tuple[str, list[tuple[str, tuple
     return rest[0], [("migrate", (), rest[1].rpartition("@")[2])]
 
 
+def _config_text(args: list[str]) -> tuple[str, str]:
+    """The xl.cfg ``xl create ARGS`` reads, and its name, as ``main_create`` assembles it.
+
+    The configuration file comes first or as ``-f``/``--defconfig``; each ``KEY=VALUE``
+    argument is a line appended to the file's text (``create_domain``'s ``extra_config``).
+    """
+    path = None
+    if args and not args[0].startswith("-") and "=" not in args[0]:
+        path, args = args[0], args[1:]
+    opts, rest = getopt.gnu_getopt(args, *CREATE_OPTIONS)
+    for name, value in opts:
+        if name in ("-h", "--help"):
+            raise NotChecked("xl create --help")
+        if name in ("-f", "--defconfig"):
+            path = value
+    extra = "".join(f"{arg}\n" for arg in rest if "=" in arg)
+    others = [arg for arg in rest if "=" not in arg]
+    if path is None and others:
+        path, others = others[0], others[1:]
+    if path is None or others:
+        raise NotChecked("xl create usage not understood")
+    try:
+        with open(path, encoding="utf-8") as file:  # /dev/null too: xl reads it as empty
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotChecked(f"{path}: {exc}") from None
+    return text + (f"\n{extra}\n" if extra else ""), path
+
+
+def check_create(args: list[str]) -> tuple[str, str, list[str]]:
+    """``xl create ARGS``: the verdict, its reason and xl's warnings about the file.
+
+    Predicted without the daemon (:mod:`rmrrd.hooks.stock`).  Raises
+    :class:`NotChecked` when it cannot be (a file xl itself would refuse included:
+    xl then says why).
+    """
+    from rmrrd.hooks.stock import predict
+    from rmrrd.libxl_domain import from_xl_config
+    from rmrrd.xlcfg_file import parse_xl_config
+
+    try:
+        text, path = _config_text(args)
+        cfg = parse_xl_config(text, path)
+        name = cfg.string("name") or path
+        prediction = from_xl_config(cfg)
+        outcome, line = predict(prediction.domain, name)
+    except (getopt.GetoptError, InputError) as exc:
+        raise NotChecked(str(exc)) from None
+    return outcome, line or "", prediction.warnings
+
+
 def check(command: str, args: list[str], xenstore: str | None = None) -> tuple[str, str]:
-    """The worst verdict of the checks ``xl COMMAND ARGS`` needs, and its reason.
+    """The worst verdict of the checks ``xl COMMAND ARGS`` needs from the daemon, and its reason.
 
     Raises :class:`NotChecked` when it cannot be checked.
     """
@@ -135,9 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except getopt.GetoptError:
         rest = []
     command = rest[0] if rest else ""
-    if command in ("pci-attach", "migrate") and not force:
+    if command in CHECKED_COMMANDS and not force:
         try:
-            verdict, reason = check(command, rest[1:])
+            if command == "create":
+                verdict, reason, warnings = check_create(rest[1:])
+                for warning in warnings:
+                    print(f"rmrrd: warning: {warning}", file=sys.stderr)
+            else:
+                verdict, reason = check(command, rest[1:])
         except NotChecked as exc:
             print(f"rmrrd: xl {command} not checked: {exc}", file=sys.stderr)
         else:
