@@ -29,7 +29,8 @@ garbage-collection pauses for the long-running processes).
 
 The command line: ``cli`` and one module per subcommand in ``commands/``; ``demo``
 plays the seed scenario.  Toolstack hooks (``hooks/``): ``libvirt`` (libvirt's libxl
-hook), ``xl`` (the xl wrapper), ``host_cache`` (their cached host inventory).
+hook), ``xl`` (the xl wrapper), ``stock`` (what stock libxl does with a new domain on
+this host), ``host_cache`` (their cached host inventory).
 """
 
 __version__ = "0.1.0"
