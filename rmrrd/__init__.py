@@ -9,11 +9,15 @@ draws the same map.
   lost, timeout).
 - ``core/`` (pure: no I/O, no clock): ``ranges``, ``pci``; ``inventory`` and its
   ``inventory_yaml`` forms; the firmware tables ``acpi``, ``dmar``, ``ivrs``;
-  ``xlcfg`` (xl.cfg ``rdm=`` and ``pci=``); ``guest_layout`` (hvmloader's fixed
-  areas); ``regions``; ``planner`` (a domain's layout); ``checks`` (assign, hotplug,
-  migrate verdicts); ``guest_queries`` (a guest's queries); ``rate_limit``.
+  ``xlcfg`` (xl.cfg ``rdm=`` and ``pci=``), ``xlcfg_file`` (the xl.cfg file format as
+  libxlutil reads it), ``libxlu`` (libxlutil's ``rdm=`` and ``pci=`` parsers),
+  ``libxl_domain`` (what stock xl/libxl make of a configuration: xl.cfg, or
+  ``libvirt_xml``, libvirt's domain XML); ``guest_layout`` (hvmloader's fixed areas);
+  ``regions``; ``planner`` (a domain's layout); ``checks`` (assign, hotplug, migrate
+  verdicts); ``guest_queries`` (a guest's queries); ``rate_limit``.
 - ``xenstore/``: ``wire`` (the sans-IO codec both ends share), ``client`` with
-  ``client_conn`` and ``client_watch`` (rmrrd's trio client), ``store`` with
+  ``client_conn`` and ``client_watch`` (rmrrd's trio client), ``blocking`` (a small
+  blocking client for short commands), ``locate`` (where xenstored is), ``store`` with
   ``store_node``, ``store_view``, ``store_watch``, ``store_persist`` (the simulated
   xenstored's pure state machine), ``server`` (its trio layer), ``ops`` (small
   compositions of client calls).  Nothing here knows rmrrd's keys.
@@ -26,11 +30,15 @@ draws the same map.
 - ``edges/``, beside the daemon and independent of it: ``config``, ``logs``,
   ``metrics``, ``http_server``, ``http_client`` and ``peers`` (peer hosts'
   inventories), ``host_inventory`` and ``sysfs_pci`` (this host's), ``sdnotify``,
-  ``gc_pauses``.
+  ``runtime_paths``, ``gc_pauses``.
 - ``app/``: ``service`` (``rmrrd run``: the wiring into one trio nursery, signals,
   reload), ``reload`` (what a reload changed), ``toolstack`` (the toolstack's and the
-  guest's side of the protocol), ``demo`` (the seed scenario).
-- ``cli/``: the ``rmrrd`` command, one module per subcommand.
+  guest's side of the protocol), ``check`` (a toolstack check, blocking), ``demo``
+  (the seed scenario).
+- ``cli/``: the ``rmrrd`` command, one module per subcommand; ``docs`` (its man page
+  and completion).  ``hooks/``, beside it: ``libvirt`` (libvirt's libxl hook), ``xl``
+  (the xl wrapper), ``stock`` (what stock libxl does with a new domain on this host),
+  ``host_cache`` (their cached host inventory).
 """
 
 __version__ = "0.1.0"

@@ -18,14 +18,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rmrrd.core.pci import Bdf
-from rmrrd.core.planner import Plan
 from rmrrd.core.ranges import Range, parse_range
 from rmrrd.core.xlcfg import DeviceSpec, parse_device_spec
 from rmrrd.errors import InputError
 from rmrrd.xenstore.wire import DOMID_FIRST_RESERVED, Perm
+
+if TYPE_CHECKING:  # only for annotations: the toolstack's short commands need the keys, not the planner
+    from rmrrd.core.planner import Plan
 
 # --- where things live ----------------------------------------------------------------------
 

@@ -28,7 +28,8 @@ RATE_LIMITED = "error EBUSY query rate limit reached; retry later"
 async def test_the_seed_scenario_plays_as_the_demo_prints_it(tmp_path: Path) -> None:
     async with inprocess_daemon(tmp_path) as daemon:
         assert await read_text(daemon.xs, STATUS_KEY) == "ready"
-        steps = await scenario(daemon.xs, lambda domid: Path(f"{daemon.socket}.d/{domid}"), lambda _: None)
+        steps = await scenario(daemon.xs, daemon.socket, lambda domid: Path(f"{daemon.socket}.d/{domid}"),
+                               lambda _: None)
     assert [step.name for step in steps if not step.ok] == []
     assert len(steps) == 15
 

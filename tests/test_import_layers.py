@@ -13,8 +13,9 @@ loaded.  The layers, lowest first (``rmrrd/__init__.py`` draws the same map):
 - ``daemon`` and ``edges``, side by side, neither importing the other: the domain
   lifecycle, toolstack checks and reconciliation; configuration, logs, metrics,
   HTTP, sd_notify, peers, the host inventory;
-- ``app``: the wiring of all of them into one program, and the demo;
-- ``cli``: the ``rmrrd`` command.
+- ``app``: the wiring of all of them into one program, the toolstack's side, the demo;
+- ``cli`` and ``hooks``, side by side: the ``rmrrd`` command, and the toolstack hooks
+  (``rmrrd-libvirt-hook``, ``rmrrd-xl``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rmrrd"
 
-RANK = {"root": 0, "errors": 0, "core": 1, "xenstore": 1, "protocol": 2, "daemon": 3, "edges": 3, "app": 4, "cli": 5}
+RANK = {"root": 0, "errors": 0, "core": 1, "xenstore": 1, "protocol": 2, "daemon": 3, "edges": 3, "app": 4, "cli": 5,
+        "hooks": 5}
 """Each layer may import its own and those of a lower rank."""
-APART = {("core", "xenstore"), ("xenstore", "core"), ("daemon", "edges"), ("edges", "daemon")}
+APART = {("core", "xenstore"), ("xenstore", "core"), ("daemon", "edges"), ("edges", "daemon"),
+         ("cli", "hooks"), ("hooks", "cli")}
 """Layers of one rank that must not import each other."""
 PURE = ("trio", "socket", "subprocess", "threading", "asyncio")
 """What the core and the protocol never import: they do no I/O and keep no time."""

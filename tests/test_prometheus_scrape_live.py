@@ -13,10 +13,10 @@ import trio
 from support import WAIT
 from support.processes import Daemon, XenstoredProcess, read_key, setup_domain, start_daemon
 from support.prometheus import PrometheusServer, promtool_check_metrics, tools_available
-from rmrrd.protocol import format_request
-from rmrrd.app.toolstack import ask, guest_query
+from rmrrd.app.check import ask_daemon
+from rmrrd.app.toolstack import guest_query
 from rmrrd.core.inventory_yaml import inventory_to_json, load_inventory_file
-from rmrrd.protocol import STATUS_KEY
+from rmrrd.protocol import STATUS_KEY, format_request
 from rmrrd.xenstore.client import open_xenstore
 
 pytestmark = pytest.mark.process
@@ -44,7 +44,8 @@ def scripted_setup(xenstore: Path) -> None:
             async with open_xenstore(f"{xenstore}.d/1") as guest:
                 assert (await guest_query(guest, 1, "q1", "e820")).startswith("ok")
                 assert (await guest_query(guest, 1, "q2", "nonsense")).startswith("error")
-            _, result = await ask(xs, format_request("assign", 1, ("0000:00:02.0",)), WAIT)
+            _, result = await trio.to_thread.run_sync(ask_daemon, str(xenstore),
+                                                      format_request("assign", 1, ("0000:00:02.0",)), WAIT)
             assert result.verdict == "ok"
 
     trio.run(run)
@@ -136,9 +137,9 @@ def test_toolstack_conflicts_are_counted(workdir: Path, daemons: list[Daemon]) -
     assert setup_domain(daemon.xenstore, 1, {"memory": "1024"}).status == "ready"
 
     async def run() -> str:
-        async with open_xenstore(str(daemon.xenstore)) as xs:
-            _, result = await ask(xs, format_request("assign", 1, ("0000:00:02.0",)), WAIT)
-            return result.verdict
+        _, result = await trio.to_thread.run_sync(ask_daemon, str(daemon.xenstore),
+                                                  format_request("assign", 1, ("0000:00:02.0",)), WAIT)
+        return result.verdict
 
     assert trio.run(run) == "warn"
     got = samples(daemon.get("/metrics")[2])

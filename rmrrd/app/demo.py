@@ -23,8 +23,9 @@ from rmrrd.errors import InputError
 from rmrrd.protocol import Answer, format_request
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 
+from rmrrd.app.check import ask_daemon
 from rmrrd.app.service import run_service
-from rmrrd.app.toolstack import ask, create_domain, guest_query
+from rmrrd.app.toolstack import create_domain, guest_query
 
 D1, D2, D3 = "0000:00:14.0", "0000:00:02.0", "0000:03:00.0"
 SEED_DOMAIN = {"memory": "4096", "mmio_hole": "1024", "pci/0": D2, "hotplug/0": D1, "migrate/0": "node-b"}
@@ -62,7 +63,8 @@ def address(value: int | None) -> str:
     return "" if value is None else f"{value:#x}"
 
 
-async def scenario(xs: XenstoreClient, guest_socket: Callable[[int], Path], say: Callable[[str], None]) -> list[Step]:
+async def scenario(xs: XenstoreClient, xenstore_path: Path, guest_socket: Callable[[int], Path],
+                   say: Callable[[str], None]) -> list[Step]:
     steps: list[Step] = []
 
     def expect(name: str, expected: str, got: str) -> None:
@@ -97,7 +99,9 @@ async def scenario(xs: XenstoreClient, guest_socket: Callable[[int], Path], say:
         ("migrate to node-b with D3", "migrate", (D3,), "node-b", "fail"),
         ("migrate to node-b with D3 rdm_policy=relaxed", "migrate", (f"{D3},rdm_policy=relaxed",), "node-b", "warn"),
     ):
-        _, result = await ask(xs, format_request(op, 1, devices, target), 10)  # type: ignore[arg-type]
+        # The command line's blocking client, in a thread: the embedded xenstored runs in this loop.
+        request = format_request(op, 1, devices, target)  # type: ignore[arg-type]
+        _, result = await trio.to_thread.run_sync(ask_daemon, str(xenstore_path), request, 10.0)
         expect(name, expected, result.verdict)
         say(f"      {result.reason}")
 
@@ -126,7 +130,8 @@ async def run_demo(say: Callable[[str], None], workdir: Path) -> list[Step]:
         handle = await nursery.start(partial(run_service, config, install_signals=False))
         say(f"rmrrd serving on embedded xenstored {handle.xenstore_path} (metrics on 127.0.0.1:{handle.http_port})")
         async with open_xenstore(str(handle.xenstore_path)) as xs:
-            steps = await scenario(xs, lambda domid: Path(f"{handle.xenstore_path}.d/{domid}"), say)
+            steps = await scenario(xs, handle.xenstore_path,
+                                   lambda domid: Path(f"{handle.xenstore_path}.d/{domid}"), say)
         nursery.cancel_scope.cancel()
     return steps
 

@@ -23,17 +23,17 @@ from pathlib import Path
 import trio
 
 from rmrrd import __version__
-from rmrrd.edges.config import Config, load_config
-from rmrrd.errors import InputError, PeerError, TransportError
-from rmrrd.edges.logs import setup_logging
-from rmrrd.edges.host_inventory import build_host_inventory
-from rmrrd.edges.http_server import serve_http
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.inventory_yaml import inventory_to_json
+from rmrrd.edges.config import Config, load_config
+from rmrrd.edges.host_inventory import load_host
+from rmrrd.edges.http_server import serve_http
+from rmrrd.edges.logs import setup_logging
 from rmrrd.edges.metrics import Metrics
 from rmrrd.edges.peers import load_peers
-from rmrrd.protocol import STATUS_KEY, STOPPED
 from rmrrd.edges.sdnotify import Notifier, watchdog_loop
+from rmrrd.errors import InputError, PeerError, TransportError
+from rmrrd.protocol import STATUS_KEY, STOPPED
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 from rmrrd.xenstore.server import serve_xenstored
 
@@ -52,20 +52,6 @@ class ServiceHandle:
 
     http_port: int
     xenstore_path: Path
-
-
-def load_host(config: Config) -> Inventory:
-    """This host's inventory from ``host.sources``.
-
-    Raises InputError naming the configuration file and key first, so an operator
-    reading ``--check-config`` or the journal knows which setting led to the file.
-    """
-    root = config.host.sysfs_root
-    try:
-        return build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
-                                    sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
-    except InputError as exc:
-        raise InputError(f"{config.source or 'built-in defaults'}: host.sources: {exc}") from None
 
 
 async def load_peer_inventories(config: Config, previous: dict[str, Inventory]) -> dict[str, Inventory]:

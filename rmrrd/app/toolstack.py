@@ -1,24 +1,20 @@
 """The other side of rmrrd's protocol, over xenstore: what a toolstack and a guest do.
 
-Write a domain's setup request and wait for the answer, ask a toolstack check and
-wait for its verdict, send a guest's query and wait for its reply.  ``rmrrd check``,
-the demo, the tests and the benchmarks use these, so they exercise the daemon
-exactly as the schema page tells a toolstack to (docs/xenstore-schema.md,
-docs/toolstack.md).  Each wait is a watch, bounded by a deadline.
+Write a domain's setup request and wait for the answer, send a guest's query and
+wait for its reply (a toolstack check is :mod:`rmrrd.app.check`, blocking, for the
+short-lived commands).  The demo, the tests and the benchmarks use these, so they
+exercise the daemon exactly as the schema page tells a toolstack to
+(docs/xenstore-schema.md, docs/toolstack.md).  Each wait is a watch, bounded by a
+deadline.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import trio
 
-from rmrrd.errors import InputError
-from rmrrd.protocol import (Answer, Result, answer_path, decode_answer, decode_result, query_path, rdm_path,
-                            reply_path, request_entries, request_path, result_path)
+from rmrrd.protocol import Answer, answer_path, decode_answer, query_path, rdm_path, reply_path, request_entries
 from rmrrd.xenstore.client import Transaction, XenstoreClient
-from rmrrd.xenstore.ops import read_text, read_tree, rm_quietly
+from rmrrd.xenstore.ops import read_text, read_tree
 
 WAIT = 10.0
 """Seconds to wait for the daemon before giving up."""
@@ -63,25 +59,3 @@ async def guest_query(guest: XenstoreClient, domid: int, qid: str, query: str) -
                 if text is not None:
                     return text
     raise AssertionError("unreachable: the watch ends only with the client")
-
-
-async def ask(xs: XenstoreClient, request: str, timeout: float) -> tuple[str, Result]:
-    """Write a check request and return its id and result once the verdict is there.
-
-    Raises :class:`InputError` when no verdict comes within ``timeout`` (the request
-    is withdrawn, so a daemon started later does not act on it).
-    """
-    req_id = f"cli-{os.getpid()}-{secrets.token_hex(4)}"
-    result = result_path(req_id)
-    async with xs.watch(result) as events:
-        await xs.write(request_path(req_id), request)
-        verdict = None
-        with trio.move_on_after(timeout):
-            async for _ in events:  # the initial event, then one per key written
-                verdict = await read_text(xs, f"{result}/verdict")
-                if verdict is not None:
-                    break
-        if verdict is None:
-            await rm_quietly(xs, request_path(req_id))
-            raise InputError(f"no verdict within {timeout:g} s: is rmrrd running on this xenstore?")
-    return req_id, decode_result(await read_tree(xs, result))

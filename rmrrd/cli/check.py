@@ -3,22 +3,21 @@
 Writes one ``/tool/rmrrd/request/<id>`` node through xenstore (docs/xenstore-schema.md), watches
 for ``/tool/rmrrd/result/<id>/verdict`` and prints the result.  Exit status: 0 ok,
 1 fail, 3 warn; 2 for bad arguments or when no verdict comes in time.
+
+Toolstack hooks run this for every operation they check, so it is kept short: a
+blocking xenstore client (:mod:`rmrrd.xenstore.blocking`), no trio, no YAML, nothing
+imported that the check does not use (docs/performance.md measures it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-import trio
-
-from rmrrd.app.toolstack import ask
+from rmrrd.app.check import ask_daemon
 from rmrrd.cli.exits import EXIT_USAGE
 from rmrrd.errors import InputError
-from rmrrd.protocol import Result, format_request, parse_request
-from rmrrd.xenstore.client import open_xenstore
-from rmrrd.xenstore.client_conn import ConnectionLost
+from rmrrd.protocol import format_request, parse_request
 
 EXIT_STATUS = {"ok": 0, "fail": 1, "warn": 3}
 EXIT_STATUSES = {
@@ -40,7 +39,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--domid", type=int, required=True, help="the guest's domain id")
     parser.add_argument("--device", action="append", default=[], metavar="SPEC",
                         help="xl pci= spec, e.g. 0000:00:14.0,rdm_policy=relaxed (repeatable for migrate)")
-    parser.add_argument("--target", help="migrate: the peer host (default: rank every peer)")
+    parser.add_argument("--target", help="migrate: the peer host, by name or alias (default: rank every peer)")
     parser.add_argument("--xenstore", help="xenstored socket (default: $XENSTORED_PATH, then dom0's)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -56,16 +55,10 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{option} {value!r}: expected one word, without spaces")
     request = format_request(args.op, args.domid, tuple(args.device), args.target)
     parse_request(request)  # refuse bad arguments here, with the same words as the daemon
-
-    async def main() -> tuple[str, Result]:
-        async with open_xenstore(args.xenstore) as xs:
-            return await ask(xs, request, args.timeout)
-
-    try:
-        req_id, result = trio.run(main)
-    except ConnectionLost as exc:
-        raise InputError(f"cannot reach xenstore: {exc}") from None
+    req_id, result = ask_daemon(args.xenstore, request, args.timeout)
     if args.json:
+        import json  # only for this output form
+
         print(json.dumps({"id": req_id, "verdict": result.verdict, "reason": result.reason,
                           "conflicts": list(result.conflicts), "ranking": list(result.ranking)}, indent=2))
     else:

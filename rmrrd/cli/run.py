@@ -31,7 +31,8 @@ from rmrrd.edges.logs import LEVELS, setup_logging
 from rmrrd.edges.peers import load_peers
 from rmrrd.edges.runtime_paths import own_xenstored_socket, prepare_own_xenstored_socket
 
-from rmrrd.app.service import load_host, run_service
+from rmrrd.app.service import run_service
+from rmrrd.edges.host_inventory import load_host
 
 log = logging.getLogger(__name__)
 
