@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from rmrrd import __version__
-from rmrrd.http_server import serve_http
-from rmrrd.metrics import LATENCY_BUCKETS, Metrics
-from prometheus_helpers import PROMTOOL, PrometheusServer, promtool_check_metrics, tools_available
+from rmrrd.edges.http_server import serve_http
+from rmrrd.edges.metrics import LATENCY_BUCKETS, Metrics
+from support.prometheus import PROMTOOL, PrometheusServer, promtool_check_metrics, tools_available
 
 needs_prometheus = pytest.mark.skipif(not tools_available(), reason="Debian package prometheus not installed")
 
@@ -146,6 +146,7 @@ def test_buckets_are_narrow_from_2_ms_to_5_s() -> None:
 
 
 @needs_prometheus
+@pytest.mark.process
 def test_promtool_is_clean_on_rendered_output() -> None:
     m = Metrics()
     m.setup_done("ready", 0.001)
@@ -154,6 +155,7 @@ def test_promtool_is_clean_on_rendered_output() -> None:
     assert promtool_check_metrics(m.render()) == []
 
 
+@pytest.mark.process
 def test_promtool_helper_reports_problems() -> None:
     """The check above can fail: promtool flags a counter without _total."""
     if not tools_available():
@@ -173,6 +175,7 @@ def alert_rules() -> str:
 
 
 @needs_prometheus
+@pytest.mark.process
 def test_documented_alert_rules_pass_promtool(tmp_path: Path) -> None:
     rules = tmp_path / "rmrrd-rules.yaml"
     rules.write_text(alert_rules())
@@ -204,6 +207,7 @@ def scrape(port: int) -> tuple[str, bytes]:
 
 
 @needs_prometheus
+@pytest.mark.process
 async def test_live_scrape_is_promtool_clean(endpoint: tuple[Metrics, int]) -> None:
     metrics, port = endpoint
     metrics.setup_done("ready", 0.002)
@@ -214,6 +218,7 @@ async def test_live_scrape_is_promtool_clean(endpoint: tuple[Metrics, int]) -> N
 
 
 @needs_prometheus
+@pytest.mark.process
 async def test_prometheus_server_sees_the_setup_counter(
     endpoint: tuple[Metrics, int], tmp_path: Path
 ) -> None:
