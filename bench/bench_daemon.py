@@ -28,7 +28,7 @@ request in one transaction, on fresh domids, with a watch on the answer's
   with the answer planned once beforehand.  ``vs bare`` is the daemon row's wall
   time over this one: what watches, planning and the second process cost.
 
-Aims (issue 4): N=1000 answered within 5 s on 2 cores, p99 under 20 ms at 200 in
+Aims: N=1000 answered within 5 s on 2 cores, p99 under 20 ms at 200 in
 flight, ratio under 1.5.  ``--profile DIR`` also records a py-spy profile of the
 daemon (and of the xenstored) during the burst, if py-spy is on PATH.  The numbers
 go to docs/performance.md.
@@ -56,13 +56,13 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rmrrd.config import default_config  # noqa: E402 - after the path fix
+from rmrrd.edges.config import default_config  # noqa: E402 - after the path fix
 from rmrrd.daemon.domains import SETUP_CONCURRENCY  # noqa: E402
 from rmrrd.daemon.setup import decide, read_answer_generation, read_setup_input, write_answer  # noqa: E402
-from rmrrd.daemon.xsutil import gather, read_text  # noqa: E402
-from rmrrd.inventory_yaml import load_inventory_file  # noqa: E402
-from rmrrd.daemon.requests import format_request  # noqa: E402
-from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT, STATUS_KEY, answer_path, rdm_path  # noqa: E402
+from rmrrd.xenstore.ops import gather, read_text  # noqa: E402
+from rmrrd.core.inventory_yaml import load_inventory_file  # noqa: E402
+from rmrrd.protocol import format_request  # noqa: E402
+from rmrrd.protocol import REQUEST_ROOT, RESULT_ROOT, STATUS_KEY, answer_path, rdm_path  # noqa: E402
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore  # noqa: E402
 from rmrrd.xenstore.wire import Again, NoEntry  # noqa: E402
 

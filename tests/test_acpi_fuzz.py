@@ -8,23 +8,25 @@ keeps the broken checksum.
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmrrd.acpi import TableError
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.ivrs import ivrs_inventory, parse_ivrs
-from test_acpi_helpers import fix_checksum
+from rmrrd.core.acpi import TableError
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.ivrs import ivrs_inventory, parse_ivrs
+from support.firmware import CORPUS, is_dmar
+from support.acpi_tables import fix_checksum
 
-TABLES = Path(__file__).parents[1] / ".." / "shared" / "fixtures" / "tables"
-REAL = sorted((path.name, path.read_bytes()) for path in TABLES.iterdir() if not path.name.endswith(".dsl"))
+pytestmark = [pytest.mark.unit, pytest.mark.firmware]
+
+REAL = [(name, CORPUS.tables[name].read_bytes()) for name in sorted(CORPUS.tables)]
 
 
 def _parse(name: str, data: bytes, verify_checksum: bool = True) -> None:
     try:
-        if "DMAR" in name:
+        if is_dmar(name):
             dmar_inventory(parse_dmar(data, lambda *_: 1, verify_checksum=verify_checksum), "h")
         else:
             ivrs_inventory(parse_ivrs(data, verify_checksum=verify_checksum), "h")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from rmrrd.config import (
+from rmrrd.edges.config import (
     DEFAULT_METRICS_PORT,
     Config,
     ConfigError,
@@ -18,6 +18,8 @@ from rmrrd.config import (
     parse_config_text,
 )
 from rmrrd.errors import InputError
+
+pytestmark = pytest.mark.unit
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "rmrrd.yaml"
 SOURCE = Path("/etc/rmrrd/rmrrd.yaml")
@@ -43,6 +45,7 @@ def test_defaults_without_a_file() -> None:
     assert config.peers == ()
     assert config.defaults.rdm == "policy=relaxed"
     assert (config.defaults.rdm_mem_boundary, config.defaults.mmio_hole) == (2048, 256)
+    assert config.defaults.seabios_size == 128
     assert config.metrics.listen == f"127.0.0.1:{DEFAULT_METRICS_PORT}"
     assert config.log.level == "info"
     assert config.source is None
@@ -65,7 +68,7 @@ def test_example_file_is_valid_and_states_the_defaults() -> None:
 
 
 def test_example_file_mentions_every_key() -> None:
-    from rmrrd.config import _SCHEMA
+    from rmrrd.edges.config import _SCHEMA
 
     text = EXAMPLE.read_text()
     for section, keys in _SCHEMA.items():
@@ -132,6 +135,8 @@ def test_every_problem_is_listed_at_once() -> None:
         ("limits: {shutdown_grace_seconds: 0}\n", "expected more than 0"),
         ("limits: {max_query_length: 8192}\n", "from 16 to 4096"),
         ("defaults: {mmio_hole: 128}\n", "defaults.mmio_hole: expected an integer from 256 to 3840, got 128"),
+        ("defaults: {seabios_size: 300}\n", "defaults.seabios_size: expected KiB of the SeaBIOS image: size 300 KiB"),
+        ("defaults: {seabios_size: 130}\n", "not a multiple of 4 KiB from 4 to 256 KiB"),
         ("defaults: {rdm: 'policy=strict,policy=relaxed'}\n", "defaults.rdm: expected an xl.cfg rdm= string"),
         ("metrics: {listen: '127.0.0.1:70000'}\n", "metrics.listen"),
         ("log: {level: loud}\n", "log.level: expected one of debug, info, warning, error"),
@@ -185,7 +190,7 @@ _VALUES = st.recursive(
 
 
 def _sections() -> st.SearchStrategy[dict[str, object]]:
-    from rmrrd.config import _SCHEMA
+    from rmrrd.edges.config import _SCHEMA
 
     keys = st.sampled_from([f"{s}.{k}" for s, ks in _SCHEMA.items() for k in ks] + ["peers", "bogus.key"])
     return st.dictionaries(keys, _VALUES, max_size=6)

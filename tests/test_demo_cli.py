@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -19,7 +23,7 @@ def test_demo_plays_every_step_of_the_seed_scenario_and_exits_0() -> None:
         assert heading in report
     steps = [line for line in report.splitlines() if line.lstrip().startswith("[")]
     assert len(steps) == 15 and all(line.lstrip().startswith("[ok]") for line in steps), report
-    assert report.rstrip().endswith("15 of 15 steps as the contract expects")
+    assert report.rstrip().endswith("15 of 15 steps as expected")
     # The report names each device and the reason a check failed.
     assert "hotplug 0000:00:14.0: region 0xe0000-0xeffff overlaps guest bios" in report
     # The daemon's own log goes to stderr, not into the report: the refused

@@ -6,12 +6,14 @@ import struct
 
 import pytest
 
-from rmrrd.acpi import TableError
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.inventory import UnresolvedDevice
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
-from test_acpi_helpers import dmar, drhd, fix_checksum, rmrr, scope
+from rmrrd.core.acpi import TableError
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.inventory import UnresolvedDevice
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from support.acpi_tables import dmar, drhd, fix_checksum, rmrr, scope
+
+pytestmark = pytest.mark.unit
 
 EP = 1
 
@@ -56,10 +58,12 @@ def test_overlapping_rmrrs_are_kept_with_a_warning() -> None:
     assert len(inv.regions) == 2 and "overlaps" in inv.warnings[0]
 
 
-def test_unknown_structure_is_skipped_by_length() -> None:
-    unknown = struct.pack("<HH", 0x77, 10) + b"\xff" * 6
-    table = parse_dmar(dmar([unknown, rmrr(0, 0x1000, 0x1FFF, [scope(EP, 0, [(2, 0)])])]))
-    assert [(sub.type, sub.offset) for sub in table.subtables] == [(0x77, 48), (1, 58)]
+@pytest.mark.parametrize("kind", [4, 5, 6, 0x77])  # ANDD, SATC, SIDP, undefined
+def test_other_structures_are_skipped_by_length(kind: int) -> None:
+    # 10 bytes: the RMRR after it starts off the 8-byte grid, as in real tables.
+    other = struct.pack("<HH", kind, 10) + b"\xff" * 6
+    table = parse_dmar(dmar([other, rmrr(0, 0x1000, 0x1FFF, [scope(EP, 0, [(2, 0)])])]))
+    assert [(sub.type, sub.offset) for sub in table.subtables] == [(kind, 48), (1, 58)]
     assert table.rmrrs[0].offset == 58
 
 

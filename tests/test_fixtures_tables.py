@@ -1,78 +1,68 @@
-"""Every real firmware table in ../shared/fixtures parses, to every value in expected.json."""
+"""Every real firmware table parses, to every value its corpus's expected.json gives.
+
+The corpus is the repository's (``tests/data/firmware``) plus, when
+``RMRRD_EXTRA_FIRMWARE`` names one, an extra directory of tables (``support.firmware``).
+"""
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rmrrd.commands.inventory import dmar_to_json, ivrs_to_json
-from rmrrd.dmar import DmarTable, dmar_inventory, parse_dmar
-from rmrrd.inventory import UnresolvedDevice
-from rmrrd.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
+from rmrrd.cli.inventory import dmar_to_json, ivrs_to_json
+from rmrrd.core.dmar import DmarTable, dmar_inventory, parse_dmar
+from rmrrd.core.inventory import UnresolvedDevice
+from rmrrd.core.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from support.firmware import CORPUS, EXTRA, NAMES, OWN, assert_matches_expected, is_dmar, table
 
-FIXTURES = Path(__file__).parents[1] / ".." / "shared" / "fixtures"
-TABLES = FIXTURES / "tables"
-EXPECTED: dict[str, dict[str, Any]] = json.loads((FIXTURES / "expected.json").read_text())
-BINARIES = sorted(path.name for path in TABLES.iterdir() if not path.name.endswith(".dsl"))
+pytestmark = [pytest.mark.unit, pytest.mark.firmware]
 
 
 def _decode(name: str) -> dict[str, Any]:
-    data = (TABLES / name).read_bytes()
-    return dmar_to_json(parse_dmar(data)) if "DMAR" in name else ivrs_to_json(parse_ivrs(data))
+    data = table(name).read_bytes()
+    return dmar_to_json(parse_dmar(data)) if is_dmar(name) else ivrs_to_json(parse_ivrs(data))
 
 
-def test_fixtures_are_present() -> None:
-    assert len(BINARIES) == 27 and set(EXPECTED) <= set(BINARIES)
+def test_the_repository_carries_its_corpus() -> None:
+    # 19 licensed tables, 12 with expected values: a clone alone tests the parsers on them.
+    assert len(OWN.tables) == 19 and len(OWN.expected) == 12
+    assert set(OWN.expected) <= set(OWN.tables) and set(CORPUS.expected) <= set(CORPUS.tables)
 
 
-@pytest.mark.parametrize("name", BINARIES)
+@pytest.mark.skipif(EXTRA is None, reason="no extra corpus (RMRRD_EXTRA_FIRMWARE unset)")
+def test_extra_corpus_agrees_with_the_repositorys_copies() -> None:
+    assert EXTRA is not None
+    common = set(OWN.tables) & set(EXTRA.tables)
+    for name in common:
+        assert OWN.tables[name].read_bytes() == EXTRA.tables[name].read_bytes(), name
+    for name in set(OWN.expected) & set(EXTRA.expected):
+        assert OWN.expected[name] == EXTRA.expected[name], name
+    for name in set(OWN.counts) & set(EXTRA.counts):
+        assert OWN.counts[name] == EXTRA.counts[name], name
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_every_table_parses_and_walks_to_its_end(name: str) -> None:
-    data = (TABLES / name).read_bytes()
-    table: DmarTable | IvrsTable
-    if "DMAR" in name:
-        table = dmar = parse_dmar(data)
+    data = table(name).read_bytes()
+    parsed: DmarTable | IvrsTable
+    if is_dmar(name):
+        parsed = dmar = parse_dmar(data)
         inventory = dmar_inventory(dmar, "h")
     else:
-        table = ivrs = parse_ivrs(data)
+        parsed = ivrs = parse_ivrs(data)
         inventory = ivrs_inventory(ivrs, "h")
-    last = table.subtables[-1] if table.subtables else None
-    assert last is None or last.offset + last.length == len(data) == table.header.length
-    assert table.header.checksum_ok
+    last = parsed.subtables[-1] if parsed.subtables else None
+    assert last is None or last.offset + last.length == len(data) == parsed.header.length
+    assert parsed.header.checksum_ok
     assert all(region.range.is_page_aligned() for region in inventory.regions)
 
 
-def assert_matches_expected(got: dict[str, Any], want: dict[str, Any]) -> None:
-    """Compare every value ``want`` (an ``expected.json`` entry) gives, key by key.
-
-    Driven by ``want``'s own keys, so a value added to expected.json is compared too;
-    a key missing from ``got`` fails (KeyError), it is never skipped.  RMRRs and IVMDs
-    are compared element by element on the expected element's keys (``got`` adds
-    decoded fields such as ``devices``); the IVMD BDF is compared as a device, since
-    expected.json writes it without the segment.
-    """
-    assert want, "empty expected entry"
-    for key, value in want.items():
-        if key in ("rmrrs", "ivmds"):
-            assert len(got[key]) == len(value), key
-            for index, (have, expect) in enumerate(zip(got[key], value)):
-                for field, wanted in expect.items():
-                    if field == "bdf":
-                        assert Bdf.parse(have[field]) == Bdf.parse(wanted), (key, index, field)
-                    else:
-                        assert have[field] == wanted, (key, index, field)
-        else:
-            assert got[key] == value, key
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(CORPUS.expected))
 def test_values_match_expected(name: str) -> None:
-    assert_matches_expected(_decode(name), EXPECTED[name])
+    assert_matches_expected(_decode(name), CORPUS.expected[name])
 
 
 def test_comparison_catches_a_wrong_value() -> None:
@@ -81,34 +71,32 @@ def test_comparison_catches_a_wrong_value() -> None:
     got = _decode(name)
     got["rmrrs"][1]["scopes"][0]["path"][1][0] += 1
     with pytest.raises(AssertionError):
-        assert_matches_expected(got, EXPECTED[name])
+        assert_matches_expected(got, OWN.expected[name])
     ivrs = "linuxhw_ASUS-Zenbook-S16-UM5606WA_4AF98851C2C6_IVRS.bin"
     got = _decode(ivrs)
     got["ivmds"][1]["bdf"] = "c4:00.6"
     with pytest.raises(AssertionError):
-        assert_matches_expected(got, EXPECTED[ivrs])
-
-
-_README_ROW = re.compile(r"^\| `([^`]+)` \| (DMAR|IVRS) \| (\d+) (RMRR|IVMD) \|", re.MULTILINE)
-_README_COUNTS = {m[1]: (m[2], int(m[3])) for m in _README_ROW.finditer((FIXTURES / "README.md").read_text())}
+        assert_matches_expected(got, OWN.expected[ivrs])
 
 
 def test_readme_lists_every_table() -> None:
-    assert set(_README_COUNTS) == set(BINARIES)
+    assert set(OWN.counts) == set(OWN.tables)
+    if EXTRA is not None and EXTRA.counts:
+        assert set(EXTRA.counts) == set(EXTRA.tables)
 
 
-@pytest.mark.parametrize("name", BINARIES)
+@pytest.mark.parametrize("name", sorted(CORPUS.counts))
 def test_rmrr_and_ivmd_counts_match_the_readme(name: str) -> None:
-    # The only independent value for the tables whose expected values are kept elsewhere.
-    signature, count = _README_COUNTS[name]
+    # The only independent value for the tables without an expected.json entry.
+    signature, count = CORPUS.counts[name]
     got = _decode(name)
     assert got["signature"] == signature
     assert len(got["rmrrs" if signature == "DMAR" else "ivmds"]) == count
 
 
 def _inventory(name: str) -> Any:
-    data = (TABLES / name).read_bytes()
-    return dmar_inventory(parse_dmar(data), "h") if "DMAR" in name else ivrs_inventory(parse_ivrs(data), "h")
+    data = table(name).read_bytes()
+    return dmar_inventory(parse_dmar(data), "h") if is_dmar(name) else ivrs_inventory(parse_ivrs(data), "h")
 
 
 def test_shared_rmrr_is_one_region_with_every_device() -> None:
@@ -131,10 +119,10 @@ def test_page_zero_rmrr_is_kept() -> None:
 
 
 def test_base_and_limit_zero_is_skipped_with_warning() -> None:
-    table = parse_dmar((TABLES / "linuxhw_HP-Compaq-6730b_795F37601A0A_DMAR.bin").read_bytes())
-    assert any(rmrr.base == 0 and rmrr.limit == 0 for rmrr in table.rmrrs)
-    inv = dmar_inventory(table, "h")
-    assert len(inv.regions) == len(table.rmrrs) - 1
+    dmar = parse_dmar(table("linuxhw_HP-Compaq-6730b_795F37601A0A_DMAR.bin").read_bytes())
+    assert any(rmrr.base == 0 and rmrr.limit == 0 for rmrr in dmar.rmrrs)
+    inv = dmar_inventory(dmar, "h")
+    assert len(inv.regions) == len(dmar.rmrrs) - 1
     assert all(region.range.start != 0 for region in inv.regions)
     assert any("base and limit are both 0" in warning for warning in inv.warnings)
 
@@ -148,20 +136,25 @@ def test_adjacent_rmrrs_stay_separate_and_do_not_warn_as_overlapping() -> None:
 
 def test_one_byte_ivmd_device_range_is_widened_to_a_page() -> None:
     name = "linuxhw_MECHREVO-WUJIE14XA_9249A3556422_IVRS.bin"
-    table = parse_ivrs((TABLES / name).read_bytes())
-    assert {(ivmd.type, ivmd.mem_length) for ivmd in table.ivmds} == {(0x22, 1)}
-    inv = ivrs_inventory(table, "h")
-    for ivmd, region in zip(table.ivmds, inv.regions):
+    ivrs = parse_ivrs(table(name).read_bytes())
+    assert {(ivmd.type, ivmd.mem_length) for ivmd in ivrs.ivmds} == {(0x22, 1)}
+    inv = ivrs_inventory(ivrs, "h")
+    for ivmd, region in zip(ivrs.ivmds, inv.regions):
         assert region.range == Range(ivmd.start, ivmd.start + 0x1000)
         assert region.devices[0] == Bdf(0, 0, 0, 0) and region.devices[-1] == Bdf(0, ivmd.aux >> 8, 0x1F, 7)
         assert len(region.devices) == ivmd.aux - ivmd.devid + 1
-    assert len([w for w in inv.warnings if "widened" in w]) == len(table.ivmds)
+    assert len([w for w in inv.warnings if "widened" in w]) == len(ivrs.ivmds)
 
 
-def test_andd_satc_and_unknown_subtables_are_skipped() -> None:
-    book = parse_dmar((TABLES / "lsurf_surface_book_2_DMAR.bin").read_bytes())
-    assert [sub.type for sub in book.subtables].count(4) == 5 and len(book.rmrrs) == 2
-    laptop6 = parse_dmar((TABLES / "lsurf_surface_laptop_6_DMAR.bin").read_bytes())
-    assert {5, 6} <= {sub.type for sub in laptop6.subtables} and laptop6.rmrrs == ()
-    thinkpad = parse_ivrs((TABLES / "linuxhw_Lenovo-ThinkPad-T14-Gen3-AMD_696E48381F84_IVRS.bin").read_bytes())
+def test_undefined_ivrs_subtable_is_skipped() -> None:
+    thinkpad = parse_ivrs(table("linuxhw_Lenovo-ThinkPad-T14-Gen3-AMD_696E48381F84_IVRS.bin").read_bytes())
     assert 0x51 in {sub.type for sub in thinkpad.subtables} and len(thinkpad.ivmds) == 1
+
+
+def test_andd_and_satc_subtables_are_skipped() -> None:
+    # Only unlicensed tables have these, so this runs with an extra corpus that has
+    # them; tests/test_dmar_synthetic.py covers the same by construction.
+    book = parse_dmar(table("lsurf_surface_book_2_DMAR.bin").read_bytes())
+    assert [sub.type for sub in book.subtables].count(4) == 5 and len(book.rmrrs) == 2
+    laptop6 = parse_dmar(table("lsurf_surface_laptop_6_DMAR.bin").read_bytes())
+    assert {5, 6} <= {sub.type for sub in laptop6.subtables} and laptop6.rmrrs == ()

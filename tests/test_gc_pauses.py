@@ -5,7 +5,11 @@ from __future__ import annotations
 import gc
 import weakref
 
-from rmrrd.gc_pauses import short_gc_pauses
+import pytest
+
+from rmrrd.edges.gc_pauses import short_gc_pauses
+
+pytestmark = pytest.mark.unit
 
 
 class Cycle:

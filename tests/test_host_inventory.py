@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.host_inventory import build_host_inventory
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
-from test_sysfs_pci import make_device
+from rmrrd.edges.host_inventory import build_host_inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from support.firmware import table
+from support.sysfs import make_device
 
-ROOT = Path(__file__).parents[1]
-TABLES = ROOT / ".." / "shared" / "fixtures" / "tables"
+pytestmark = pytest.mark.unit
 
 
 def test_missing_tables_are_warnings(tmp_path: Path) -> None:
@@ -22,8 +22,9 @@ def test_missing_tables_are_warnings(tmp_path: Path) -> None:
     assert inv.regions == () and len(inv.warnings) == 2 and "no DMAR table" in inv.warnings[0]
 
 
+@pytest.mark.firmware
 def test_dmar_with_sysfs_and_yaml_merge(tmp_path: Path) -> None:
-    shutil.copy(TABLES / "linuxhw_DEPO-Super-Server-Supermicro-board_F84E17B9619B_DMAR.bin", tmp_path / "DMAR")
+    shutil.copy(table("linuxhw_DEPO-Super-Server-Supermicro-board_F84E17B9619B_DMAR.bin"), tmp_path / "DMAR")
     make_device(tmp_path, "0000:00:02.0", bridge=True, secondary=1)
     extra = tmp_path / "extra.yaml"
     extra.write_text("host: h\nregions:\n  - range: 0x7ba6d000-0x7ba7cfff\n    devices: [00:1f.0, 00:14.0]\n"

@@ -1,4 +1,4 @@
-"""YAML and JSON inventories (contract section 2): loading, errors with lines, dumping."""
+"""YAML and JSON inventories: loading, errors with lines, dumping."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import HostRegion, Inventory, UnresolvedDevice
-from rmrrd.inventory_yaml import (
+from rmrrd.core.inventory import HostRegion, Inventory, UnresolvedDevice
+from rmrrd.core.inventory_yaml import (
     dump_inventory_yaml,
     inventory_from_json,
     inventory_to_json,
@@ -19,8 +19,10 @@ from rmrrd.inventory_yaml import (
     load_inventory_text,
     parse_device,
 )
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).parents[1]
 
@@ -127,3 +129,15 @@ def test_json_round_trip(inv: Inventory) -> None:
 def test_parse_device_forms() -> None:
     assert parse_device("03:00.0") == Bdf(0, 3, 0, 0)
     assert str(parse_device("0000:00:1c.0/00.1/02.3")) == "0000:00:1c.0/00.1/02.3"
+
+
+def test_aliases_round_trip_and_are_checked() -> None:
+    text = "host: node-b\naliases: [node-b.example, 10.0.0.2]\nregions: []\n"
+    inv = load_inventory_text(text, "b.yaml")
+    assert inv.aliases == ("node-b.example", "10.0.0.2")
+    assert load_inventory_text(dump_inventory_yaml(inv), "again.yaml") == inv
+    assert inventory_from_json(inventory_to_json(inv), "json") == inv
+    with pytest.raises(InputError, match=r"^b\.yaml:2: aliases\[1\]: 'fe80::1' is not a host name"):
+        load_inventory_text("host: node-b\naliases: [nb, 'fe80::1']\nregions: []\n", "b.yaml")
+    with pytest.raises(InputError, match=r"aliases\[0\]: 'node-b' is listed already"):
+        load_inventory_text("host: node-b\naliases: [node-b]\nregions: []\n", "b.yaml")

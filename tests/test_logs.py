@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.logs import parse_level, setup_logging, stderr_is_journal
+from rmrrd.edges.logs import parse_level, setup_logging, stderr_is_journal
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +31,7 @@ def emit_all(stream: io.StringIO) -> list[str]:
     log.info("domain 1: ready")
     log.warning("domain 1 device 0000:00:14.0: region 0xe0000-0xeffff overlaps bios")
     log.error("domain 2: no memory\nsecond line")
+    log.critical("crashed")
     return stream.getvalue().splitlines()
 
 
@@ -42,6 +43,7 @@ def test_journal_prefixes() -> None:
         "<6>rmrrd.test: domain 1: ready",
         "<4>rmrrd.test: domain 1 device 0000:00:14.0: region 0xe0000-0xeffff overlaps bios",
         "<3>rmrrd.test: domain 2: no memory | second line",
+        "<2>rmrrd.test: crashed",
     ]
 
 
@@ -49,9 +51,10 @@ def test_plain_format_has_time_and_level_but_no_prefix() -> None:
     out = io.StringIO()
     setup_logging("warning", journal=False, stream=out)
     lines = emit_all(out)
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert lines[0].endswith(" WARNING rmrrd.test: domain 1 device 0000:00:14.0: region 0xe0000-0xeffff overlaps bios")
     assert lines[1].endswith(" ERROR rmrrd.test: domain 2: no memory | second line")
+    assert lines[2].endswith(" CRITICAL rmrrd.test: crashed")
     assert not any(line.startswith("<") for line in lines)
 
 
@@ -86,6 +89,7 @@ def test_journal_stream_detection(tmp_path: Path) -> None:
     assert not stderr_is_journal(io.StringIO(), {"JOURNAL_STREAM": "1:2"})
 
 
+@pytest.mark.process
 def test_journal_detected_on_real_stderr(tmp_path: Path) -> None:
     """A child whose stderr is the file JOURNAL_STREAM names writes prefixed lines."""
     err = tmp_path / "stderr"
@@ -93,7 +97,7 @@ def test_journal_detected_on_real_stderr(tmp_path: Path) -> None:
         "import logging, os, sys\n"
         "st = os.fstat(2)\n"
         "os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
-        "from rmrrd.logs import setup_logging\n"
+        "from rmrrd.edges.logs import setup_logging\n"
         "setup_logging('info')\n"
         "logging.getLogger('rmrrd.x').warning('domain 3: late')\n"
     )

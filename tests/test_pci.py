@@ -1,7 +1,9 @@
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.pci import Bdf
+from rmrrd.core.pci import Bdf
+
+pytestmark = pytest.mark.unit
 
 
 def test_short_form_means_segment_zero() -> None:

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from rmrrd.host_inventory import table_inventory
-from rmrrd.http_server import Route, serve_http
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
-from rmrrd.peers import inventory_url, load_peers
+from rmrrd.edges.host_inventory import table_inventory
+from rmrrd.edges.http_server import Route, serve_http
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
+from rmrrd.edges.peers import inventory_url, load_peers
+from support.firmware import CORPUS, is_dmar
 
 HOST = "127.0.0.1"
 ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
-TABLES = Path("/work/shared/fixtures/tables")
 NODE_A = load_inventory_file(ETC / "node-a.yaml")
 NODE_B = load_inventory_file(ETC / "node-b.yaml")
 
@@ -101,18 +101,13 @@ async def test_empty_directory_and_no_sources(tmp_path: Path) -> None:
 
 
 def fixture_inventories() -> list[Inventory]:
-    """Real hosts' inventories from the shared firmware tables (with unresolved scope
-    paths, shared regions, warnings): what a peer daemon would serve."""
-    found = []
-    for path in sorted(TABLES.glob("*")):
-        kind = "dmar" if "DMAR" in path.name.upper() else "ivrs"
-        if path.suffix == ".dsl" or path.suffix == ".json":
-            continue
-        found.append(table_inventory(kind, path.read_bytes(), path.name, path, None))
-    return found
+    """Real hosts' inventories from the firmware corpus (with unresolved scope paths,
+    shared regions, warnings): what a peer daemon would serve."""
+    return [table_inventory("dmar" if is_dmar(name) else "ivrs", path.read_bytes(), name, path, None)
+            for name, path in sorted(CORPUS.tables.items())]
 
 
-@pytest.mark.skipif(not TABLES.is_dir(), reason="shared fixtures not present")
+@pytest.mark.firmware
 async def test_http_round_trip_of_real_inventories(nursery: trio.Nursery) -> None:
     inventories = [NODE_A, NODE_B, *fixture_inventories()]
     urls = [await serve(nursery, {"/inventory": inventory_route(inv)}) for inv in inventories]
@@ -264,3 +259,18 @@ async def test_this_host_is_excluded(tmp_path: Path) -> None:
     load = await load_peers([tmp_path], exclude="node-a")
     assert load.peers == {"node-b": NODE_B}
     assert load.problems == (f"{tmp_path / 'node-a.yaml'}: host 'node-a' is this host, not a peer: skipped",)
+
+
+async def test_aliases_travel_over_http_and_stay_unique(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A peer's aliases come with its /inventory; an alias two hosts claim stays with the first."""
+    named_b = Inventory("node-b", NODE_B.regions, aliases=("node-b.example", "10.0.0.2"))
+    url = await serve(nursery, {"/inventory": inventory_route(named_b)})
+    clash = write(tmp_path, "node-c.yaml", "host: node-c\naliases: [node-b.example, nc, node-d]\nregions: []\n")
+    later = write(tmp_path, "node-d.yaml", "host: node-d\nregions: []\n")
+    load = await load_peers([url, clash, later], exclude="node-a")
+    assert load.peers["node-b"] == named_b
+    assert load.peers["node-c"].aliases == ("nc",)
+    assert load.problems == (
+        f"{clash}: alias 'node-b.example' of host 'node-c' already names another host: dropped",
+        f"{clash}: alias 'node-d' of host 'node-c' is the name of another peer: dropped",
+    )

@@ -1,15 +1,17 @@
-"""Planner rules of contract 4.1 case by case, and request parsing from xenstore strings."""
+"""Planner rules case by case, and request parsing from xenstore strings."""
 
 from __future__ import annotations
 
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import HostRegion, Inventory
-from rmrrd.pci import Bdf
-from rmrrd.planner import DomainRequest, Plan, parse_domain_request, plan
-from rmrrd.ranges import parse_range
-from rmrrd.xlcfg import DeviceSpec, Policy, parse_rdm
+from rmrrd.core.inventory import HostRegion, Inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import DomainRequest, Plan, parse_domain_request, plan
+from rmrrd.core.ranges import parse_range
+from rmrrd.core.xlcfg import DeviceSpec, Policy, parse_rdm
+
+pytestmark = pytest.mark.unit
 
 GPU = Bdf.parse("00:02.0")
 HOST = Inventory("h", (
@@ -83,18 +85,26 @@ def test_unknown_migrate_host_is_named() -> None:
 
 def test_parse_domain_request_defaults_and_keyed_entries() -> None:
     request = parse_domain_request("4096", None, None, None, {"3": "00:02.0,rdm_policy=relaxed"})
-    assert (request.mmio_hole_mib, request.mem_boundary_mib, request.rdm) == (256, 2048, parse_rdm(""))
+    assert (request.mmio_hole_mib, request.mem_boundary_mib) == (256, 2048)
+    assert (request.rdm.strategy, request.rdm.domain_policy) == (None, Policy.RELAXED)
     assert request.pci == (DeviceSpec(GPU, Policy.RELAXED),)
 
 
-def test_device_policy_does_not_follow_the_domain_policy() -> None:
-    # Unlike xl_parse.c, rdm=policy=relaxed leaves a device without rdm_policy strict
-    # (contract 4.1; docs/planner.md "xl differs on one default").
+def test_device_policy_follows_the_requests_rdm_policy() -> None:
+    # As xl_parse.c: a device without rdm_policy takes the policy the request's rdm=
+    # names ("the per-device policy always follows the global policy by default").
     request = parse_domain_request("4096", "1024", "policy=relaxed", "4096", ["00:02.0"])
-    assert request.pci == (DeviceSpec(GPU, Policy.STRICT),)
+    assert request.pci == (DeviceSpec(GPU),) and request.device_policy is Policy.RELAXED
     result = plan(request, HOST, {})
-    assert result.status == "error"
-    assert _by_range(result)["0xa0000000-0xa37fffff"] == ("pci 0000:00:02.0", "ram", "failed")
+    assert result.status == "ready"
+    assert _by_range(result)["0xa0000000-0xa37fffff"] == ("pci 0000:00:02.0", "ram", "warned")
+
+
+def test_configured_default_rdm_does_not_make_devices_relaxed() -> None:
+    # defaults.rdm stands for the domain's policy only; the device stays strict as libxl makes it.
+    request = parse_domain_request("4096", "1024", None, "4096", ["00:02.0"])
+    assert request.device_policy is Policy.STRICT
+    assert _by_range(plan(request, HOST, {}))["0xa0000000-0xa37fffff"] == ("pci 0000:00:02.0", "ram", "failed")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

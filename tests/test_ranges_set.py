@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rmrrd.errors import InputError
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet, parse_range
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet, parse_range
+
+pytestmark = pytest.mark.unit
 
 _pages = st.tuples(st.integers(0, 40), st.integers(1, 8)).map(
     lambda t: Range(t[0] * PAGE_SIZE, (t[0] + t[1]) * PAGE_SIZE))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rmrrd.pci import Bdf
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
-from rmrrd.regions import ReservedRegion, Source, combine_policies, merge_regions
-from rmrrd.xlcfg import Policy
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
+from rmrrd.core.regions import ReservedRegion, Source, combine_policies, merge_regions
+from rmrrd.core.xlcfg import Policy
+
+pytestmark = pytest.mark.unit
 
 _sources = st.sampled_from([Source.of("pci", "0000:00:02.0"), Source.of("hotplug", "0000:00:14.0"),
                             Source.of("host"), Source.of("migrate", "node-b"), Source.of("reserve")])
@@ -35,7 +38,7 @@ def test_merge_keeps_everything(regions: list[ReservedRegion]) -> None:
         assert holder.policy == combine_policies(r.policy for r in parts)
 
 
-def test_identical_regions_list_sources_in_contract_order() -> None:
+def test_identical_regions_list_sources_in_documented_order() -> None:
     rng = Range(0xE0000, 0xF0000)
     merged = merge_regions([ReservedRegion(rng, (Source.of("migrate", "node-b"),)),
                             ReservedRegion(rng, (Source.of("host"),), policy=Policy.RELAXED),

@@ -1,4 +1,4 @@
-"""Every row of contract section 7, through ``plan`` and the check functions.
+"""Every row of the seed scenario, through ``plan`` and the check functions.
 
 Uses the seed inventories shipped in ``etc/inventories`` so that what the demo
 prints and what is tested are the same hosts.
@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from rmrrd.checks import check_assign, check_hotplug, check_migrate
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.planner import Plan, parse_domain_request, plan
-from rmrrd.xlcfg import parse_device_spec
+from rmrrd.core.checks import check_assign, check_hotplug, check_migrate
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.planner import Plan, parse_domain_request, plan
+from rmrrd.core.xlcfg import parse_device_spec
+
+pytestmark = pytest.mark.unit
 
 _ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
 D1, D2, D3 = "0000:00:14.0", "0000:00:02.0", "0000:03:00.0"

@@ -7,11 +7,15 @@ from pathlib import Path
 
 import trio
 
-from test_service_support import (NotifySocket, XenstoredProcess, start_daemon, workdir, daemons, xenstored,  # noqa: F401
-                                  read_key, Daemon)
-from rmrrd.demo import SEED_DOMAIN, write_request
-from rmrrd.schema import STATUS_KEY, answer_path
+import pytest
+
+from support.processes import Daemon, XenstoredProcess, read_key, start_daemon
+from rmrrd.app.demo import SEED_DOMAIN
+from rmrrd.app.toolstack import write_request
+from rmrrd.protocol import STATUS_KEY, answer_path
 from rmrrd.xenstore.client import open_xenstore
+
+pytestmark = pytest.mark.process
 
 GRACE = 3.0
 
@@ -25,59 +29,52 @@ def _pending_domain(xenstore: Path) -> None:
 
 
 def test_ready_after_first_reconcile_then_watchdog_then_stopping(
-        workdir: Path, daemons: list[Daemon], xenstored: XenstoredProcess) -> None:
+        workdir: Path, daemons: list[Daemon], xenstored_process: XenstoredProcess) -> None:
+    xenstored = xenstored_process
     # A request waits in xenstore before rmrrd starts: READY=1 must mean it is answered.
     _pending_domain(xenstored.path)
-    notify = NotifySocket(workdir / "notify")
-    try:
-        daemon = start_daemon(workdir, xenstore=xenstored.path, set_watchdog_pid=True,
-                              extra_config=f"limits:\n  shutdown_grace_seconds: {GRACE}\n",
-                              env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"})
-        daemons.append(daemon)
-        before_ready = notify.wait_for("READY=1")
-        # Nothing but READY (with its STATUS) comes first: no watchdog ping from a
-        # daemon that is not serving yet.
-        assert len(before_ready) == 1
-        ready = before_ready[0].splitlines()
-        assert ready[0] == "READY=1"
-        assert ready[1].startswith("STATUS=serving 1 domains; host node-a with 2 regions, 1 peers")
-        assert read_key(xenstored.path, f"{answer_path(7)}/status") == "ready"
-        assert read_key(xenstored.path, STATUS_KEY) == "ready"
-        assert daemon.get("/healthz")[0] == 200
+    daemon = start_daemon(workdir, xenstore=xenstored.path, set_watchdog_pid=True, wait=False,
+                          limits={"shutdown_grace_seconds": GRACE}, env={"WATCHDOG_USEC": "200000"})
+    daemons.append(daemon)
+    notify = daemon.notify
+    assert notify is not None
+    before_ready = notify.wait_for("READY=1")
+    # Nothing but READY (with its STATUS) comes first: no watchdog ping from a
+    # daemon that is not serving yet.
+    assert len(before_ready) == 1
+    ready = before_ready[0].splitlines()
+    assert ready[0] == "READY=1"
+    assert ready[1].startswith("STATUS=serving 1 domains; host node-a with 2 regions, 1 peers")
+    assert read_key(xenstored.path, f"{answer_path(7)}/status") == "ready"
+    assert read_key(xenstored.path, STATUS_KEY) == "ready"
+    assert daemon.get("/healthz")[0] == 200
 
-        # WATCHDOG_USEC=200000: a ping every 0.1 s; three in a row, nothing else between.
-        assert [notify.next_message() for _ in range(3)] == ["WATCHDOG=1"] * 3
+    # WATCHDOG_USEC=200000: a ping every 0.1 s; three in a row, nothing else between.
+    assert [notify.next_message() for _ in range(3)] == ["WATCHDOG=1"] * 3
 
-        daemon.process.send_signal(signal.SIGTERM)
-        after = notify.wait_for("STOPPING=1")
-        assert set(after[:-1]) <= {"WATCHDOG=1"}
-        assert notify.next_message() == "STATUS=stopping: finishing in-flight answers"
-        assert daemon.wait_exit(timeout=GRACE + 10) == 0
-    finally:
-        notify.close()
+    daemon.process.send_signal(signal.SIGTERM)
+    after = notify.wait_for("STOPPING=1")
+    assert set(after[:-1]) <= {"WATCHDOG=1"}
+    assert notify.next_message() == "STATUS=stopping: finishing in-flight answers"
+    assert daemon.wait_exit(timeout=GRACE + 10) == 0
     assert "signal SIGTERM: stopping within 3.0 s" in daemon.log()
     assert read_key(xenstored.path, STATUS_KEY) == "stopped"
 
 
 def test_watchdog_pid_of_another_process_means_no_pings(workdir: Path, daemons: list[Daemon]) -> None:
-    notify = NotifySocket(workdir / "notify")
-    try:
-        daemon = start_daemon(workdir, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "100000",
-                                            "WATCHDOG_PID": "1"})
-        daemons.append(daemon)
-        notify.wait_for("READY=1")
-        daemon.process.send_signal(signal.SIGINT)
-        # Had the watchdog been on, pings every 50 ms would come before STOPPING.
-        assert notify.wait_for("STOPPING=1") == ["STOPPING=1"]
-        assert daemon.wait_exit() == 0
-    finally:
-        notify.close()
+    daemon = start_daemon(workdir, env={"WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"})
+    daemons.append(daemon)
+    assert daemon.notify is not None and daemon.notify.received[-1].startswith("READY=1")
+    daemon.process.send_signal(signal.SIGINT)
+    # Had the watchdog been on, pings every 50 ms would come before STOPPING.
+    assert daemon.notify.wait_for("STOPPING=1") == ["STOPPING=1"]
+    assert daemon.wait_exit() == 0
 
 
 def test_without_notify_socket_the_daemon_runs_and_stops(workdir: Path, daemons: list[Daemon]) -> None:
-    daemon = start_daemon(workdir)
+    daemon = start_daemon(workdir, notify=False)
     daemons.append(daemon)
-    daemon.wait_healthy()
+    daemon.wait_for_log(" ready: serving 0 domains")
     assert daemon.stop(signal.SIGINT) == 0
     assert "signal SIGINT: stopping" in daemon.log()
     assert "rmrrd stopped" in daemon.log_lines()[-1]

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from test_service_support import (Daemon, XenstoredProcess, daemons, read_key, setup_domain,  # noqa: F401
-                                  start_daemon, workdir, xenstored)
-from rmrrd.daemon.xsutil import read_text
-from rmrrd.demo import SEED_DOMAIN, write_request
-from rmrrd.schema import answer_path
+from support.processes import Daemon, XenstoredProcess, read_key, setup_domain, start_daemon
+from rmrrd.xenstore.ops import read_text
+from rmrrd.app.demo import SEED_DOMAIN
+from rmrrd.app.toolstack import write_request
+from rmrrd.protocol import answer_path
 from rmrrd.xenstore.client import open_xenstore
+
+pytestmark = pytest.mark.process
 
 BURST = 40
 
@@ -31,10 +33,10 @@ def _answers(xenstore: Path, domids: range) -> dict[int, tuple[str | None, str |
 
 
 def test_sigterm_mid_burst_leaves_whole_answers_and_a_restart_finishes(
-        workdir: Path, daemons: list[Daemon], xenstored: XenstoredProcess) -> None:
+        workdir: Path, daemons: list[Daemon], xenstored_process: XenstoredProcess) -> None:
+    xenstored = xenstored_process
     daemon = start_daemon(workdir, xenstore=xenstored.path)
     daemons.append(daemon)
-    daemon.wait_healthy()
     domids = range(10, 10 + BURST)
 
     async def burst() -> None:
@@ -52,7 +54,6 @@ def test_sigterm_mid_burst_leaves_whole_answers_and_a_restart_finishes(
 
     again = start_daemon(workdir, xenstore=xenstored.path)
     daemons.append(again)
-    again.wait_healthy()
     # The reconcile of the next start answers what the stop left.
     assert set(_answers(xenstored.path, domids).values()) == {("ready", "1")}
     assert again.stop(signal.SIGINT) == 0
@@ -61,9 +62,8 @@ def test_sigterm_mid_burst_leaves_whole_answers_and_a_restart_finishes(
 def test_sighup_uses_a_changed_inventory_for_the_next_setup(workdir: Path, daemons: list[Daemon]) -> None:
     daemon = start_daemon(workdir)
     daemons.append(daemon)
-    daemon.wait_healthy()
     before = setup_domain(daemon.xenstore, 1, {"memory": "1024", "pci/0": "0000:05:00.0"})
-    assert before["status"] == "ready" and not any(key.startswith("region") for key in before)
+    assert before.status == "ready" and before.regions == ()
 
     inventory = workdir / "node-a.yaml"
     inventory.write_text(inventory.read_text()
@@ -74,8 +74,8 @@ def test_sighup_uses_a_changed_inventory_for_the_next_setup(workdir: Path, daemo
     assert "reload: host node-a: region 0x7f000000-0x7f0fffff (0000:05:00.0) added" in daemon.log()
 
     after = setup_domain(daemon.xenstore, 2, {"memory": "1024", "pci/0": "0000:05:00.0"})
-    assert after["status"] == "ready"
-    assert "region 0x7f000000-0x7f0fffff" in after
+    assert after.status == "ready"
+    assert "0x7f000000-0x7f0fffff" in [str(region.range) for region in after.regions]
     # Domain 1 was built on the old layout and keeps its answer.
     assert read_key(daemon.xenstore, f"{answer_path(1)}/region/0/range") is None
     assert daemon.stop() == 0
@@ -84,7 +84,6 @@ def test_sighup_uses_a_changed_inventory_for_the_next_setup(workdir: Path, daemo
 def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons: list[Daemon]) -> None:
     daemon = start_daemon(workdir)
     daemons.append(daemon)
-    daemon.wait_healthy()
     good = daemon.config.read_text()
     daemon.config.write_text(good + "limits:\n  query_rat: 5\n")
     mark = len(daemon.log_lines())
@@ -93,7 +92,7 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons:
     assert re.search(rf"{re.escape(str(daemon.config))}:\d+: limits\.query_rat: unknown key", line)
     assert line.startswith(tuple("0123456789")) and " ERROR " in line
     # Still serving, on the old configuration.
-    assert setup_domain(daemon.xenstore, 1)["status"] == "ready"
+    assert setup_domain(daemon.xenstore, 1).status == "ready"
     assert daemon.get("/healthz")[0] == 200
 
     # A valid change afterwards applies and is named key by key.
@@ -115,7 +114,6 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons:
 def test_log_level_on_the_command_line_outranks_the_file_on_reload(workdir: Path, daemons: list[Daemon]) -> None:
     daemon = start_daemon(workdir, args=("--log-level", "warning"), extra_config="log:\n  level: debug\n")
     daemons.append(daemon)
-    daemon.wait_healthy()
     daemon.process.send_signal(signal.SIGHUP)
     setup_domain(daemon.xenstore, 1)
     assert daemon.stop() == 0
@@ -126,7 +124,7 @@ def test_log_level_on_the_command_line_outranks_the_file_on_reload(workdir: Path
 
 
 def test_sigterm_with_xenstored_hung_exits_0_within_the_grace(
-        workdir: Path, daemons: list[Daemon], xenstored: XenstoredProcess) -> None:
+        workdir: Path, daemons: list[Daemon], xenstored_process: XenstoredProcess) -> None:
     """The shutdown bound holds when the work cannot finish: xenstored stopped mid-burst.
 
     Setups waiting on xenstored should be abandoned at ``shutdown_grace_seconds``
@@ -134,9 +132,9 @@ def test_sigterm_with_xenstored_hung_exits_0_within_the_grace(
     allows 8 s: room for a loaded machine, and still below the client's 10 s request
     timeout, so a shutdown that waits for xenstored instead of the grace fails here.
     """
+    xenstored = xenstored_process
     daemon = start_daemon(workdir, xenstore=xenstored.path, extra_config="limits:\n  shutdown_grace_seconds: 1\n")
     daemons.append(daemon)
-    daemon.wait_healthy()
 
     async def burst() -> None:
         async with open_xenstore(str(xenstored.path)) as xs:

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.pci import Bdf
-from rmrrd.sysfs_pci import read_secondary_buses, sysfs_bus_lookup
+import pytest
 
-TABLES = Path(__file__).parents[1] / ".." / "shared" / "fixtures" / "tables"
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.pci import Bdf
+from rmrrd.edges.sysfs_pci import read_secondary_buses, sysfs_bus_lookup
+from support.firmware import table
+from support.sysfs import make_device
 
-
-def make_device(root: Path, name: str, *, bridge: bool, secondary: int = 0) -> None:
-    """A ``config`` file with a type-1 (bridge) or type-0 header, as Linux exposes it."""
-    config = bytearray(64)
-    config[0x0E] = 0x81 if bridge else 0x00  # bit 7: multi-function, must be ignored
-    config[0x19] = secondary
-    device = root / "sys" / "bus" / "pci" / "devices" / name
-    device.mkdir(parents=True)
-    (device / "config").write_bytes(bytes(config))
-
+pytestmark = pytest.mark.unit
 
 def test_bridges_only_and_odd_entries_ignored(tmp_path: Path) -> None:
     make_device(tmp_path, "0000:00:1c.4", bridge=True, secondary=3)
@@ -37,10 +30,11 @@ def test_missing_tree_gives_empty_lookup(tmp_path: Path) -> None:
     assert read_secondary_buses(tmp_path) == {}
 
 
+@pytest.mark.firmware
 def test_real_table_resolved_through_fake_tree(tmp_path: Path) -> None:
     for name, bus in (("0000:00:1c.4", 3), ("0000:00:01.0", 4), ("0000:00:09.0", 5), ("0000:00:03.0", 6)):
         make_device(tmp_path, name, bridge=True, secondary=bus)
-    data = (TABLES / "linuxhw_HP-ProLiant-DL360-G7_60DCEE46526A_DMAR.bin").read_bytes()
+    data = table("linuxhw_HP-ProLiant-DL360-G7_60DCEE46526A_DMAR.bin").read_bytes()
     inv = dmar_inventory(parse_dmar(data, sysfs_bus_lookup(tmp_path)), "h")
     assert inv.warnings == ()
     shared = inv.regions_for(Bdf(0, 3, 0, 2))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.pci import Bdf
-from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy, parse_device_spec, parse_rdm
+from rmrrd.core.pci import Bdf
+from rmrrd.core.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy, parse_device_spec, parse_rdm
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("", RdmConfig(None, Policy.RELAXED)),
-    ("strategy=host", RdmConfig(Strategy.HOST, Policy.RELAXED)),
+    # No policy named: None, so that pci= devices know there is none to inherit.
+    ("", RdmConfig(None, None)),
+    ("strategy=host", RdmConfig(Strategy.HOST, None)),
     ("strategy=host,policy=strict", RdmConfig(Strategy.HOST, Policy.STRICT)),
     (" policy=strict , strategy=host ", RdmConfig(Strategy.HOST, Policy.STRICT)),
 ])
@@ -33,10 +36,11 @@ def test_rdm_refusals(text: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("00:02.0", DeviceSpec(Bdf(0, 0, 2, 0), Policy.STRICT)),
+    # No rdm_policy: None, resolved by the planner (the domain's rdm= policy, else strict).
+    ("00:02.0", DeviceSpec(Bdf(0, 0, 2, 0), None)),
     ("0001:03:00.1@4,rdm_policy=relaxed", DeviceSpec(Bdf(1, 3, 0, 1), Policy.RELAXED)),
     ("00:14.0,permissive=1,msitranslate=0,seize=1,power_mgmt=1,vslot=5,name=usb",
-     DeviceSpec(Bdf(0, 0, 0x14, 0), Policy.STRICT)),
+     DeviceSpec(Bdf(0, 0, 0x14, 0), None)),
     ("bdf=00:14.0,rdm_policy=strict", DeviceSpec(Bdf(0, 0, 0x14, 0), Policy.STRICT)),
 ])
 def test_device_spec(text: str, expected: DeviceSpec) -> None:

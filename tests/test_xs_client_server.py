@@ -6,8 +6,6 @@ against the real xenstoreds too."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import trio
 from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, open_xenstore
 from rmrrd.xenstore.server import XenstoredHandle, serve_xenstored
 from rmrrd.xenstore.wire import NoEntry, Perm, PermissionDenied
-from xs_fixtures import REPO, xenstored  # noqa: F401  (fixture)
+from support.processes import XenstoredProcess
 
 
 @pytest.fixture
@@ -28,10 +26,10 @@ async def xs(xenstored: XenstoredHandle) -> AsyncIterator[XenstoreClient]:
 
 async def test_permissions_for_a_guest_connection(xs: XenstoreClient, xenstored: XenstoredHandle) -> None:
     await xs.write("/secret", "s3")
-    await xs.write("/shared/ro", "v")
-    await xs.set_perms("/shared", [Perm(0, "n"), Perm(5, "r")])
-    await xs.set_perms("/shared/ro", [Perm(0, "n"), Perm(5, "r")])
-    assert await xs.get_perms("/shared/ro") == [Perm(0, "n"), Perm(5, "r")]
+    await xs.write("/public/ro", "v")
+    await xs.set_perms("/public", [Perm(0, "n"), Perm(5, "r")])
+    await xs.set_perms("/public/ro", [Perm(0, "n"), Perm(5, "r")])
+    assert await xs.get_perms("/public/ro") == [Perm(0, "n"), Perm(5, "r")]
     await xs.introduce(5, 1234, 7)
     assert await xs.is_introduced(5) and not await xs.is_introduced(6)
     assert await xs.get_domain_path(5) == "/local/domain/5"
@@ -40,11 +38,11 @@ async def test_permissions_for_a_guest_connection(xs: XenstoreClient, xenstored:
     async with open_xenstore(str(xenstored.guest_socket(5)), timeout=5) as guest:
         with pytest.raises(PermissionDenied, match="READ /secret"):
             await guest.read("/secret")
-        assert await guest.read("/shared/ro") == b"v"
+        assert await guest.read("/public/ro") == b"v"
         with pytest.raises(PermissionDenied):
-            await guest.write("/shared/ro", "w")
+            await guest.write("/public/ro", "w")
         with pytest.raises(PermissionDenied):
-            await guest.set_perms("/shared/ro", [Perm(5, "b")])
+            await guest.set_perms("/public/ro", [Perm(5, "b")])
         await guest.write("data/x", "relative")  # resolves under the guest's home
         assert await xs.read("/local/domain/5/data/x") == b"relative"
         with pytest.raises(PermissionDenied):  # as C xenstored: EACCES, not EPERM
@@ -113,27 +111,18 @@ async def _cancellable_server(
             task_status.started(scope)
 
 
-async def _xenstored_process(socket_path: Path) -> trio.Process:
-    """``rmrrd xenstored`` as its own process, once its socket accepts connections."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rmrrd", "xenstored", "--socket", str(socket_path)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    with trio.fail_after(20):
-        while True:
-            try:
-                await (await trio.open_unix_socket(str(socket_path))).aclose()
-                return process
-            except OSError:
-                await trio.sleep(0.05)
+async def _xenstored_process(socket_path: Path) -> XenstoredProcess:
+    """``rmrrd xenstored`` as its own process, once it listens (started off the loop)."""
+    return await trio.to_thread.run_sync(XenstoredProcess, socket_path)
 
 
+@pytest.mark.process
 async def test_sigkilled_xenstored_process_restarted_under_live_watches(tmp_path: Path) -> None:
     # SIGKILL leaves the socket file behind: reconnect attempts meet ECONNREFUSED
     # and back off until the new process replaces the stale socket.
     socket_path = tmp_path / "xs.sock"
     reconnects: list[int] = []
-    process = await _xenstored_process(socket_path)
+    server = await _xenstored_process(socket_path)
     try:
         async def on_reconnect() -> None:
             reconnects.append(client.generation)
@@ -141,10 +130,10 @@ async def test_sigkilled_xenstored_process_restarted_under_live_watches(tmp_path
         async with open_xenstore(str(socket_path), timeout=10, on_reconnect=on_reconnect) as client:
             async with client.watch("/w", "w") as events:
                 assert (await events.__anext__()).path == "/w"
-                process.send_signal(signal.SIGKILL)
-                await process.wait()
+                server.process.send_signal(signal.SIGKILL)
+                await trio.to_thread.run_sync(server.process.wait)
                 assert socket_path.is_socket()  # stale, nobody listening
-                process = await _xenstored_process(socket_path)
+                server = await _xenstored_process(socket_path)
                 with trio.fail_after(15):
                     assert (await events.__anext__()).path == "/w"  # re-registered: initial event again
                     await client.write("/w/child", "1")  # a fresh tree: nothing persisted
@@ -153,5 +142,5 @@ async def test_sigkilled_xenstored_process_restarted_under_live_watches(tmp_path
                 # process's listen backlog and is reset.  Told each time, watches back.
                 assert reconnects and reconnects[-1] == client.generation >= 1
     finally:
-        process.kill()
-        await process.wait()
+        server.process.kill()
+        await trio.to_thread.run_sync(server.process.wait)

@@ -7,10 +7,12 @@ from hypothesis import given, settings, strategies as st
 
 from rmrrd.errors import InputError
 
-from rmrrd.xenstore.store import Quotas, Store
+from rmrrd.xenstore.store import DomainChange, Quotas, Store
 from rmrrd.xenstore.store_persist import dump, load
-from rmrrd.xenstore.wire import Op
-from xs_fixtures import call, events
+from rmrrd.xenstore.wire import Op, Packet
+from support.raw_xenstore import call, events
+
+pytestmark = pytest.mark.unit
 
 OK = (Op.WRITE, b"OK\0")
 
@@ -22,9 +24,9 @@ def _guest_setup(store: Store) -> None:
     call(store, dom0, Op.SET_PERMS, b"/local/domain/5", b"n5", b"r0")
     call(store, dom0, Op.WRITE, raw=b"/local/domain/5/data\0x")  # inherits n5 r0
     call(store, dom0, Op.WRITE, raw=b"/secret/key\0s3")
-    call(store, dom0, Op.WRITE, raw=b"/shared/ro\0v")
-    call(store, dom0, Op.SET_PERMS, b"/shared", b"n0", b"r5")
-    call(store, dom0, Op.SET_PERMS, b"/shared/ro", b"n0", b"r5")
+    call(store, dom0, Op.WRITE, raw=b"/public/ro\0v")
+    call(store, dom0, Op.SET_PERMS, b"/public", b"n0", b"r5")
+    call(store, dom0, Op.SET_PERMS, b"/public/ro", b"n0", b"r5")
 
 
 def test_write_read_and_missing_parents_are_created_empty() -> None:
@@ -83,12 +85,12 @@ def test_guest_permissions_owner_default_and_listed_domains() -> None:
     guest = store.connect(5)
     assert call(store, guest, Op.READ, b"data") == (Op.READ, b"x")  # owner, relative
     assert call(store, guest, Op.READ, b"/secret/key") == (Op.ERROR, b"EACCES\0")
-    assert call(store, guest, Op.READ, b"/shared/ro") == (Op.READ, b"v")
-    assert call(store, guest, Op.WRITE, raw=b"/shared/ro\0w") == (Op.ERROR, b"EACCES\0")
-    assert call(store, guest, Op.RM, b"/shared/ro") == (Op.ERROR, b"EACCES\0")
-    assert call(store, guest, Op.SET_PERMS, b"/shared/ro", b"b5") == (Op.ERROR, b"EACCES\0")
+    assert call(store, guest, Op.READ, b"/public/ro") == (Op.READ, b"v")
+    assert call(store, guest, Op.WRITE, raw=b"/public/ro\0w") == (Op.ERROR, b"EACCES\0")
+    assert call(store, guest, Op.RM, b"/public/ro") == (Op.ERROR, b"EACCES\0")
+    assert call(store, guest, Op.SET_PERMS, b"/public/ro", b"b5") == (Op.ERROR, b"EACCES\0")
     other = store.connect(6)
-    assert call(store, other, Op.READ, b"/shared/ro") == (Op.ERROR, b"EACCES\0")
+    assert call(store, other, Op.READ, b"/public/ro") == (Op.ERROR, b"EACCES\0")
 
 
 def test_missing_node_is_eacces_when_the_parent_is_hidden() -> None:
@@ -97,10 +99,10 @@ def test_missing_node_is_eacces_when_the_parent_is_hidden() -> None:
     _guest_setup(store)
     guest = store.connect(5)
     assert call(store, guest, Op.READ, b"/secret/nothing") == (Op.ERROR, b"EACCES\0")
-    assert call(store, guest, Op.READ, b"/shared/nothing") == (Op.ERROR, b"ENOENT\0")
+    assert call(store, guest, Op.READ, b"/public/nothing") == (Op.ERROR, b"ENOENT\0")
     # Creating needs write on the nearest existing ancestor.
-    assert call(store, guest, Op.WRITE, raw=b"/shared/new\0x") == (Op.ERROR, b"EACCES\0")
-    assert call(store, guest, Op.MKDIR, b"/shared/new") == (Op.ERROR, b"EACCES\0")
+    assert call(store, guest, Op.WRITE, raw=b"/public/new\0x") == (Op.ERROR, b"EACCES\0")
+    assert call(store, guest, Op.MKDIR, b"/public/new") == (Op.ERROR, b"EACCES\0")
 
 
 def test_guest_creations_are_owned_by_the_guest_and_inherit_the_rest() -> None:
@@ -162,12 +164,12 @@ def test_events_only_reach_connections_that_may_read_the_node() -> None:
     _guest_setup(store)
     dom0 = store.connect(0)
     guest = store.connect(5)
-    events(store, guest, Op.WATCH, b"/shared", b"g")
-    got = events(store, dom0, Op.WRITE, b"/shared/ro")
-    assert got == [(guest.id, b"/shared/ro\0g\0")]
-    call(store, dom0, Op.WRITE, raw=b"/shared/hidden\0x")
-    call(store, dom0, Op.SET_PERMS, b"/shared/hidden", b"n0")
-    assert events(store, dom0, Op.WRITE, b"/shared/hidden") == []
+    events(store, guest, Op.WATCH, b"/public", b"g")
+    got = events(store, dom0, Op.WRITE, b"/public/ro")
+    assert got == [(guest.id, b"/public/ro\0g\0")]
+    call(store, dom0, Op.WRITE, raw=b"/public/hidden\0x")
+    call(store, dom0, Op.SET_PERMS, b"/public/hidden", b"n0")
+    assert events(store, dom0, Op.WRITE, b"/public/hidden") == []
 
 
 def test_special_watches_fire_on_introduce_and_release_only() -> None:
@@ -182,7 +184,25 @@ def test_special_watches_fire_on_introduce_and_release_only() -> None:
     assert events(store, dom0, Op.RELEASE, b"3") == [(dom0.id, b"@releaseDomain\0r\0")]
     assert call(store, dom0, Op.IS_DOMAIN_INTRODUCED, b"3") == (Op.IS_DOMAIN_INTRODUCED, b"F\0")
     assert call(store, dom0, Op.RELEASE, b"3") == (Op.ERROR, b"ENOENT\0")
-    assert [c.domid for c in store.take_domain_changes()] == [3, 3]
+
+
+def test_introduce_and_release_return_their_events_and_domain_changes() -> None:
+    """Through a request or called directly, nothing is parked in the store."""
+    store = Store()
+    dom0 = store.connect(0)
+    events(store, dom0, Op.WATCH, b"@introduceDomain", b"i")
+    events(store, dom0, Op.WATCH, b"@releaseDomain", b"r")
+    by_request = store.handle(dom0, Packet(Op.INTRODUCE, 1, 0, b"3\x001\x002\x00"))
+    assert by_request.domain_changes == [DomainChange(True, 3)]
+    assert [packet.payload for _, packet in by_request.sends[1:]] == [b"@introduceDomain\0i\0"]
+    direct = store.introduce(4, 1, 2)
+    assert direct.domain_changes == [DomainChange(True, 4)]
+    assert [(conn, packet.payload) for conn, packet in direct.sends] == [(dom0, b"@introduceDomain\0i\0")]
+    released = store.release(4)
+    assert released.domain_changes == [DomainChange(False, 4)]
+    assert [packet.payload for _, packet in released.sends] == [b"@releaseDomain\0r\0"]
+    failed = store.handle(dom0, Packet(Op.RELEASE, 2, 0, b"4\x00"))
+    assert failed.domain_changes == [] and failed.sends[0][1].op is Op.ERROR
 
 
 def test_release_removes_the_guests_nodes_and_guests_cannot_introduce() -> None:
@@ -193,7 +213,7 @@ def test_release_removes_the_guests_nodes_and_guests_cannot_introduce() -> None:
     assert call(store, guest, Op.INTRODUCE, b"6", b"1", b"1") == (Op.ERROR, b"EACCES\0")
     call(store, dom0, Op.RELEASE, b"5")
     assert call(store, dom0, Op.READ, b"/local/domain/5/data") == (Op.ERROR, b"ENOENT\0")
-    assert call(store, dom0, Op.READ, b"/shared/ro") == (Op.READ, b"v")  # dom0's stays
+    assert call(store, dom0, Op.READ, b"/public/ro") == (Op.READ, b"v")  # dom0's stays
     assert guest.id not in store.connections
 
 

@@ -28,6 +28,13 @@ Why the shape (each choice measured with ``bench/bench_xenstore.py``, see
   drivers/xen/xenbus/xenbus_xs.c keeps a pointer into it): pipelined requests reach
   xenstored with each other's bodies.  Seen on the real Xen testbed; libxenstore
   never has two requests outstanding on a handle, so it never meets this.
+
+Does the hand scheduling earn its complexity?  ``bench/bench_xenstore.py`` runs the
+same client with this connection swapped for the obvious trio one (its
+``PlainConnection``: a ``SocketStream``, a send lock, an Event per request).  Three
+runs on the shared two-core build machine: one request at a time 1.0x, 1.1x and 1.3x
+the plain connection's rate; 100 in flight 2.9x, 2.5x and 2.6x.  The daemon uses it
+the second way (``gather``, 64 setups at once), so it stays.
 """
 
 from __future__ import annotations
@@ -40,16 +47,8 @@ from typing import Protocol
 import outcome
 import trio
 
-from rmrrd.xenstore.wire import (
-    HEADER,
-    PAYLOAD_MAX,
-    Decoder,
-    LocalProtocolError,
-    Op,
-    Packet,
-    RemoteProtocolError,
-    XenstoreError,
-)
+from rmrrd.errors import TransportError
+from rmrrd.xenstore.wire import HEADER, PAYLOAD_MAX, Decoder, LocalProtocolError, Op, Packet, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,11 @@ class DeviceChannel:
         os.close(self._fd)
 
 
-class ConnectionLost(XenstoreError):
+class ConnectionLost(TransportError):
     """The connection to xenstored dropped (or never came up) before the answer came.
 
     The request may or may not have been carried out: xenstored does not say.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__("EIO", message)
 
 
 class Connection:

@@ -358,8 +358,8 @@ def build_overlay(work: Path, packages: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
     shutil.copytree(REPO / "rmrrd", stage.path / "opt/rmrrd/rmrrd", ignore=ignore)
     shutil.copytree(REPO / "etc", stage.path / "opt/rmrrd/etc", ignore=ignore)
-    for test_file in sorted((REPO / "tests").glob("*.py")):
-        stage.copy(test_file, f"opt/rmrrd/tests/{test_file.name}")
+    shutil.copytree(REPO / "tests", stage.path / "opt/rmrrd/tests",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "xen", "data", ".hypothesis"))
     stage.copy(REPO / "pyproject.toml", "opt/rmrrd/pyproject.toml")
     stage.compile_python(packages, "opt/rmrrd", "opt/testbed")
     archive = stage.archive(work / "overlay.cpio")

@@ -26,8 +26,8 @@ import threading
 SOCKET = "/run/testbed/python.sock"
 PRELOAD = ("trio", "yaml", "prometheus_client", "h11", "pytest", "_pytest.python", "_pytest.fixtures",
            "_pytest.terminal", "_pytest.runner", "_pytest.main",
-           "rmrrd.cli", "rmrrd.commands.check", "rmrrd.commands.inventory", "rmrrd.commands.run",
-           "rmrrd.daemon.service", "rmrrd.xenstore.client", "rmrrd.xenstore.server")
+           "rmrrd.cli", "rmrrd.cli.check", "rmrrd.cli.inventory", "rmrrd.cli.run",
+           "rmrrd.app.service", "rmrrd.xenstore.client", "rmrrd.xenstore.server")
 
 
 def child(request: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
