@@ -375,6 +375,18 @@ async def test_through_the_xenbus_device_a_message_is_at_most_4096_bytes(
             await server.answer(request)
 
 
+async def test_through_the_xenbus_device_reset_watches_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    # The device shares the dom0 kernel's connection: RESET_WATCHES would drop its watches.
+    async with connected(device=True) as (xs, server, _):
+        with pytest.raises(LocalProtocolError, match="the dom0 kernel's own watches"):
+            await xs.reset_watches()
+        async with trio.open_nursery() as nursery:  # nothing was sent; the line is free
+            nursery.start_soon(xs.read, "/a")
+            request = await server.receive()
+            assert request.op is Op.READ
+            await server.answer(request, b"v")
+
+
 async def test_a_reply_longer_than_one_payload_is_taken(autojump_clock: trio.testing.MockClock) -> None:
     # oxenstored answers DIRECTORY on its unix socket with every name in one reply,
     # past XENSTORE_PAYLOAD_MAX (where C xenstored answers E2BIG).

@@ -80,7 +80,9 @@ class DeviceChannel:
     drivers/xen/xenbus/xenbus_dev_frontend.c): a longer message fails with EINVAL, so
     ``MESSAGE_MAX`` is enforced before sending, and each send writes at most one
     message; the writer loop sends the rest.  ``Connection`` also keeps one request
-    in flight at a time here (see the module docstring).
+    in flight at a time here (see the module docstring), and refuses RESET_WATCHES: the
+    device's connection to xenstored is the dom0 kernel's own, whose watches it would
+    drop.
     """
 
     MESSAGE_MAX = PAYLOAD_MAX
@@ -141,6 +143,11 @@ class Connection:
         if len(data) > self._max_message:
             raise LocalProtocolError(f"{self.name}: a message of {len(data)} bytes, header included, exceeds the "
                                      f"{self._max_message} this channel takes", "E2BIG")
+        if self._one_at_a_time is not None and HEADER.unpack_from(data)[0] == Op.RESET_WATCHES:
+            # The device shares the dom0 kernel's own connection to xenstored: this
+            # would drop the kernel's watches (backends, balloon, shutdown) too.
+            raise LocalProtocolError(f"{self.name}: RESET_WATCHES through the xenbus device would drop the "
+                                     "dom0 kernel's own watches")
         if self._one_at_a_time is not None:
             await self._one_at_a_time.acquire()
             if self.closed is not None:
