@@ -316,6 +316,7 @@ class Dom0:
         A command that leaves a process in the background must redirect that process's
         output, or the command lasts as long as it does.
         """
+        request: dict[str, object]
         if isinstance(command, str):
             request, shown = {"sh": command}, command
         else:

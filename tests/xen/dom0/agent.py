@@ -28,9 +28,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: nothing more to import at run time
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any
+
+    Message = dict[str, Any]
 
 PORT_NAME = "org.rmrrd.testbed"
 ZYGOTE = "/run/testbed/python.sock"
@@ -63,7 +69,7 @@ class Port:
         self.fd = os.open(path, os.O_RDWR)
         self.lock = threading.Lock()
 
-    def lines(self):  # type: ignore[no-untyped-def]
+    def lines(self) -> Iterator[bytes]:
         partial: list[bytes] = []  # the start of a line whose end has not come yet
         while True:
             data = os.read(self.fd, 1 << 20)
@@ -77,7 +83,7 @@ class Port:
                 yield from complete
             partial.append(rest)
 
-    def send(self, message: dict) -> None:  # type: ignore[type-arg]
+    def send(self, message: Message) -> None:
         data = json.dumps(message).encode() + b"\n"
         with self.lock:
             view = memoryview(data)
@@ -89,28 +95,29 @@ class Started:
     """A started command: its pid, the agent's ends of its pipes (None where its output
     goes to a file), and how to wait for it."""
 
-    def __init__(self, pid: int, stdin: int, stdout: int | None, stderr: int | None, wait) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, pid: int, stdin: int, stdout: int | None, stderr: int | None,
+                 wait: Callable[[], int]) -> None:
         self.pid, self.stdin, self.stdout, self.stderr, self.wait = pid, stdin, stdout, stderr, wait
 
 
-def _pipes(output: str | None) -> tuple[list[int], list[int | None]]:
+def _pipes(output: str | None) -> tuple[list[int], tuple[int, int | None, int | None]]:
     """stdin, stdout, stderr: (the command's ends, the agent's ends)."""
     stdin_r, stdin_w = os.pipe()
     if output is not None:
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        return [stdin_r, fd, os.dup(fd)], [stdin_w, None, None]
+        return [stdin_r, fd, os.dup(fd)], (stdin_w, None, None)
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
-    return [stdin_r, stdout_w, stderr_w], [stdin_w, stdout_r, stderr_r]
+    return [stdin_r, stdout_w, stderr_w], (stdin_w, stdout_r, stderr_r)
 
 
-def _close(fds: list[int | None]) -> None:
+def _close(fds: Sequence[int | None]) -> None:
     for fd in fds:
         if fd is not None:
             os.close(fd)
 
 
-def start_process(argv: list[str], env: dict, cwd: str | None, output: str | None) -> Started:  # type: ignore[type-arg]
+def start_process(argv: list[str], env: dict[str, str], cwd: str | None, output: str | None) -> Started:
     theirs, ours = _pipes(output)
     try:
         process = subprocess.Popen(argv, stdin=theirs[0], stdout=theirs[1], stderr=theirs[2], env=env, cwd=cwd,
@@ -123,7 +130,7 @@ def start_process(argv: list[str], env: dict, cwd: str | None, output: str | Non
     return Started(process.pid, ours[0], ours[1], ours[2], process.wait)
 
 
-def start_python(args: list[str], env: dict, cwd: str | None, output: str | None) -> Started:  # type: ignore[type-arg]
+def start_python(args: list[str], env: dict[str, str], cwd: str | None, output: str | None) -> Started:
     """A Python command: a fork of the warm interpreter, once it is up; a cold
     ``python3`` if it failed (``/run/testbed/pyzygote.log`` says why)."""
     while not os.path.exists(ZYGOTE):
@@ -171,7 +178,7 @@ def _feed(fd: int, data: bytes) -> None:
         pass
 
 
-def run(request: dict) -> dict:  # type: ignore[type-arg]
+def run(request: Message) -> Message:
     """Carry out one command request and build its reply."""
     stdin = base64.b64decode(request["stdin"]) if request.get("stdin") is not None else b""
     timeout = float(request.get("timeout") or 60)
@@ -240,4 +247,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

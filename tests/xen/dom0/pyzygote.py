@@ -22,6 +22,10 @@ import signal
 import socket
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only
+    from typing import Any
 
 SOCKET = "/run/testbed/python.sock"
 PRELOAD = ("trio", "yaml", "prometheus_client", "h11", "pytest", "_pytest.python", "_pytest.fixtures",
@@ -30,7 +34,7 @@ PRELOAD = ("trio", "yaml", "prometheus_client", "h11", "pytest", "_pytest.python
            "rmrrd.app.service", "rmrrd.xenstore.client", "rmrrd.xenstore.server")
 
 
-def child(request: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
+def child(request: dict[str, Any], fds: list[int]) -> None:
     """In the forked child: become the command and never return."""
     try:
         os.setsid()
