@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from xen.rmrr_host import HVM_RMRR
 from xen.testbed import BootConfig, Dom0, Testbed
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +33,8 @@ OXENSTORED = BootConfig(name="oxenstored", xenstored="oxenstored", acpi_tables=(
 NO_XENSTORED = BootConfig(name="no-xenstored", xenstored=None)
 """The harness's own failure: a dom0 where nobody starts xenstored."""
 
-BOOT_FIXTURES = {"dom0": XENSTORED, "ox_dom0": OXENSTORED, "no_xenstored": NO_XENSTORED}
+BOOT_FIXTURES = {"dom0": XENSTORED, "ox_dom0": OXENSTORED, "no_xenstored": NO_XENSTORED,
+                 "hvm_rmrr_dom0": HVM_RMRR}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
@@ -68,6 +70,12 @@ def dom0(testbed: Testbed) -> Dom0:
 @pytest.fixture(scope="session")
 def ox_dom0(testbed: Testbed) -> Dom0:
     return testbed.boot(OXENSTORED)
+
+
+@pytest.fixture(scope="session")
+def hvm_rmrr_dom0(testbed: Testbed) -> Dom0:
+    """HVM guests' device model and firmware, and RMRRs from Xen's ``rmrr=`` (``rmrr_host.py``)."""
+    return testbed.boot(HVM_RMRR)
 
 
 @pytest.fixture(scope="session")
