@@ -31,9 +31,9 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 def _commands() -> list[ModuleType]:
     # Imported here, not at module top, so `rmrrd --help` stays fast and one broken
     # subcommand cannot stop the others from loading in tests.
-    from rmrrd.commands import check, demo, inventory, plan, run, xenstored
+    from rmrrd.commands import check, demo, inventory, plan, reload, run, xenstored
 
-    return [run, check, demo, inventory, plan, xenstored]
+    return [run, reload, check, demo, inventory, plan, xenstored]
 
 
 class _Formatter(argparse.HelpFormatter):

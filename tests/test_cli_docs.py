@@ -16,7 +16,7 @@ import pytest
 from rmrrd.cli import build_parser
 from rmrrd.cli_docs import bash_completion, manpage, subcommands, write_cli_docs
 
-COMMANDS = ["run", "check", "demo", "inventory", "plan", "xenstored"]
+COMMANDS = ["run", "reload", "check", "demo", "inventory", "plan", "xenstored"]
 
 
 def rmrrd(*args: str) -> subprocess.CompletedProcess[str]:

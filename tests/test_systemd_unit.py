@@ -1,9 +1,9 @@
 """The systemd unit, checked by systemd's own tools.
 
-``systemd-analyze verify`` insists that ExecStart's binary exists.  The unit names
+``systemd-analyze verify`` insists that each command's binary exists.  The unit names
 the installed ``/usr/local/bin/rmrrd``, which a test machine need not have, so the
-checks run on a copy whose ExecStart is this environment's real ``rmrrd`` console
-script, and every other line is untouched (asserted below).
+checks run on a copy whose ExecStart= and ExecReload= run this environment's real
+``rmrrd`` console script, and every other line is untouched (asserted below).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "rmrrd.service"
-INSTALLED = "ExecStart=/usr/local/bin/rmrrd "
+INSTALLED = "=/usr/local/bin/rmrrd "
 ANALYZE = shutil.which("systemd-analyze")
 
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")
@@ -28,9 +28,9 @@ def local_copy(tmp_path: Path, text: str | None = None) -> Path:
     rmrrd = Path(sys.executable).parent / "rmrrd"
     assert rmrrd.exists(), "rmrrd is not installed in this environment (run scripts/bootstrap)"
     original = UNIT.read_text() if text is None else text
-    assert original.count(INSTALLED) == 1
+    assert original.count(INSTALLED) == 2  # ExecStart= and ExecReload=
     copy = tmp_path / "rmrrd.service"
-    copy.write_text(original.replace(INSTALLED, f"ExecStart={rmrrd} "))
+    copy.write_text(original.replace(INSTALLED, f"={rmrrd} "))
     return copy
 
 
@@ -80,7 +80,7 @@ def test_promises_of_the_unit() -> None:
     service = unit["Service"]
     assert service["Type"] == ["notify"]
     assert service["ExecStart"] == ["/usr/local/bin/rmrrd run --config /etc/rmrrd/rmrrd.yaml"]
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert service["ExecReload"] == ["/usr/local/bin/rmrrd reload --pid $MAINPID"]
     assert service["Restart"] == ["on-failure"]
     assert service["RestartPreventExitStatus"] == ["2"]  # bad input: a restart fails the same way
     assert service["WatchdogSec"]

@@ -3,18 +3,22 @@
 Start-up order matters to systemd and to tests: inventories are loaded, the
 embedded xenstored (if any) and the HTTP listener are bound, xenstore is connected,
 watches are registered and a first reconciliation has answered everything pending;
-only then is READY=1 sent and ``task_status.started`` called.  SIGTERM/SIGINT stop
+only then is READY=1 sent and ``task_status.started`` called.  From then on
+:class:`rmrrd.daemon.health.Health` keeps ``STATUS=``, ``/healthz`` and the
+connection and reload metrics true to what happens.  SIGTERM/SIGINT stop
 the watches and let in-flight handlers and setups finish, all within one deadline
 ``limits.shutdown_grace_seconds`` after the signal (plus 1 s to write ``status =
 stopped``), and return; SIGHUP reloads the configuration and inventories, keeping
 the old ones if the new ones are invalid and logging each change
-(:mod:`rmrrd.daemon.service_reload`).  docs/operations.md describes all of it.
+(:mod:`rmrrd.daemon.service_reload`), inside systemd's ``RELOADING=1`` ...
+``READY=1``.  docs/operations.md describes all of it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,11 +32,12 @@ from rmrrd.config import Config, load_config
 from rmrrd.errors import InputError
 from rmrrd.logs import setup_logging
 from rmrrd.host_inventory import build_host_inventory
-from rmrrd.http_server import serve_http
+from rmrrd.http_server import Request, serve_http
 from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import inventory_to_json
 from rmrrd.metrics import Metrics
 from rmrrd.peers import load_peers
+from rmrrd.reload_status import result_path
 from rmrrd.schema import LIBXL_ROOT, REQUEST_ROOT, STATUS_KEY, classify_libxl_path, is_valid_id
 from rmrrd.sdnotify import Notifier, watchdog_loop
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore
@@ -41,6 +46,7 @@ from rmrrd.xenstore.wire import XenstoreError
 
 from rmrrd.daemon.context import Context
 from rmrrd.daemon.domains import Domains
+from rmrrd.daemon.health import Health
 from rmrrd.daemon.service_reload import config_changes, inventory_changes, peer_changes
 from rmrrd.daemon.state import Registry
 from rmrrd.daemon.toolstack import ToolstackHandler
@@ -180,14 +186,15 @@ class Daemon:
 
 
 async def reload(ctx: Context, config_path: Path | None, log_level: str | None = None,
-                 simulate: bool = False) -> bool:
+                 simulate: bool = False) -> str | None:
     """SIGHUP: read the configuration and inventories again; keep the old on error.
 
     Nothing is half-applied: the new configuration, host inventory and peers are all
     read first and swapped in together, or none is.  ``log_level`` is the command
     line's ``--log-level``, which outranks ``log.level`` in the file, and ``simulate``
     its ``--simulate``, which outranks ``xenstore.embedded``.  One log line
-    per change says what the reload did.  Returns whether it applied.
+    per change says what the reload did.  Returns why it was refused, or None when
+    it applied.
     """
     try:
         config = load_config(config_path, embedded=simulate) if config_path is not None else ctx.config
@@ -195,8 +202,9 @@ async def reload(ctx: Context, config_path: Path | None, log_level: str | None =
         peers = await load_peer_inventories(config, ctx.peers)
     except InputError as exc:
         # ConfigError lists one problem per line; the journal wants one line.
-        log.error("reload failed, keeping the running configuration: %s", str(exc).replace("\n", "; "))
-        return False
+        error = str(exc).replace("\n", "; ")
+        log.error("reload failed, keeping the running configuration: %s", error)
+        return error
     changes = [str(change) for change in config_changes(ctx.config, config)]
     changes += [f"host {host.host}: {line}" for line in inventory_changes(ctx.host, host)]
     changes += peer_changes(ctx.peers, peers)
@@ -211,7 +219,7 @@ async def reload(ctx: Context, config_path: Path | None, log_level: str | None =
         ctx.metrics.forget_host(ctx.host.host)
     ctx.config, ctx.host, ctx.peers = config, host, peers
     _count_regions(ctx)
-    return True
+    return None
 
 
 def _count_regions(ctx: Context) -> None:
@@ -234,24 +242,20 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
     host = load_host(config)
     peers = await load_peer_inventories(config, {})
     metrics = Metrics()
+    health = Health(notifier, metrics, reload_result=result_path(os.environ))
     ctx_box: list[Context] = []
-    daemon_box: list[Daemon] = []
 
-    async def inventory_route() -> tuple[int, str, bytes]:
+    async def inventory_route(request: Request) -> tuple[int, str, bytes]:
         current = ctx_box[0].host if ctx_box else host
         return 200, "application/json", json.dumps(inventory_to_json(current)).encode() + b"\n"
-
-    async def health_route() -> tuple[int, str, bytes]:
-        if daemon_box and daemon_box[0].ready.is_set():
-            return 200, "text/plain; charset=utf-8", b"ok\n"
-        return 503, "text/plain; charset=utf-8", b"starting\n"
 
     async def on_reconnect() -> None:
         # The client logs the reconnect itself; the reconcile follows from the
         # watches' initial events, which it re-registers.
-        metrics.reconnected()
+        health.xenstore_back()
 
-    routes = {"/metrics": metrics.http_route, "/inventory": inventory_route, "/healthz": health_route}
+    routes = {"/metrics": metrics.http_route, "/inventory": inventory_route,
+              "/healthz": health.readiness_route, "/livez": health.liveness_route}
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if install_signals \
             else _no_signals() as signals:
         async with trio.open_nursery() as root:
@@ -259,31 +263,30 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
             if config.xenstore.embedded:
                 await root.start(partial(serve_xenstored, xs_path, persist=config.xenstore.persist))
             port = await root.start(partial(serve_http, config.metrics.host, config.metrics.port, routes))
-            async with open_xenstore(str(xs_path), on_reconnect=on_reconnect) as xs:
+            async with open_xenstore(str(xs_path), on_reconnect=on_reconnect, on_lost=health.xenstore_lost,
+                                     on_connect_failed=health.xenstore_attempt_failed) as xs:
                 registry = Registry(query_rate=config.limits.query_rate, query_burst=config.limits.query_burst,
                                     max_allocations=config.limits.max_allocations)
                 ctx = Context(xs, config, host, peers, registry, metrics)
                 ctx_box.append(ctx)
                 _count_regions(ctx)
                 daemon = Daemon(ctx)
-                daemon_box.append(daemon)
                 async with trio.open_nursery() as serving:
                     await serving.start(daemon.serve)
-                    notifier.ready(_status_line(ctx))
+                    health.serving(partial(_status_line, ctx))
                     root.start_soon(watchdog_loop, notifier)
+                    root.start_soon(health.refresh_loop)
                     log.info("rmrrd %s ready: %s", __version__, _status_line(ctx))
                     task_status.started(ServiceHandle(port, Path(xs_path)))
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            notifier.status("reloading configuration and inventories")
-                            await reload(ctx, config_path, log_level, simulate)
-                            notifier.status(_status_line(ctx))
+                            began = health.reload_begins()
+                            health.reload_done(began, await reload(ctx, config_path, log_level, simulate))
                             continue
                         log.info("signal %s: stopping within %.1f s", signal.Signals(signum).name,
                                  ctx.config.limits.shutdown_grace_seconds)
                         break
-                    notifier.stopping()
-                    notifier.status("stopping: finishing in-flight answers")
+                    health.stopping()
                     daemon.stop()
                 await _mark_stopped(xs)
             root.cancel_scope.cancel()
