@@ -96,7 +96,7 @@ def test_xenstored_killed_and_back(workdir: Path, daemons: list[Daemon], xenstor
                               env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"})
         daemons.append(daemon)
         notify.wait_for("READY=1")
-        assert _sample(daemon, "rmrrd_xenstore_connected") == 1
+        assert daemon.metric("rmrrd_xenstore_connected") == 1
 
         xenstored.process.kill()
         xenstored.process.wait()
@@ -108,19 +108,19 @@ def test_xenstored_killed_and_back(workdir: Path, daemons: list[Daemon], xenstor
             time.sleep(0.02)
         assert re.fullmatch(rb"xenstore unreachable since [\d:]{8}(, \d+ reconnect attempts failed)?, nothing is "
                             rb"answered until it is back: connection lost: .*\n", health[2]), health
-        assert _sample(daemon, "rmrrd_xenstore_connected") == 0
-        assert _sample(daemon, "rmrrd_xenstore_disconnections_total") == 1, daemon.log()
+        assert daemon.metric("rmrrd_xenstore_connected") == 0
+        assert daemon.metric("rmrrd_xenstore_disconnections_total") == 1
         status = _next_status(notify, lambda text: text.startswith("xenstore unreachable since "))
         assert "nothing is answered until it is back: connection lost" in status
         # The socket is still there, with nobody listening: attempts fail and are counted.
-        _wait(lambda: _sample(daemon, "rmrrd_xenstore_connect_failures_total") >= 2, daemon)
+        _wait(lambda: daemon.metric("rmrrd_xenstore_connect_failures_total") >= 2, daemon)
         assert daemon.get("/livez")[:3:2] == (200, b"alive; serving\n")
         assert "WATCHDOG=1" in notify.wait_for("WATCHDOG=1")  # the loop is alive: no restart wanted
 
         again = XenstoredProcess(xenstored.path)
         _wait(lambda: daemon.get("/healthz")[:3:2] == (200, b"ok\n"), daemon)
-        assert _sample(daemon, "rmrrd_xenstore_connected") == 1
-        assert _sample(daemon, "rmrrd_xenstore_reconnects_total") == 1
+        assert daemon.metric("rmrrd_xenstore_connected") == 1
+        assert daemon.metric("rmrrd_xenstore_reconnects_total") == 1
         assert _next_status(notify, lambda text: text.startswith("serving ")) == \
             "serving 0 domains; host node-a with 2 regions, 1 peers"
         # The new xenstored is empty: the reconcile after the reconnect serves it.
@@ -130,14 +130,6 @@ def test_xenstored_killed_and_back(workdir: Path, daemons: list[Daemon], xenstor
         notify.close()
         if again is not None:
             again.stop()
-
-
-def _sample(daemon: Daemon, name: str) -> float:
-    for line in daemon.get("/metrics")[2].decode().splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == name:
-            return float(value)
-    raise AssertionError(f"no {name} on /metrics")
 
 
 def _next_status(notify: NotifySocket, wanted: Callable[[str], bool]) -> str:

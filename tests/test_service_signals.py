@@ -93,7 +93,7 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons:
         daemon = start_daemon(workdir, env={"NOTIFY_SOCKET": str(notify.path), "RUNTIME_DIRECTORY": str(workdir)})
         daemons.append(daemon)
         notify.wait_for("READY=1")
-        loaded_at = metric(daemon, "rmrrd_config_last_reload_success_timestamp_seconds")
+        loaded_at = daemon.metric("rmrrd_config_last_reload_success_timestamp_seconds")
         good = daemon.config.read_text()
         daemon.config.write_text(good + "limits:\n  query_rat: 5\n")
         mark = len(daemon.log_lines())
@@ -107,8 +107,8 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons:
         line = daemon.wait_for_log("reload failed", after=mark)
         assert re.search(rf"{re.escape(str(daemon.config))}:\d+: limits\.query_rat: unknown key", line)
         assert line.startswith(tuple("0123456789")) and " ERROR " in line
-        assert metric(daemon, "rmrrd_config_last_reload_successful") == 0
-        assert metric(daemon, "rmrrd_config_last_reload_success_timestamp_seconds") == loaded_at
+        assert daemon.metric("rmrrd_config_last_reload_successful") == 0
+        assert daemon.metric("rmrrd_config_last_reload_success_timestamp_seconds") == loaded_at
         status, _, body = daemon.get("/healthz")
         assert status == 503 and b"reload failed at " in body and b"limits.query_rat: unknown key" in body
         assert body.count(b"\n") == 1 and b"..." not in body  # all of it, on one line
@@ -133,8 +133,8 @@ def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons:
         assert "limits.query_rate: 20 -> 5 (takes effect at the next restart)" in log
         assert "log.level: info -> debug" in log
         assert daemon.get("/healthz")[:3:2] == (200, b"ok\n")
-        assert metric(daemon, "rmrrd_config_last_reload_successful") == 1
-        assert metric(daemon, "rmrrd_config_last_reload_success_timestamp_seconds") > loaded_at
+        assert daemon.metric("rmrrd_config_last_reload_successful") == 1
+        assert daemon.metric("rmrrd_config_last_reload_success_timestamp_seconds") > loaded_at
         assert "reload failed" in notify.wait_for("READY=1")[-1]  # the refused `rmrrd reload`
         assert notify.wait_for("READY=1")[-1].startswith("READY=1\nSTATUS=serving 1 domains; host node-a")
         # log.level took effect: debug lines appear from now on.
@@ -170,15 +170,6 @@ def reload_command(daemon: Daemon, runtime_directory: Path, *args: str) -> subpr
 
 def _without(name: str) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != name}
-
-
-def metric(daemon: Daemon, name: str) -> float:
-    """One unlabelled sample of the daemon's /metrics."""
-    for line in daemon.get("/metrics")[2].decode().splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == name:
-            return float(value)
-    raise AssertionError(f"no {name} on /metrics")
 
 
 def test_log_level_on_the_command_line_outranks_the_file_on_reload(workdir: Path, daemons: list[Daemon]) -> None:
