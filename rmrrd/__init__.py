@@ -10,14 +10,16 @@ The core (formats, inventories, domain setup, toolstack checks):
   YAML and JSON forms; ``acpi``, ``dmar``, ``ivrs``: the firmware tables;
   ``sysfs_pci``, ``host_inventory``: this host's inventory from its sources;
   ``peers``, ``http_client``: peer hosts' inventories.
-- ``xlcfg``: xl.cfg ``rdm=`` and ``pci=`` strings; ``guest_layout``: hvmloader's fixed
+- ``xlcfg``: xl.cfg ``rdm=`` and ``pci=`` strings; ``xlcfg_file``: the xl.cfg file format
+  as libxlutil reads it; ``libxl_domain``: what stock xl/libxl make of a configuration
+  (xl.cfg, or ``libvirt_xml``: libvirt's domain XML); ``guest_layout``: hvmloader's fixed
   areas; ``regions``: reserved regions and merging; ``planner``: the layout (4.1);
   ``checks``: assign / hotplug / migrate verdicts (4.3); ``guest_queries``: answers
   to a guest's queries (4.2); ``rate_limit``: a token bucket.
 - ``schema``: where everything lives in xenstore.
 
 Xenstore (``xenstore/``): ``wire`` (the sans-IO codec), ``client`` (trio client with
-reconnects), ``store*`` (the simulated xenstored's pure state machine), ``server``
+reconnects), ``blocking`` (a small blocking client for short commands), ``locate``, ``store*`` (the simulated xenstored's pure state machine), ``server``
 (its trio layer).
 
 The daemon (``daemon/``): ``setup``, ``queries``, ``toolstack``, ``domains``
@@ -26,7 +28,9 @@ The daemon (``daemon/``): ``setup``, ``queries``, ``toolstack``, ``domains``
 garbage-collection pauses for the long-running processes).
 
 The command line: ``cli`` and one module per subcommand in ``commands/``; ``demo``
-plays the seed scenario.
+plays the seed scenario.  Toolstack hooks (``hooks/``): ``libvirt`` (libvirt's libxl
+hook), ``xl`` (the xl wrapper), ``stock`` (what stock libxl does with a new domain on
+this host), ``host_cache`` (their cached host inventory).
 """
 
 __version__ = "0.1.0"

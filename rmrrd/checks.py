@@ -38,7 +38,7 @@ from typing import Literal
 
 from rmrrd.errors import InputError
 from rmrrd.guest_layout import DYNAMIC_AREA
-from rmrrd.inventory import Device, HostRegion, Inventory
+from rmrrd.inventory import Device, HostRegion, Inventory, find_host, known_hosts_text
 from rmrrd.pci import Bdf
 from rmrrd.planner import SHARED_RMRR, Plan
 from rmrrd.ranges import Range, RangeSet
@@ -179,13 +179,14 @@ def check_migrate(plan: Plan, peers: Mapping[str, Inventory], target: str,
                   devices: Sequence[DeviceSpec] = ()) -> Verdict:
     """Moving the guest to ``target`` and assigning ``devices`` there (STEP-5).
 
-    The devices' regions and device scopes are the target's.  Raises
-    :class:`InputError` when ``target`` is not a known peer.
+    The devices' regions and device scopes are the target's.  ``target`` is a peer's
+    host name or one of its aliases.  Raises :class:`InputError` when ``target`` is not
+    a known peer.
     """
-    inventory = peers.get(target)
-    if inventory is None:
-        known = ", ".join(sorted(peers)) or "none"
-        raise InputError(f"migrate target {target!r} is not a known peer (known: {known})")
+    found = find_host(peers, target)
+    if found is None:
+        raise InputError(f"migrate target {target!r} is not a known peer (known: {known_hosts_text(peers)})")
+    inventory = found[1]
     reserved = plan.reserved
     conflicts: list[Conflict] = []
     if devices:
@@ -198,7 +199,8 @@ def check_migrate(plan: Plan, peers: Mapping[str, Inventory], target: str,
         for region in inventory.regions:
             device = region.devices[0] if region.devices else None
             conflicts += _layout_conflicts(plan, region.range, device, Policy.RELAXED, reserved)
-    return _verdict(f"migrate to {target}", conflicts, "its regions are clear of the guest's RAM")
+    host = found[0] if found[0] == target else f"{found[0]} (as {target})"
+    return _verdict(f"migrate to {host}", conflicts, "its regions are clear of the guest's RAM")
 
 
 def rank_migration_targets(plan: Plan, peers: Mapping[str, Inventory]) -> list[tuple[str, Verdict]]:

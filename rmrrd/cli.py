@@ -11,6 +11,7 @@ delivers them wrapped in an ``ExceptionGroup`` (:func:`sole_cause`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -28,12 +29,18 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
-def _commands() -> list[ModuleType]:
-    # Imported here, not at module top, so `rmrrd --help` stays fast and one broken
-    # subcommand cannot stop the others from loading in tests.
-    from rmrrd.commands import check, demo, inventory, plan, reload, run, xenstored
+COMMANDS = ("run", "reload", "check", "demo", "inventory", "plan", "xenstored")
 
-    return [run, reload, check, demo, inventory, plan, xenstored]
+
+def _commands(argv: Sequence[str] | None = None) -> list[ModuleType]:
+    """The subcommand modules to register: only the one ``argv`` names, if it names one.
+
+    A toolstack hook runs ``rmrrd check`` for every operation it checks, and systemd
+    ``rmrrd reload`` for every reload; importing the daemon's modules (trio, YAML,
+    Prometheus) for that would cost more than the work itself.  ``rmrrd --help``, the man page and a mistyped command see every subcommand.
+    """
+    names = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
+    return [importlib.import_module(f"rmrrd.commands.{name}") for name in names]
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -73,14 +80,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (every subcommand when it names none)."""
     parser = _Parser(prog="rmrrd", description="Reserved-device-memory daemon for Xen hosts.",
                      exit_statuses={EXIT_USAGE: "a usage error (each command's --help lists its own statuses)",
                                     EXIT_INTERRUPTED: "interrupted (SIGINT) outside the daemon"})
     parser.add_argument("--version", action="version", version=f"rmrrd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
                                 title="commands")
-    for module in _commands():
+    for module in _commands(argv):
         module.register(sub)
     return parser
 
@@ -99,7 +107,8 @@ def sole_cause(exc: BaseException) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         try:

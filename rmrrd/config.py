@@ -34,6 +34,7 @@ from yaml.constructor import SafeConstructor
 
 from rmrrd.errors import InputError
 from rmrrd.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB, check_seabios_size
+from rmrrd.inventory import HOST_NAME_RE
 from rmrrd.logs import LEVELS
 from rmrrd.runtime_paths import own_xenstored_socket
 from rmrrd.xlcfg import parse_rdm
@@ -71,6 +72,9 @@ class HostConfig:
     sources: tuple[HostSource, ...] = ("dmar", "ivrs")
     #: Root under which ``sys/firmware/acpi/tables`` and ``sys/bus/pci`` are read.
     sysfs_root: Path = Path("/")
+    #: Other names of this host (as ``xl migrate`` or libvirt name it), served in
+    #: ``/inventory`` so that peers accept them as migration targets.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,13 @@ def _level(reader: _Reader, node: yaml.Node) -> str:
     return value
 
 
+def _host_name(reader: _Reader, node: yaml.Node) -> str:
+    value = _text(reader, node)
+    if HOST_NAME_RE.fullmatch(value) is None:
+        raise _Bad(f"expected a host name (letters, digits, '.', '_', '-'), got {value!r}")
+    return value
+
+
 def _listen(reader: _Reader, node: yaml.Node) -> tuple[str, int]:
     """``ADDRESS:PORT`` with an IP literal (``[::1]:PORT`` for IPv6).
 
@@ -376,6 +387,7 @@ _SCHEMA: dict[str, dict[str, _Convert]] = {
         "name": _text,
         "sources": _list_of(_host_source, non_empty=True),
         "sysfs_root": _path,
+        "aliases": _list_of(_host_name, non_empty=False),
     },
     "defaults": {
         "rdm": _rdm,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from rmrrd.commands.check import ask
+from rmrrd.commands.check import ask_daemon
 from rmrrd.config import MetricsConfig, default_config
 from rmrrd.daemon.requests import format_request
 from rmrrd.daemon.service import run_service
@@ -101,7 +101,8 @@ async def guest_query(guest: XenstoreClient, domid: int, qid: str, query: str) -
     raise AssertionError("unreachable")
 
 
-async def scenario(xs: XenstoreClient, guest_socket: Callable[[int], Path], say: Callable[[str], None]) -> list[Step]:
+async def scenario(xs: XenstoreClient, xenstore_path: Path, guest_socket: Callable[[int], Path],
+                   say: Callable[[str], None]) -> list[Step]:
     steps: list[Step] = []
 
     def expect(name: str, expected: str, got: str) -> None:
@@ -136,7 +137,9 @@ async def scenario(xs: XenstoreClient, guest_socket: Callable[[int], Path], say:
         ("migrate to node-b with D3", "migrate", (D3,), "node-b", "fail"),
         ("migrate to node-b with D3 rdm_policy=relaxed", "migrate", (f"{D3},rdm_policy=relaxed",), "node-b", "warn"),
     ):
-        result = await ask(xs, format_request(op, 1, devices, target), 10)  # type: ignore[arg-type]
+        # The command line's blocking client, in a thread: the embedded xenstored runs in this loop.
+        request = format_request(op, 1, devices, target)  # type: ignore[arg-type]
+        result = await trio.to_thread.run_sync(ask_daemon, str(xenstore_path), request, 10.0)
         expect(name, expected, result["verdict"])
         say(f"      {result['reason']}")
 
@@ -165,7 +168,8 @@ async def run_demo(say: Callable[[str], None], workdir: Path) -> list[Step]:
         handle = await nursery.start(partial(run_service, config, install_signals=False))
         say(f"rmrrd serving on embedded xenstored {handle.xenstore_path} (metrics on 127.0.0.1:{handle.http_port})")
         async with open_xenstore(str(handle.xenstore_path)) as xs:
-            steps = await scenario(xs, lambda domid: Path(f"{handle.xenstore_path}.d/{domid}"), say)
+            steps = await scenario(xs, handle.xenstore_path,
+                                   lambda domid: Path(f"{handle.xenstore_path}.d/{domid}"), say)
         nursery.cancel_scope.cancel()
     return steps
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rmrrd.dmar import dmar_inventory, parse_dmar
 from rmrrd.errors import InputError
@@ -23,6 +25,9 @@ from rmrrd.inventory_yaml import load_inventory_file
 from rmrrd.ivrs import ivrs_inventory, parse_ivrs
 from rmrrd.ranges import Range
 from rmrrd.sysfs_pci import sysfs_bus_lookup
+
+if TYPE_CHECKING:
+    from rmrrd.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +106,18 @@ def build_host_inventory(host: str, sources: list[str], sysfs_root: Path = Path(
     for warning in inventory.warnings:
         log.warning("host %s: inventory: %s", host, warning)
     return inventory
+
+
+def load_host(config: Config) -> Inventory:
+    """This host's inventory from ``host.sources``.
+
+    Raises InputError naming the configuration file and key first, so an operator
+    reading ``--check-config`` or the journal knows which setting led to the file.
+    """
+    root = config.host.sysfs_root
+    try:
+        inventory = build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
+                                         sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
+        return replace(inventory, aliases=config.host.aliases)
+    except InputError as exc:
+        raise InputError(f"{config.source or 'built-in defaults'}: host.sources: {exc}") from None

@@ -7,6 +7,8 @@ checks never care where a region was declared.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rmrrd.pci import Bdf
@@ -61,14 +63,44 @@ class HostRegion:
         return len(self.devices) > 1
 
 
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+"""A host name or alias: what a toolstack request can carry as one word (no ``:``, so
+an IPv6 literal is not one)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Inventory:
-    """Everything rmrrd knows of one host's reserved memory."""
+    """Everything rmrrd knows of one host's reserved memory.
+
+    ``aliases`` are the other names the host goes by (the name ``xl migrate`` is given,
+    a fully qualified name, an address), so a migration target can be named as the
+    toolstack names it.
+    """
 
     host: str
     regions: tuple[HostRegion, ...]
     warnings: tuple[str, ...] = field(default=())
+    aliases: tuple[str, ...] = field(default=())
 
     def regions_for(self, device: Bdf) -> tuple[HostRegion, ...]:
         """The regions a guest given ``device`` must have identity-mapped."""
         return tuple(region for region in self.regions if region.belongs_to(device))
+
+
+def find_host(hosts: Mapping[str, Inventory], name: str) -> tuple[str, Inventory] | None:
+    """The host ``name`` stands for among ``hosts`` (keyed by host name): itself, or the
+    host that lists it among its aliases; ``None`` when none does.
+
+    Loaders keep aliases unique (:func:`rmrrd.peers.load_peers`), so at most one host
+    matches.
+    """
+    inventory = hosts.get(name)
+    if inventory is not None:
+        return name, inventory
+    return next(((host, inv) for host, inv in hosts.items() if name in inv.aliases), None)
+
+
+def known_hosts_text(hosts: Mapping[str, Inventory]) -> str:
+    """The known host names, each with its aliases, for an error message."""
+    return ", ".join(f"{host} ({', '.join(inv.aliases)})" if inv.aliases else host
+                     for host, inv in sorted(hosts.items())) or "none"

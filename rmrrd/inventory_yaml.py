@@ -5,6 +5,7 @@ The YAML form is what operators write for simulated and peer hosts and what
 ``/inventory`` and reads from its peers.  Both use the same field names::
 
     host: node-a
+    aliases: [node-a.example, 10.0.0.1]  # optional: other names of the host
     warnings: ["..."]            # optional: what the source noticed (firmware bugs)
     regions:
       - range: 0xe0000-0xeffff   # inclusive, page granular
@@ -29,20 +30,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import Device, HostRegion, Inventory, UnresolvedDevice
+from rmrrd.inventory import HOST_NAME_RE, Device, HostRegion, Inventory, UnresolvedDevice
 from rmrrd.pci import Bdf
 from rmrrd.ranges import parse_range
+
+if TYPE_CHECKING:  # imported where YAML is read or written: the JSON form needs neither
+    from pathlib import Path
+
+    import yaml
 
 ALL_DEVICES = "all"
 """The device list entry that marks a region as applying to every device."""
 
-_HOST_KEYS = frozenset({"host", "regions", "warnings"})
+_HOST_KEYS = frozenset({"host", "aliases", "regions", "warnings"})
 # "unresolved" is accepted on input so that JSON served by a peer reads back as is;
 # it is derived from the devices, never trusted over them.
 _REGION_KEYS = frozenset({"range", "devices", "unresolved"})
@@ -159,7 +162,16 @@ def _inventory(obj: Any, source: str, locate: _Locate, allowed: frozenset[str]) 
     regions = tuple(_region(item, source, locate, ("regions", index)) for index, item in enumerate(items))
     warnings = [_string(text, source, locate, ("warnings", index))
                 for index, text in enumerate(_list(obj.get("warnings", []), source, locate, ("warnings",)))]
-    return Inventory(host, regions, tuple(warnings))
+    aliases: list[str] = []
+    for index, item in enumerate(_list(obj.get("aliases", []), source, locate, ("aliases",))):
+        alias = _string(item, source, locate, ("aliases", index))
+        if HOST_NAME_RE.fullmatch(alias) is None:
+            raise InputError(f"{_where(source, locate, ('aliases', index))}: {alias!r} is not a host name "
+                             f"(letters, digits, '.', '_', '-')")
+        if alias == host or alias in aliases:
+            raise InputError(f"{_where(source, locate, ('aliases', index))}: {alias!r} is listed already")
+        aliases.append(alias)
+    return Inventory(host, regions, tuple(warnings), tuple(aliases))
 
 
 # --- YAML --------------------------------------------------------------------------
@@ -171,6 +183,8 @@ def _plain(node: yaml.Node, path: _KeyPath, lines: dict[_KeyPath, int], source: 
     Scalars stay strings (their text as written); only an explicit null becomes None,
     so that a missing value is reported as such rather than as the string ``null``.
     """
+    import yaml
+
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.ScalarNode):
         return None if node.tag == "tag:yaml.org,2002:null" else str(node.value)
@@ -207,6 +221,8 @@ def load_inventory_text(text: str, source: str) -> Inventory:
     Raises :class:`InputError` naming the source, the line and the key for YAML syntax
     errors, unknown or missing keys, and ranges that are not page granular.
     """
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -224,7 +240,8 @@ def load_inventory_text(text: str, source: str) -> Inventory:
 def load_inventory_file(path: str | Path) -> Inventory:
     """Read and parse a YAML inventory file; errors name the file (and line)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read inventory: {exc}") from None
     return load_inventory_text(text, str(path))
@@ -233,6 +250,8 @@ def load_inventory_file(path: str | Path) -> Inventory:
 def _quote(text: str) -> str:
     """A YAML double-quoted scalar for any text (yaml's own escaping: JSON's surrogate
     pairs for characters beyond the BMP do not read back in YAML)."""
+    import yaml
+
     dumped: str = yaml.safe_dump(text, default_style='"', width=float("inf"), allow_unicode=True)
     return dumped.rstrip("\n")
 
@@ -245,6 +264,8 @@ def dump_inventory_yaml(inv: Inventory) -> str:
     comment on unresolved devices for the operator who reads it.
     """
     out = [f"host: {_quote(inv.host)}"]
+    if inv.aliases:
+        out.append(f"aliases: [{', '.join(_quote(alias) for alias in inv.aliases)}]")
     if inv.warnings:
         out.append("warnings:")
         out.extend(f"  - {_quote(warning)}" for warning in inv.warnings)
@@ -268,7 +289,7 @@ def inventory_to_json(inv: Inventory) -> dict[str, Any]:
     """
     regions = [{"range": str(region.range), "devices": device_strings(region),
                 "unresolved": is_unresolved(region)} for region in inv.regions]
-    return {"host": inv.host, "regions": regions, "warnings": list(inv.warnings),
+    return {"host": inv.host, "aliases": list(inv.aliases), "regions": regions, "warnings": list(inv.warnings),
             "unresolved": any(region["unresolved"] for region in regions)}
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -102,6 +102,33 @@ async def _fetch(url: str, timeout: float) -> _Found:
     return found
 
 
+def _unique_aliases(inventory: Inventory, origin: str, peers: dict[str, Inventory], exclude: str | None,
+                    problems: list[str]) -> Inventory:
+    """``inventory`` without the aliases that already name this host or a peer read before.
+
+    A migration target must name one host: an alias two hosts claim is dropped from the
+    later one (a problem line says so), the first one configured keeps it.
+    """
+    taken = {name for host, inv in peers.items() for name in (host, *inv.aliases)} | {exclude}
+    kept = tuple(alias for alias in inventory.aliases if alias not in taken)
+    for alias in inventory.aliases:
+        if alias in taken:
+            problems.append(f"{origin}: alias {alias!r} of host {inventory.host!r} already names another host: "
+                            f"dropped")
+    return replace(inventory, aliases=kept) if kept != inventory.aliases else inventory
+
+
+def _without_names_of_later_hosts(inventory: Inventory, peers: dict[str, Inventory], problems: list[str],
+                                  origin: str) -> Inventory:
+    """Drop an alias that is the host name of a peer read later (its own name wins)."""
+    clashing = [alias for alias in inventory.aliases if alias in peers]
+    for alias in clashing:
+        problems.append(f"{origin}: alias {alias!r} of host {inventory.host!r} is the name of another peer: dropped")
+    if not clashing:
+        return inventory
+    return replace(inventory, aliases=tuple(alias for alias in inventory.aliases if alias not in clashing))
+
+
 def _decode(body: bytes, source: str) -> Inventory:
     """A peer's JSON answer as an inventory; :class:`InputError` naming ``source``."""
     try:
@@ -151,8 +178,10 @@ async def load_peers(sources: Sequence[PeerSource], *, timeout: float = 5.0,
             elif host in peers:
                 problems.append(f"{origin}: host {host!r} already read from {origins[host]}: skipped")
             else:
-                peers[host], origins[host] = inventory, origin
+                peers[host], origins[host] = _unique_aliases(inventory, origin, peers, exclude, problems), origin
                 log.info("peer %s: %d regions from %s", host, len(inventory.regions), origin)
+    peers = {host: _without_names_of_later_hosts(inventory, peers, problems, origins[host])
+             for host, inventory in peers.items()}
     for problem in problems:
         log.warning("peer inventory problem: %s", problem)
     return PeerLoad(peers, tuple(problems))

@@ -48,7 +48,7 @@ from rmrrd.guest_layout import (
     default_lowmem_end,
     firmware,
 )
-from rmrrd.inventory import Device, HostRegion, Inventory
+from rmrrd.inventory import Device, HostRegion, Inventory, find_host, known_hosts_text
 from rmrrd.ranges import Range, RangeSet, parse_range
 from rmrrd.regions import ReservedRegion, Source, merge_regions
 from rmrrd.xlcfg import (
@@ -259,11 +259,11 @@ def requested_regions(request: DomainRequest, host: Inventory,
         regions += [ReservedRegion(hr.range, host_source, hr.devices,
                                    device_policy.get(hr.range.start, domain_policy)) for hr in host.regions]
     for name in request.migrate:
-        peer = peers.get(name)
-        if peer is None:
-            known = ", ".join(sorted(peers)) or "none"
-            raise InputError(f"migrate host {name!r} is not a known peer (known: {known})")
-        regions += [ReservedRegion(hr.range, (Source.of("migrate", name),), hr.devices) for hr in peer.regions]
+        found = find_host(peers, name)
+        if found is None:
+            raise InputError(f"migrate host {name!r} is not a known peer (known: {known_hosts_text(peers)})")
+        regions += [ReservedRegion(hr.range, (Source.of("migrate", found[0]),), hr.devices)
+                    for hr in found[1].regions]
     regions += [ReservedRegion(range_, (Source.of("reserve"),)) for range_ in request.reserve]
     return regions
 

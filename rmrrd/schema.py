@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rmrrd.planner import Plan
+if TYPE_CHECKING:  # only for annotations: the toolstack's short commands need the paths, not the planner
+    from rmrrd.planner import Plan
 
 LIBXL_ROOT = "/libxl"
 TOOL_ROOT = "/tool/rmrrd"

@@ -6,7 +6,7 @@ import pytest
 
 from rmrrd.checks import check_assign, check_hotplug, check_migrate, rank_migration_targets
 from rmrrd.errors import InputError
-from rmrrd.inventory import HostRegion, Inventory
+from rmrrd.inventory import HostRegion, Inventory, find_host
 from rmrrd.pci import Bdf
 from rmrrd.planner import DomainRequest, Plan, plan
 from rmrrd.ranges import parse_range
@@ -67,3 +67,18 @@ def test_ranking_puts_fewest_conflicts_first(layout: Plan) -> None:
     ranked = rank_migration_targets(layout, PEERS)
     assert [name for name, _ in ranked] == ["clean", "bad"]
     assert [v.count("warn") for _, v in ranked] == [1, 2]   # "clean" is unreserved only
+
+
+def test_migrate_target_may_be_an_alias() -> None:
+    """xl migrate and libvirt name the destination as they like: any alias finds the peer."""
+
+    peer = Inventory("node-b", (HostRegion(parse_range("0x1000-0x1fff"), ()),), aliases=("node-b.example", "10.0.0.2"))
+    peers = {"node-b": peer}
+    assert find_host(peers, "10.0.0.2") == ("node-b", peer)
+    assert find_host(peers, "node-c") is None
+    plan_ = plan(DomainRequest(memory_mib=1024), Inventory("node-a", ()), {})
+    by_alias = check_migrate(plan_, peers, "node-b.example")
+    assert by_alias.reason.startswith("migrate to node-b (as node-b.example): ")
+    assert by_alias.verdict == check_migrate(plan_, peers, "node-b").verdict
+    with pytest.raises(InputError, match=r"known: node-b \(node-b.example, 10.0.0.2\)"):
+        check_migrate(plan_, peers, "node-c")

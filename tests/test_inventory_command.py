@@ -21,7 +21,7 @@ pytestmark = pytest.mark.firmware
 @pytest.fixture(autouse=True)
 def only_inventory(monkeypatch: pytest.MonkeyPatch) -> None:
     # Test this subcommand alone, through the real dispatcher and its error handling.
-    monkeypatch.setattr(cli, "_commands", lambda: [inventory])
+    monkeypatch.setattr(cli, "_commands", lambda argv=None: [inventory])
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -129,3 +129,15 @@ def test_json_round_trip(inv: Inventory) -> None:
 def test_parse_device_forms() -> None:
     assert parse_device("03:00.0") == Bdf(0, 3, 0, 0)
     assert str(parse_device("0000:00:1c.0/00.1/02.3")) == "0000:00:1c.0/00.1/02.3"
+
+
+def test_aliases_round_trip_and_are_checked() -> None:
+    text = "host: node-b\naliases: [node-b.example, 10.0.0.2]\nregions: []\n"
+    inv = load_inventory_text(text, "b.yaml")
+    assert inv.aliases == ("node-b.example", "10.0.0.2")
+    assert load_inventory_text(dump_inventory_yaml(inv), "again.yaml") == inv
+    assert inventory_from_json(inventory_to_json(inv), "json") == inv
+    with pytest.raises(InputError, match=r"^b\.yaml:2: aliases\[1\]: 'fe80::1' is not a host name"):
+        load_inventory_text("host: node-b\naliases: [nb, 'fe80::1']\nregions: []\n", "b.yaml")
+    with pytest.raises(InputError, match=r"aliases\[0\]: 'node-b' is listed already"):
+        load_inventory_text("host: node-b\naliases: [node-b]\nregions: []\n", "b.yaml")

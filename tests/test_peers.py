@@ -259,3 +259,18 @@ async def test_this_host_is_excluded(tmp_path: Path) -> None:
     load = await load_peers([tmp_path], exclude="node-a")
     assert load.peers == {"node-b": NODE_B}
     assert load.problems == (f"{tmp_path / 'node-a.yaml'}: host 'node-a' is this host, not a peer: skipped",)
+
+
+async def test_aliases_travel_over_http_and_stay_unique(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A peer's aliases come with its /inventory; an alias two hosts claim stays with the first."""
+    named_b = Inventory("node-b", NODE_B.regions, aliases=("node-b.example", "10.0.0.2"))
+    url = await serve(nursery, {"/inventory": inventory_route(named_b)})
+    clash = write(tmp_path, "node-c.yaml", "host: node-c\naliases: [node-b.example, nc, node-d]\nregions: []\n")
+    later = write(tmp_path, "node-d.yaml", "host: node-d\nregions: []\n")
+    load = await load_peers([url, clash, later], exclude="node-a")
+    assert load.peers["node-b"] == named_b
+    assert load.peers["node-c"].aliases == ("nc",)
+    assert load.problems == (
+        f"{clash}: alias 'node-b.example' of host 'node-c' already names another host: dropped",
+        f"{clash}: alias 'node-d' of host 'node-c' is the name of another peer: dropped",
+    )

@@ -86,3 +86,32 @@ def test_a_reader_that_went_away_ends_the_command_quietly() -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, "")
+
+
+def test_xl_config_predicts_stock_xl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The seed guest written as an xl.cfg: xl drops its rdm= (policy named), devices strict."""
+    cfg = tmp_path / "guest.cfg"
+    cfg.write_text('type = "hvm"\nmemory = 4096\nmmio_hole = 1024\nvideoram = 16\n'
+                   'rdm = "strategy=host,policy=relaxed"\npci = [ "0000:00:02.0", "00:14.0,rdm_policy=relaxed" ]\n')
+    assert main(["plan", "--inventory", str(_ETC / "node-a.yaml"), "--xl-config", str(cfg), "--json"]) == 0
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out)
+    # maxmem 4096 less 16 MiB of video RAM; the GPU region moved low RAM down to 0xa0000000.
+    assert (answer["lowmem_end"], answer["highmem_end"]) == ("0xa0000000", "0x15f000000")
+    assert [r["source"] for r in answer["regions"]] == ["pci 0000:00:14.0", "pci 0000:00:02.0"]
+    assert f"rmrrd plan: warning: {cfg}:5: rdm: xl 4.15 and later drop" in captured.err
+
+
+def test_xl_config_refusals_exit_1_and_conflicting_options_exit_2(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "pod.cfg"
+    cfg.write_text("type='hvm'\nmemory=1024\nmaxmem=2048\npci=['00:02.0,rdm_policy=relaxed']\n")
+    inventory = ["plan", "--inventory", str(_ETC / "node-a.yaml"), "--xl-config", str(cfg)]
+    assert main(inventory) == 1
+    assert "rmrrd plan: error: " in capsys.readouterr().err
+    assert main([*inventory, "--memory", "1024"]) == 2
+    assert "--memory cannot be combined with --xl-config" in capsys.readouterr().err
+    cfg.write_text("type='hvm'\nmemory=1024\nmmio_hole=64\n")
+    assert main(inventory) == 2
+    assert f"{cfg}:3: mmio_hole: invalid value 64" in capsys.readouterr().err
+    assert main(["plan", "--inventory", str(_ETC / "node-a.yaml")]) == 2

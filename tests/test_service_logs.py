@@ -24,7 +24,7 @@ def _seed_log(workdir: Path, daemons: list[Daemon], *args: str) -> list[str]:
 
     async def play() -> int:
         async with open_xenstore(str(daemon.xenstore)) as xs:
-            steps = await scenario(xs, lambda domid: Path(f"{daemon.xenstore}.d/{domid}"), lambda _: None)
+            steps = await scenario(xs, daemon.xenstore, lambda domid: Path(f"{daemon.xenstore}.d/{domid}"), lambda _: None)
         return sum(step.ok for step in steps)
 
     assert trio.run(play) == 15

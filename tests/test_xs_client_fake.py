@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from rmrrd.xenstore import client as client_module
+from rmrrd.xenstore import locate as locate_module
 from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, locate_xenstore, open_xenstore
 from rmrrd.xenstore.client_conn import DeviceChannel
 from rmrrd.xenstore.client_watch import QUEUE_LIMIT
@@ -275,7 +275,7 @@ def test_locate_xenstore_argument_then_env_then_dom0_sockets_then_xenbus(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     first, second = tmp_path / "run", tmp_path / "var-run"
-    monkeypatch.setattr(client_module, "DEFAULT_SOCKETS", (str(first), str(second)))
+    monkeypatch.setattr(locate_module, "DEFAULT_SOCKETS", (str(first), str(second)))
     monkeypatch.delenv("XENSTORED_PATH", raising=False)
     assert locate_xenstore() == "/dev/xen/xenbus"  # nothing else there
     second.touch()

@@ -3,27 +3,25 @@
 Writes one ``/tool/rmrrd/request/<id>`` node through xenstore (docs/xenstore-schema.md), watches
 for ``/tool/rmrrd/result/<id>/verdict`` and prints the result.  Exit status: 0 ok,
 1 fail, 3 warn; 2 for bad arguments or when no verdict comes in time.
+
+Toolstack hooks run this for every operation they check, so it is kept short: a
+blocking xenstore client (:mod:`rmrrd.xenstore.blocking`), no trio, no YAML, nothing
+imported that the check does not use (docs/performance.md measures it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import secrets
+import time
 from typing import Any
 
-import trio
-
 from rmrrd.cli import EXIT_USAGE
+from rmrrd.daemon.requests import format_request, parse_request
 from rmrrd.errors import InputError
 from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT
-from rmrrd.xenstore.client import XenstoreClient, open_xenstore
-from rmrrd.xenstore.client_conn import ConnectionLost
+from rmrrd.xenstore.blocking import BlockingXenstore, XenstoreUnavailable
 from rmrrd.xenstore.wire import NoEntry
-
-from rmrrd.daemon.requests import format_request, parse_request
-from rmrrd.daemon.xsutil import read_list, read_text
 
 EXIT_STATUS = {"ok": 0, "fail": 1, "warn": 3}
 EXIT_STATUSES = {
@@ -45,38 +43,45 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--domid", type=int, required=True, help="the guest's domain id")
     parser.add_argument("--device", action="append", default=[], metavar="SPEC",
                         help="xl pci= spec, e.g. 0000:00:14.0,rdm_policy=relaxed (repeatable for migrate)")
-    parser.add_argument("--target", help="migrate: the peer host (default: rank every peer)")
+    parser.add_argument("--target", help="migrate: the peer host, by name or alias (default: rank every peer)")
     parser.add_argument("--xenstore", help="xenstored socket (default: $XENSTORED_PATH, then dom0's)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the verdict")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(run=run)
 
 
-async def ask(xs: XenstoreClient, request: str, timeout: float) -> dict[str, Any]:
-    """Write ``request`` and return the result once its verdict is there."""
-    req_id = f"cli-{os.getpid()}-{secrets.token_hex(4)}"
+def ask(xs: BlockingXenstore, request: str, timeout: float) -> dict[str, Any]:
+    """Write ``request`` and return the result once its verdict is there.
+
+    Raises :class:`InputError` when no verdict comes within ``timeout`` (the request is
+    withdrawn then, so a daemon that starts later does not answer it for nobody).
+    """
+    req_id = f"cli-{os.getpid()}-{os.urandom(4).hex()}"  # what secrets.token_hex does, without its imports
     result = f"{RESULT_ROOT}/{req_id}"
-    async with xs.watch(result) as events:
-        await xs.write(f"{REQUEST_ROOT}/{req_id}", request)
-        verdict = None
-        with trio.move_on_after(timeout):
-            async for _ in events:  # the initial event, then one per key written
-                verdict = await read_text(xs, f"{result}/verdict")
-                if verdict is not None:
-                    break
-        if verdict is None:
-            await _withdraw(xs, req_id)
-            raise InputError(f"no verdict within {timeout:g} s: is rmrrd running on this xenstore?")
-    return {"id": req_id, "verdict": verdict, "reason": await read_text(xs, f"{result}/reason") or "",
-            "conflicts": list((await read_list(xs, f"{result}/conflict")).values()),
-            "ranking": list((await read_list(xs, f"{result}/rank")).values())}
+    deadline = time.monotonic() + timeout
+    xs.watch(result, req_id)
+    xs.write(f"{REQUEST_ROOT}/{req_id}", request)
+    verdict = None
+    while verdict is None and xs.next_event(deadline) is not None:  # the initial event, then one per key
+        verdict = xs.read_text(f"{result}/verdict")
+    if verdict is None:
+        try:
+            xs.rm(f"{REQUEST_ROOT}/{req_id}")
+        except NoEntry:
+            pass
+        raise InputError(f"no verdict within {timeout:g} s: is rmrrd running on this xenstore?")
+    xs.unwatch(result, req_id)
+    return {"id": req_id, "verdict": verdict, "reason": xs.read_text(f"{result}/reason") or "",
+            "conflicts": xs.read_list(f"{result}/conflict"), "ranking": xs.read_list(f"{result}/rank")}
 
 
-async def _withdraw(xs: XenstoreClient, req_id: str) -> None:
+def ask_daemon(xenstore: str | None, request: str, timeout: float) -> dict[str, Any]:
+    """Connect, :func:`ask`, disconnect; an unreachable xenstore is an :class:`InputError`."""
     try:
-        await xs.rm(f"{REQUEST_ROOT}/{req_id}")
-    except NoEntry:
-        pass
+        with BlockingXenstore(xenstore, timeout=timeout) as xs:
+            return ask(xs, request, timeout)
+    except XenstoreUnavailable as exc:
+        raise InputError(f"cannot reach xenstore: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,16 +93,10 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{option} {value!r}: expected one word, without spaces")
     request = format_request(args.op, args.domid, tuple(args.device), args.target)
     parse_request(request)  # refuse bad arguments here, with the same words as the daemon
-
-    async def main() -> dict[str, Any]:
-        async with open_xenstore(args.xenstore) as xs:
-            return await ask(xs, request, args.timeout)
-
-    try:
-        result = trio.run(main)
-    except ConnectionLost as exc:
-        raise InputError(f"cannot reach xenstore: {exc}") from None
+    result = ask_daemon(args.xenstore, request, args.timeout)
     if args.json:
+        import json  # only for this output form
+
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['verdict']}: {result['reason']}")

@@ -1,15 +1,18 @@
 """``rmrrd plan``: the offline what-if of a domain setup.
 
 Takes the same inputs the toolstack writes under ``/libxl/<domid>/rdm/``, as options,
-and prints the answer the daemon would write: a readable table, or with ``--json``
-one object with the xenstore answer's field names.  Exit status 0 when the domain
-could be built (``ready``), 1 when not (``error``), 2 for bad input.
+or reads them from an xl.cfg file with ``--xl-config`` as stock xl would (its warnings
+on stderr, docs/xl-config.md), and prints the answer the daemon would write: a
+readable table, or with ``--json`` one object with the xenstore answer's field names.
+Exit status 0 when the domain could be built (``ready``), 1 when not (``error``, or
+libxl would refuse the file), 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +21,7 @@ from rmrrd.cli import EXIT_BROKEN_PIPE, EXIT_USAGE
 from rmrrd.errors import InputError
 from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.planner import XL_DEFAULTS, Plan, parse_domain_request, plan
+from rmrrd.planner import XL_DEFAULTS, DomainRequest, Plan, parse_domain_request, plan
 
 EXIT_READY = 0
 EXIT_ERROR = 1
@@ -30,14 +33,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Plan one guest's memory layout around its reserved regions, as the daemon "
                     "would answer /libxl/<domid>/rdm/.  Defaults are xl's.",
         exit_statuses={EXIT_READY: "status ready: the domain can be built with this layout",
-                       EXIT_ERROR: "status error: the domain must not be built as asked (the error says why)",
+                       EXIT_ERROR: "status error: the domain must not be built as asked (the error says why), "
+                                   "or libxl would refuse the --xl-config file",
                        EXIT_USAGE: "bad arguments, or an inventory or request that is invalid",
                        EXIT_BROKEN_PIPE: "the reader of the output went away"})
     parser.add_argument("--inventory", metavar="FILE", type=Path, required=True,
                         help="this host's inventory (YAML, docs/inventory.md)")
     parser.add_argument("--peer", metavar="FILE", type=Path, action="append", default=[],
                         help="a peer host's inventory, for --migrate (repeatable)")
-    parser.add_argument("--memory", metavar="MIB", required=True, help="guest RAM in MiB")
+    parser.add_argument("--xl-config", metavar="FILE", type=Path,
+                        help="read memory, mmio_hole, rdm, rdm_mem_boundary, pci, videoram, hap and bios from "
+                             "an xl.cfg file as stock xl 4.17 does, its bugs included (instead of those options)")
+    parser.add_argument("--memory", metavar="MIB", help="guest RAM in MiB (required without --xl-config)")
     parser.add_argument("--mmio-hole", metavar="MIB", help="MMIO hole below 4 GiB in MiB (default 256)")
     parser.add_argument("--rdm", metavar="STRING", help="xl.cfg rdm= string (default policy=relaxed)")
     parser.add_argument("--mem-boundary", metavar="MIB", help="xl.cfg rdm_mem_boundary in MiB (default 2048)")
@@ -74,16 +81,43 @@ def load_peers(paths: Sequence[Path]) -> dict[str, Inventory]:
     return peers
 
 
+_XL_CONFIG_DECIDES = ("memory", "mmio_hole", "rdm", "mem_boundary", "pci", "videoram", "hap", "bios")
+"""Options the xl.cfg file decides: giving both would leave one of them unused."""
+
+
+def _request(args: argparse.Namespace) -> tuple[DomainRequest, tuple[str, ...]]:
+    """The request from the options or the xl.cfg file, and what libxl would refuse."""
+    if args.xl_config is None:
+        if args.memory is None:
+            raise InputError("--memory is required (or --xl-config FILE)")
+        defaults = replace(XL_DEFAULTS, seabios_size=args.seabios_size)
+        return parse_domain_request(args.memory, args.mmio_hole, args.rdm, args.mem_boundary,
+                                    args.pci, args.hotplug, args.migrate, args.reserve, defaults,
+                                    videoram=args.videoram, hap=args.hap, bios=args.bios), ()
+    # Imported here: the xl.cfg reader is only needed with this option.
+    from rmrrd.libxl_domain import domain_request, from_xl_config
+    from rmrrd.xlcfg_file import load_xl_config
+
+    given = [name for name in _XL_CONFIG_DECIDES if getattr(args, name) not in (None, [])]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')} cannot be combined with --xl-config: the file decides it")
+    prediction = from_xl_config(load_xl_config(args.xl_config))
+    for warning in prediction.warnings:
+        print(f"rmrrd plan: warning: {warning}", file=sys.stderr)
+    request = domain_request(prediction.domain, args.hotplug, args.migrate, args.reserve,
+                             seabios_size=args.seabios_size)
+    return request, prediction.domain.refusals
+
+
 def run(args: argparse.Namespace) -> int:
     host = load_inventory_file(args.inventory)
     peers = load_peers(args.peer)
-    defaults = replace(XL_DEFAULTS, seabios_size=args.seabios_size)
-    request = parse_domain_request(args.memory, args.mmio_hole, args.rdm, args.mem_boundary,
-                                   args.pci, args.hotplug, args.migrate, args.reserve, defaults,
-                                   videoram=args.videoram, hap=args.hap, bios=args.bios)
+    request, refusals = _request(args)
     result = plan(request, host, peers)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
-    return EXIT_READY if result.status == "ready" else EXIT_ERROR
+    for refusal in refusals:
+        print(f"rmrrd plan: error: {refusal}", file=sys.stderr)
+    return EXIT_READY if result.status == "ready" and not refusals else EXIT_ERROR
 
 
 def format_plan(result: Plan) -> str:

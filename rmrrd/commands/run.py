@@ -32,7 +32,8 @@ from rmrrd.peers import load_peers
 from rmrrd.runtime_paths import own_xenstored_socket, prepare_own_xenstored_socket
 from rmrrd.xenstore.client_conn import ConnectionLost
 
-from rmrrd.daemon.service import load_host, run_service
+from rmrrd.daemon.service import run_service
+from rmrrd.host_inventory import load_host
 
 log = logging.getLogger(__name__)
 

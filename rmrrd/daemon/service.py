@@ -31,7 +31,7 @@ from rmrrd import __version__
 from rmrrd.config import Config, load_config
 from rmrrd.errors import InputError
 from rmrrd.logs import setup_logging
-from rmrrd.host_inventory import build_host_inventory
+from rmrrd.host_inventory import load_host
 from rmrrd.http_server import Request, serve_http
 from rmrrd.inventory import Inventory
 from rmrrd.inventory_yaml import inventory_to_json
@@ -61,20 +61,6 @@ class ServiceHandle:
 
     http_port: int
     xenstore_path: Path
-
-
-def load_host(config: Config) -> Inventory:
-    """This host's inventory from ``host.sources``.
-
-    Raises InputError naming the configuration file and key first, so an operator
-    reading ``--check-config`` or the journal knows which setting led to the file.
-    """
-    root = config.host.sysfs_root
-    try:
-        return build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
-                                    sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
-    except InputError as exc:
-        raise InputError(f"{config.source or 'built-in defaults'}: host.sources: {exc}") from None
 
 
 async def load_peer_inventories(config: Config, previous: dict[str, Inventory]) -> dict[str, Inventory]:

@@ -46,6 +46,7 @@ import trio
 
 from rmrrd.xenstore.client_conn import Channel, Connection, ConnectionLost, DeviceChannel
 from rmrrd.xenstore.client_watch import Watch, WatchEvent
+from rmrrd.xenstore.locate import locate_xenstore
 from rmrrd.xenstore.wire import (
     Again,
     LocalProtocolError,
@@ -75,8 +76,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_SOCKETS = ("/run/xenstored/socket", "/var/run/xenstored/socket")
-XENBUS_DEVICE = "/dev/xen/xenbus"
 DEFAULT_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 5.0
@@ -96,22 +95,6 @@ class XenstoreTimeout(XenstoreError):
 
     def __init__(self, message: str) -> None:
         super().__init__("EIO", message)
-
-
-def locate_xenstore(path: str | None = None) -> str:
-    """The socket or device to use: argument, $XENSTORED_PATH, dom0 sockets, xenbus.
-
-    The last candidate is returned even if it does not exist, so the connect error
-    names it.
-    """
-    if path:
-        return path
-    if env := os.environ.get("XENSTORED_PATH"):
-        return env
-    for candidate in DEFAULT_SOCKETS:
-        if os.path.exists(candidate):
-            return candidate
-    return XENBUS_DEVICE
 
 
 async def _open_path(path: str) -> Channel:

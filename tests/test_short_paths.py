@@ -1,0 +1,87 @@
+"""What the short paths import: not the daemon's machinery.
+
+``rmrrd check`` and the hooks run once per toolstack operation, and ``rmrrd reload``
+once per ``systemctl reload``, so each must import only what its work uses.  Each case runs the entry point in a fresh interpreter
+and lists ``sys.modules`` at the end; timing is measured in bench/bench_hooks.py,
+not here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GPU_XML = (REPO / "tests" / "data" / "libvirt" / "hvm-gpu.xml").read_text()
+NO_DEVICE_XML = GPU_XML[:GPU_XML.index("    <hostdev")] + GPU_XML[GPU_XML.index("    </hostdev>\n") + 15:]
+
+DAEMON_MACHINERY = {"trio", "yaml", "prometheus_client", "h11", "outcome", "attrs", "asyncio", "logging",
+                    "rmrrd.config", "rmrrd.daemon.service", "rmrrd.xenstore.client", "rmrrd.metrics"}
+"""Never on a short path: the event loop, YAML, metrics, HTTP, the daemon and its client."""
+PLANNING = {"rmrrd.planner", "rmrrd.libxl_domain", "rmrrd.host_inventory", "xml.etree.ElementTree"}
+"""Not where nothing is planned."""
+
+RUNNER = """
+import json, sys
+sys.argv = [{name!r}, *{args!r}]
+from {module} import main
+try:
+    main({args!r})
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.__stderr__)
+"""
+
+
+def imported(module: str, args: list[str], stdin: str = "", env: dict[str, str] | None = None) -> set[str]:
+    """The modules loaded by running ``module.main(args)`` in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", RUNNER.format(name=module, module=module, args=args)],
+                          input=stdin, capture_output=True, text=True, env=env, check=False)
+    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+def test_rmrrd_check(tmp_path: Path) -> None:
+    """A check against xenstore (none here: it fails after its imports are done)."""
+    modules = imported("rmrrd.cli", ["check", "hotplug", "--domid", "1", "--device", "00:02.0",
+                                     "--xenstore", str(tmp_path / "none")])
+    assert "rmrrd.xenstore.blocking" in modules
+    assert modules.isdisjoint(DAEMON_MACHINERY | PLANNING), modules & (DAEMON_MACHINERY | PLANNING)
+
+
+def test_rmrrd_reload(tmp_path: Path) -> None:
+    """The unit's ExecReload= (no such process here: it fails after its imports are done)."""
+    modules = imported("rmrrd.cli", ["reload", "--pid", "999999999"], env={"RUNTIME_DIRECTORY": str(tmp_path)})
+    assert "rmrrd.reload_status" in modules
+    assert modules.isdisjoint(DAEMON_MACHINERY | PLANNING), modules & (DAEMON_MACHINERY | PLANNING)
+
+
+def test_xl_wrapper_check(tmp_path: Path) -> None:
+    env = {"XENSTORED_PATH": str(tmp_path / "none"), "RMRRD_XL": "/nonexistent/xl", "PATH": "/usr/bin:/bin"}
+    modules = imported("rmrrd.hooks.xl", ["pci-attach", "1", "00:02.0"], env=env)
+    assert "rmrrd.xenstore.blocking" in modules
+    assert modules.isdisjoint(DAEMON_MACHINERY | {"rmrrd.planner", "rmrrd.host_inventory"}), modules
+
+
+@pytest.mark.parametrize(("operation", "xml"), [("prepare", NO_DEVICE_XML), ("start", GPU_XML)])
+def test_libvirt_hook_fast_exits(operation: str, xml: str) -> None:
+    """No PCI device, or an operation not checked: nothing of rmrrd's beyond the hook itself."""
+    modules = imported("rmrrd.hooks.libvirt", ["g", operation, "begin", "-"], stdin=xml)
+    assert {name for name in modules if name.startswith("rmrrd.")} <= {"rmrrd.hooks.libvirt", "rmrrd.errors",
+                                                                        "rmrrd.hooks"}
+    assert modules.isdisjoint(DAEMON_MACHINERY | PLANNING)
+
+
+def test_libvirt_hook_with_a_device_and_a_cached_inventory(tmp_path: Path) -> None:
+    """With the inventory cached: the planner, but still no YAML, trio or logging."""
+    config = tmp_path / "rmrrd.yaml"
+    config.write_text(f"host:\n  name: node-a\n  sources: [{REPO / 'etc' / 'inventories' / 'node-a.yaml'}]\n")
+    env = {"RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"), "PATH": "/usr/bin:/bin"}
+    first = imported("rmrrd.hooks.libvirt", ["g", "prepare", "begin", "-"], stdin=GPU_XML, env=env)
+    assert "yaml" in first  # the first run reads the configuration
+    modules = imported("rmrrd.hooks.libvirt", ["g", "prepare", "begin", "-"], stdin=GPU_XML, env=env)
+    assert "rmrrd.planner" in modules
+    assert modules.isdisjoint(DAEMON_MACHINERY), modules & DAEMON_MACHINERY
