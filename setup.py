@@ -32,7 +32,7 @@ class build_cli_docs(Command):
     def run(self) -> None:
         sys.path.insert(0, str(ROOT))
         from rmrrd.cli import build_parser
-        from rmrrd.cli_docs import write_cli_docs
+        from rmrrd.cli.docs import write_cli_docs
 
         write_cli_docs(build_parser(), GENERATED)
 

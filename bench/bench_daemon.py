@@ -56,13 +56,13 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rmrrd.config import default_config  # noqa: E402 - after the path fix
+from rmrrd.edges.config import default_config  # noqa: E402 - after the path fix
 from rmrrd.daemon.domains import SETUP_CONCURRENCY  # noqa: E402
 from rmrrd.daemon.setup import decide, read_answer_generation, read_setup_input, write_answer  # noqa: E402
-from rmrrd.daemon.xsutil import gather, read_text  # noqa: E402
-from rmrrd.inventory_yaml import load_inventory_file  # noqa: E402
-from rmrrd.daemon.requests import format_request  # noqa: E402
-from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT, STATUS_KEY, answer_path, rdm_path  # noqa: E402
+from rmrrd.xenstore.ops import gather, read_text  # noqa: E402
+from rmrrd.core.inventory_yaml import load_inventory_file  # noqa: E402
+from rmrrd.protocol import format_request  # noqa: E402
+from rmrrd.protocol import REQUEST_ROOT, RESULT_ROOT, STATUS_KEY, answer_path, rdm_path  # noqa: E402
 from rmrrd.xenstore.client import XenstoreClient, open_xenstore  # noqa: E402
 from rmrrd.xenstore.wire import Again, NoEntry  # noqa: E402
 

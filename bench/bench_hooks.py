@@ -40,8 +40,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
 from bench_daemon import GENERATION, services, wait_ready, write_request  # noqa: E402
-from rmrrd.daemon.xsutil import read_text  # noqa: E402
-from rmrrd.schema import answer_path  # noqa: E402
+from rmrrd.xenstore.ops import read_text  # noqa: E402
+from rmrrd.protocol import answer_path  # noqa: E402
 from rmrrd.xenstore.client import open_xenstore  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent

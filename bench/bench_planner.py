@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rmrrd.inventory import HostRegion, Inventory  # noqa: E402
-from rmrrd.pci import Bdf  # noqa: E402
-from rmrrd.planner import DomainRequest, plan  # noqa: E402
-from rmrrd.ranges import PAGE_SIZE, Range  # noqa: E402
-from rmrrd.xlcfg import RdmConfig, Strategy  # noqa: E402
+from rmrrd.core.inventory import HostRegion, Inventory  # noqa: E402
+from rmrrd.core.pci import Bdf  # noqa: E402
+from rmrrd.core.planner import DomainRequest, plan  # noqa: E402
+from rmrrd.core.ranges import PAGE_SIZE, Range  # noqa: E402
+from rmrrd.core.xlcfg import RdmConfig, Strategy  # noqa: E402
 
 SIZES = (1_000, 10_000, 40_000)
 RUNS = 5

@@ -11,6 +11,11 @@ in its own process, reading one existing node over one connection:
   ``bare batch x100``: 100 requests written at once, then 100 replies read.
 * ``rmrrd sequential``: ``await xs.read(path)`` one after another.
 * ``rmrrd pipelined x100``: 100 tasks reading concurrently on the one connection.
+* ``plain connection``: the same two rows, the same client, with its connection
+  (``rmrrd.xenstore.client_conn.Connection``, hand-scheduled on a raw descriptor)
+  replaced by the obvious trio design, :class:`PlainConnection` below: a
+  ``SocketStream``, a send lock and an Event per request.  What the hand
+  scheduling earns is the ratio of these rows to the two above.
 * ``pyxs``: Debian's python3-pyxs, run by /usr/bin/python3 (where it is installed).
 
 Latency is per request, from the call to its answer (for the batch rows: the whole
@@ -38,8 +43,10 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rmrrd.xenstore.client import open_xenstore  # noqa: E402 - after the path fix
-from rmrrd.xenstore.wire import HEADER, Op, Packet, encode  # noqa: E402
+from rmrrd.xenstore import client as client_module  # noqa: E402 - after the path fix
+from rmrrd.xenstore.client import open_xenstore  # noqa: E402
+from rmrrd.xenstore.client_conn import Channel, ConnectionLost  # noqa: E402
+from rmrrd.xenstore.wire import HEADER, Decoder, Op, Packet, encode  # noqa: E402
 
 PATH = "/bench/key"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -137,6 +144,66 @@ async def rmrrd_client(sock_path: str, n: int, in_flight: int) -> Row:
     return Row(name, n // in_flight * in_flight, total, latencies)
 
 
+class PlainConnection:
+    """The straightforward trio connection, for comparison (same interface as
+    ``client_conn.Connection``): writes under a lock through a ``SocketStream``, one
+    reader task, each waiting request woken by its own ``trio.Event``."""
+
+    def __init__(self, channel: Channel, on_event: Callable[[Packet], None], name: str) -> None:
+        assert isinstance(channel, socket.socket), "the plain connection is for unix sockets"
+        self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
+        self.name = name
+        self.closed: str | None = None
+        self._on_event = on_event
+        self._pending: dict[int, tuple[trio.Event, list[Packet]]] = {}
+        self._send_lock = trio.Lock()
+
+    async def call(self, req_id: int, data: bytes) -> Packet:
+        if self.closed is not None:
+            raise ConnectionLost(self.closed)
+        done, box = trio.Event(), list[Packet]()
+        self._pending[req_id] = (done, box)
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+            await done.wait()
+        finally:
+            self._pending.pop(req_id, None)
+        if not box:
+            raise ConnectionLost(f"{self.name}: {self.closed}")
+        return box[0]
+
+    async def run(self) -> None:
+        decoder = Decoder()
+        try:
+            while data := await self.stream.receive_some(65536):
+                decoder.feed(data)
+                for packet in decoder.packets():
+                    if packet.op is Op.WATCH_EVENT:
+                        self._on_event(packet)
+                    elif (entry := self._pending.pop(packet.req_id, None)) is not None:
+                        entry[1].append(packet)
+                        entry[0].set()
+        finally:
+            self.closed = self.closed or "connection closed"
+            for done, _ in self._pending.values():
+                done.set()
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+
+async def plain_client(sock_path: str, n: int, in_flight: int) -> Row:
+    """:func:`rmrrd_client` with :class:`PlainConnection` in place of rmrrd's own."""
+    real = client_module.Connection
+    client_module.Connection = PlainConnection  # type: ignore[misc, assignment]
+    try:
+        row = await rmrrd_client(sock_path, n, in_flight)
+    finally:
+        client_module.Connection = real  # type: ignore[misc]
+    row.name = row.name.replace("rmrrd", "plain connection,")
+    return row
+
+
 def pyxs(sock_path: str, n: int) -> Row | None:
     """Debian's pyxs in a /usr/bin/python3 subprocess, or None where it is missing."""
     try:
@@ -184,6 +251,8 @@ def main() -> int:
                 best_of(args.runs, lambda: trio.run(rmrrd_client, sock_path, args.n, 100)),
                 best_of(args.runs, lambda: bare_loop(sock_path, args.n, 1)),
                 best_of(args.runs, lambda: bare_loop(sock_path, args.n, 100)),
+                best_of(args.runs, lambda: trio.run(plain_client, sock_path, args.n, 1)),
+                best_of(args.runs, lambda: trio.run(plain_client, sock_path, args.n, 100)),
             ]
             if (row := pyxs(sock_path, args.n)) is not None:
                 rows.append(row)
@@ -191,10 +260,12 @@ def main() -> int:
             server.send_signal(signal.SIGINT)
             server.wait(timeout=20)
     floor = {1: rows[2].rate, 100: rows[3].rate}
-    print(f"{'client':<24}{'req/s':>10}{'p50 us':>10}{'p99 us':>10}{'vs bare':>9}")
+    print(f"{'client':<34}{'req/s':>10}{'p50 us':>10}{'p99 us':>10}{'vs bare':>9}")
     for row in rows:
         base = floor[100] if "x100" in row.name else floor[1]
-        print(f"{row.name:<24}{row.rate:>10.0f}{row.p50:>10.1f}{row.p99:>10.1f}{row.rate / base:>9.2f}")
+        print(f"{row.name:<34}{row.rate:>10.0f}{row.p50:>10.1f}{row.p99:>10.1f}{row.rate / base:>9.2f}")
+    print(f"hand-scheduled connection over plain: sequential {rows[0].rate / rows[4].rate:.2f}x, "
+          f"pipelined x100 {rows[1].rate / rows[5].rate:.2f}x")
     print("(batch rows: latency is the round trip of a whole batch of 100)")
     return 0
 

@@ -1,36 +1,44 @@
 """rmrrd: the reserved-device-memory daemon for Xen hosts.
 
-Module map, pure logic first (no I/O: testable without a socket), I/O last.
+The layers are folders, lowest first; a module imports only from its own layer and
+those below (``tests/test_import_layers.py`` fails otherwise).  ``docs/design.md``
+draws the same map.
 
-The core (formats, inventories, domain setup, toolstack checks):
-
-- ``errors``: the error family (``InputError`` for anything a user must fix).
-- ``ranges``: page-granular address ranges and range sets; ``pci``: PCI addresses.
-- ``inventory``: a host's reserved regions and their devices; ``inventory_yaml``: the
-  YAML and JSON forms; ``acpi``, ``dmar``, ``ivrs``: the firmware tables;
-  ``sysfs_pci``, ``host_inventory``: this host's inventory from its sources;
-  ``peers``, ``http_client``: peer hosts' inventories.
-- ``xlcfg``: xl.cfg ``rdm=`` and ``pci=`` strings; ``xlcfg_file``: the xl.cfg file format
-  as libxlutil reads it; ``libxl_domain``: what stock xl/libxl make of a configuration
-  (xl.cfg, or ``libvirt_xml``: libvirt's domain XML); ``guest_layout``: hvmloader's fixed
-  areas; ``regions``: reserved regions and merging; ``planner``: the layout (4.1);
-  ``checks``: assign / hotplug / migrate verdicts (4.3); ``guest_queries``: answers
-  to a guest's queries (4.2); ``rate_limit``: a token bucket.
-- ``schema``: where everything lives in xenstore.
-
-Xenstore (``xenstore/``): ``wire`` (the sans-IO codec), ``client`` (trio client with
-reconnects), ``blocking`` (a small blocking client for short commands), ``locate``, ``store*`` (the simulated xenstored's pure state machine), ``server``
-(its trio layer).
-
-The daemon (``daemon/``): ``setup``, ``queries``, ``toolstack``, ``domains``
-(reconciliation), ``service`` (the nursery, signals, HTTP, sd_notify). Operations:
-``config``, ``logs``, ``sdnotify``, ``http_server``, ``metrics``, ``gc_pauses`` (short
-garbage-collection pauses for the long-running processes).
-
-The command line: ``cli`` and one module per subcommand in ``commands/``; ``demo``
-plays the seed scenario.  Toolstack hooks (``hooks/``): ``libvirt`` (libvirt's libxl
-hook), ``xl`` (the xl wrapper), ``stock`` (what stock libxl does with a new domain on
-this host), ``host_cache`` (their cached host inventory).
+- ``errors``: the error family, three roots: ``InputError`` (the user's to fix),
+  ``PeerError`` (xenstored or a peer said no), ``TransportError`` (connection
+  lost, timeout).
+- ``core/`` (pure: no I/O, no clock): ``ranges``, ``pci``; ``inventory`` and its
+  ``inventory_yaml`` forms; the firmware tables ``acpi``, ``dmar``, ``ivrs``;
+  ``xlcfg`` (xl.cfg ``rdm=`` and ``pci=``), ``xlcfg_file`` (the xl.cfg file format as
+  libxlutil reads it), ``libxlu`` (libxlutil's ``rdm=`` and ``pci=`` parsers),
+  ``libxl_domain`` (what stock xl/libxl make of a configuration: xl.cfg, or
+  ``libvirt_xml``, libvirt's domain XML); ``guest_layout`` (hvmloader's fixed areas);
+  ``regions``; ``planner`` (a domain's layout); ``checks`` (assign, hotplug, migrate
+  verdicts); ``guest_queries`` (a guest's queries); ``rate_limit``.
+- ``xenstore/``: ``wire`` (the sans-IO codec both ends share), ``client`` with
+  ``client_conn`` and ``client_watch`` (rmrrd's trio client), ``blocking`` (a small
+  blocking client for short commands), ``locate`` (where xenstored is), ``store`` with
+  ``store_node``, ``store_view``, ``store_watch``, ``store_persist`` (the simulated
+  xenstored's pure state machine), ``server`` (its trio layer), ``ops`` (small
+  compositions of client calls).  Nothing here knows rmrrd's keys.
+- ``protocol``: every xenstore key and value rmrrd reads or writes, with typed
+  encode and decode.
+- ``daemon/``: ``lifecycle`` (one domain's pure state machine), ``owner`` (the task
+  that owns a domain), ``domains`` (every domain; reconciliation), ``setup``,
+  ``toolstack`` (checks), ``watches`` (the watches and the shutdown), ``settings``
+  (what the daemon is given).
+- ``edges/``, beside the daemon and independent of it: ``config``, ``logs``,
+  ``metrics``, ``http_server``, ``http_client`` and ``peers`` (peer hosts'
+  inventories), ``host_inventory`` and ``sysfs_pci`` (this host's), ``sdnotify``,
+  ``runtime_paths``, ``gc_pauses``.
+- ``app/``: ``service`` (``rmrrd run``: the wiring into one trio nursery, signals,
+  reload), ``reload`` (what a reload changed), ``toolstack`` (the toolstack's and the
+  guest's side of the protocol), ``check`` (a toolstack check, blocking), ``demo``
+  (the seed scenario).
+- ``cli/``: the ``rmrrd`` command, one module per subcommand; ``docs`` (its man page
+  and completion).  ``hooks/``, beside it: ``libvirt`` (libvirt's libxl hook), ``xl``
+  (the xl wrapper), ``stock`` (what stock libxl does with a new domain on this host),
+  ``host_cache`` (their cached host inventory).
 """
 
 __version__ = "0.1.0"

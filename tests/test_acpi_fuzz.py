@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmrrd.acpi import TableError
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.ivrs import ivrs_inventory, parse_ivrs
-from firmware_corpus import CORPUS, is_dmar
-from test_acpi_helpers import fix_checksum
+from rmrrd.core.acpi import TableError
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.ivrs import ivrs_inventory, parse_ivrs
+from support.firmware import CORPUS, is_dmar
+from support.acpi_tables import fix_checksum
 
 pytestmark = [pytest.mark.unit, pytest.mark.firmware]
 

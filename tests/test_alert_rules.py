@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from prometheus_helpers import PROMTOOL, tools_available
-from rmrrd.metrics import Metrics
+from support.prometheus import PROMTOOL, tools_available
+from rmrrd.edges.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "monitoring" / "rmrrd.rules.yml"
@@ -40,6 +40,7 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @needs_promtool
+@pytest.mark.process
 def test_rules_are_valid() -> None:
     result = promtool("check", "rules", str(RULES), cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -47,6 +48,7 @@ def test_rules_are_valid() -> None:
 
 
 @needs_promtool
+@pytest.mark.process
 def test_promtool_unit_tests_pass() -> None:
     result = promtool("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -64,6 +66,7 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
 
 
 @needs_promtool
+@pytest.mark.process
 @pytest.mark.parametrize("mutation", ["vector(1)", "vector(1) > 2"], ids=["always", "never"])
 def test_the_unit_tests_catch_a_broken_alert(tmp_path: Path, mutation: str) -> None:
     """Every alert made to fire always (or never) fails its own cases."""

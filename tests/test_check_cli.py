@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon_fixtures import (D1, D2, D3, SEED_DOMAIN, DaemonProcess, Xenstore, daemon_limits,  # noqa: F401
-                             needs_xenstore_tools, request_setup, rmrrd_argv, rmrrd_daemon, xenstored_process)
+from support import D1, D2, D3, SEED_DOMAIN
+from support.processes import Daemon, XenstoredProcess, rmrrd_argv
+from support.xs_tools import Xenstore, needs_xenstore_tools, request_setup
 
-pytestmark = needs_xenstore_tools
+pytestmark = [needs_xenstore_tools, pytest.mark.process]
 
 
 async def check(xs: Xenstore, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -43,7 +44,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("args", "status", "verdict", "conflicts"), CASES)
-async def test_check_exit_status_and_json(rmrrd_daemon: DaemonProcess, args: list[str], status: int,
+async def test_check_exit_status_and_json(rmrrd_daemon: Daemon, args: list[str], status: int,
                                           verdict: str, conflicts: list[str]) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     done = await check(rmrrd_daemon.xs, *args, "--json")
@@ -55,7 +56,7 @@ async def test_check_exit_status_and_json(rmrrd_daemon: DaemonProcess, args: lis
     assert await rmrrd_daemon.xs.read(f"/tool/rmrrd/result/{result['id']}/verdict") == verdict
 
 
-async def test_check_text_output(rmrrd_daemon: DaemonProcess) -> None:
+async def test_check_text_output(rmrrd_daemon: Daemon) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     done = await check(rmrrd_daemon.xs, "hotplug", "--domid", "1", "--device", D1)
     assert done.returncode == 1
@@ -64,7 +65,7 @@ async def test_check_text_output(rmrrd_daemon: DaemonProcess) -> None:
     assert lines[1:] == [f"  conflict 0xe0000-0xeffff bios {D1}"]
 
 
-async def test_migrate_without_target_ranks_the_peers(rmrrd_daemon: DaemonProcess) -> None:
+async def test_migrate_without_target_ranks_the_peers(rmrrd_daemon: Daemon) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     done = await check(rmrrd_daemon.xs, "migrate", "--domid", "1", "--json")
     result = json.loads(done.stdout)
@@ -103,10 +104,10 @@ async def test_no_xenstore_exits_2(tmp_path: Path) -> None:
     assert "cannot reach xenstore" in one_line_error(done)
 
 
-async def test_no_daemon_answering_exits_2_and_withdraws_the_request(tmp_path: Path) -> None:
-    with xenstored_process(tmp_path) as xs:
-        done = await check(xs, "assign", "--domid", "1", "--device", D2, "--timeout", "0.3")
-        assert done.returncode == 2, done
-        assert "no verdict within 0.3 s" in one_line_error(done)
-        # The unanswered request is not left for a daemon started later to act on.
-        assert await xs.list("/tool/rmrrd/request") == []
+async def test_no_daemon_answering_exits_2_and_withdraws_the_request(xenstored_process: XenstoredProcess) -> None:
+    xs = xenstored_process.xs
+    done = await check(xs, "assign", "--domid", "1", "--device", D2, "--timeout", "0.3")
+    assert done.returncode == 2, done
+    assert "no verdict within 0.3 s" in one_line_error(done)
+    # The unanswered request is not left for a daemon started later to act on.
+    assert await xs.list("/tool/rmrrd/request") == []

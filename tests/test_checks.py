@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from rmrrd.checks import check_assign, check_hotplug, check_migrate, rank_migration_targets
+from rmrrd.core.checks import check_assign, check_hotplug, check_migrate, rank_migration_targets
 from rmrrd.errors import InputError
-from rmrrd.inventory import HostRegion, Inventory, find_host
-from rmrrd.pci import Bdf
-from rmrrd.planner import DomainRequest, Plan, plan
-from rmrrd.ranges import parse_range
-from rmrrd.xlcfg import DeviceSpec, Policy
+from rmrrd.core.inventory import HostRegion, Inventory, find_host
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import DomainRequest, Plan, plan
+from rmrrd.core.ranges import parse_range
+from rmrrd.core.xlcfg import DeviceSpec, Policy
 
 pytestmark = pytest.mark.unit
 

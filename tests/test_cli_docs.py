@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from rmrrd.cli import build_parser
-from rmrrd.cli_docs import bash_completion, manpage, subcommands, write_cli_docs
+from rmrrd.cli.docs import bash_completion, manpage, subcommands, write_cli_docs
+
+pytestmark = pytest.mark.process  # runs python -m rmrrd and bash
 
 COMMANDS = ["run", "reload", "check", "demo", "inventory", "plan", "xenstored"]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from rmrrd.config import (
+from rmrrd.edges.config import (
     DEFAULT_METRICS_PORT,
     Config,
     ConfigError,
@@ -68,7 +68,7 @@ def test_example_file_is_valid_and_states_the_defaults() -> None:
 
 
 def test_example_file_mentions_every_key() -> None:
-    from rmrrd.config import _SCHEMA
+    from rmrrd.edges.config import _SCHEMA
 
     text = EXAMPLE.read_text()
     for section, keys in _SCHEMA.items():
@@ -190,7 +190,7 @@ _VALUES = st.recursive(
 
 
 def _sections() -> st.SearchStrategy[dict[str, object]]:
-    from rmrrd.config import _SCHEMA
+    from rmrrd.edges.config import _SCHEMA
 
     keys = st.sampled_from([f"{s}.{k}" for s, ks in _SCHEMA.items() for k in ks] + ["peers", "bogus.key"])
     return st.dictionaries(keys, _VALUES, max_size=6)

@@ -19,26 +19,25 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from test_service_support import Daemon, XenstoredProcess, daemons, start_daemon  # noqa: F401  (fixture)
+from support import INVENTORIES
+from support.processes import Daemon, XenstoredProcess, start_daemon
 
-from rmrrd.config import default_config
+from rmrrd.edges.config import default_config
 from rmrrd.daemon.setup import decide, read_setup_input
-from rmrrd.daemon.xsutil import read_list, read_text
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.ranges import parse_range
-from rmrrd.demo import create_domain, guest_query
-from rmrrd.schema import ALLOCATED_ROOT, PID_KEY, STATUS_KEY, answer_entries, answer_path, rdm_path
+from rmrrd.xenstore.ops import read_list, read_text
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.ranges import parse_range
+from rmrrd.app.toolstack import create_domain, guest_query
+from rmrrd.protocol import ALLOCATED_ROOT, answer_entries, answer_path, rdm_path
 from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
 from rmrrd.xenstore.wire import NoEntry, XenstoreError
 
-REPO = Path(__file__).resolve().parent.parent
-INVENTORIES = REPO / "etc" / "inventories"
+pytestmark = pytest.mark.process
 D1, D2 = "0000:00:14.0", "0000:00:02.0"
 BURST = 200
 KILL_AFTER = 40
@@ -57,15 +56,6 @@ def domain_keys(domid: int, memory_mib: int | None = None) -> dict[str, str]:
     return keys
 
 
-@pytest.fixture
-def servers() -> Iterator[list[XenstoredProcess]]:
-    """Started xenstoreds go in this list; any still running at the end is stopped."""
-    started: list[XenstoredProcess] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 def start_services(workdir: Path, daemons: list[Daemon], servers: list[XenstoredProcess]
                    ) -> tuple[XenstoredProcess, Daemon]:
     """``rmrrd xenstored --persist`` (so the tree outlives the daemon), then ``rmrrd run`` on it."""
@@ -74,22 +64,14 @@ def start_services(workdir: Path, daemons: list[Daemon], servers: list[Xenstored
 
 
 def start(workdir: Path, xenstored: XenstoredProcess, daemons: list[Daemon]) -> Daemon:
-    """``rmrrd run`` against ``xenstored`` (again, after a kill)."""
+    """``rmrrd run`` against ``xenstored`` (again, after a kill), once it says READY=1.
+
+    A SIGKILLed daemon leaves ``status=ready`` behind in xenstore; READY=1 on this
+    process's own notify socket is the new one's, sent once its first
+    reconciliation has answered everything.
+    """
     daemons.append(start_daemon(workdir, xenstore=xenstored.path))
     return daemons[-1]
-
-
-async def wait_serving(xs: XenstoreClient, daemon: Daemon) -> None:
-    """Until this daemon process (not a killed predecessor) has reconciled.
-
-    A SIGKILLed daemon leaves ``status=ready`` behind; ``pid`` tells them apart, and
-    the daemon writes both only once its first reconciliation has answered everything.
-    """
-    with trio.fail_after(60):
-        while not (await read_text(xs, PID_KEY) == str(daemon.process.pid)
-                   and await read_text(xs, STATUS_KEY) == "ready"):
-            assert daemon.process.poll() is None, daemon.log()
-            await trio.sleep(0.05)
 
 
 async def request(xs: XenstoreClient, domid: int, keys: dict[str, str], generation: str) -> None:
@@ -187,7 +169,6 @@ async def test_sigkill_mid_burst_then_restart_answers_every_domain(
         tmp_path: Path, daemons: list[Daemon], servers: list[XenstoredProcess]) -> None:
     xenstored, daemon = start_services(tmp_path, daemons, servers)
     async with open_xenstore(str(xenstored.path)) as xs:
-        await wait_serving(xs, daemon)
         await burst_and_kill(xs, daemon.process)
         assert daemon.process.returncode == -signal.SIGKILL
 
@@ -204,7 +185,6 @@ async def test_sigkill_mid_burst_then_restart_answers_every_domain(
         await xs.rm(f"/libxl/{vanished}")
 
         daemon = start(tmp_path, xenstored, daemons)
-        await wait_serving(xs, daemon)
         for domid in range(1, BURST + 1):
             if domid == vanished:
                 assert not await xs.exists(answer_path(domid)), "answer of a vanished domain kept"
@@ -225,7 +205,6 @@ async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(
     """
     xenstored, daemon = start_services(tmp_path, daemons, servers)
     async with open_xenstore(str(xenstored.path)) as xs:
-        await wait_serving(xs, daemon)
         for domid in (1, 2, 3):
             await create_domain(xs, domid, domain_keys(domid))
     xenstored.stop()
@@ -240,13 +219,13 @@ async def test_a_xenstored_restart_with_a_changed_tree_is_reconciled(
     assert servers[-1].process.returncode == 0
 
     servers.append(XenstoredProcess(xenstored.path, persist=tmp_path / "tree"))
-    async with open_xenstore(str(xenstored.path)) as xs:
+    async with open_xenstore(str(xenstored.path)) as xs, xs.watch("/local/domain") as events:
         with trio.fail_after(30):  # the daemon's reconnect backoff is at most 5 s
-            while not (await read_text(xs, f"{answer_path(4)}/generation") == "1"
-                       and await read_text(xs, f"{answer_path(3)}/generation") == "2"
-                       and not await xs.exists(answer_path(2))):
-                assert daemon.process.poll() is None, daemon.log()
-                await trio.sleep(0.1)
+            async for _ in events:  # the initial event, then every change of an answer
+                if (await read_text(xs, f"{answer_path(4)}/generation") == "1"
+                        and await read_text(xs, f"{answer_path(3)}/generation") == "2"
+                        and not await xs.exists(answer_path(2))):
+                    break
         for domid in (1, 3, 4):
             await assert_current(xs, domid)
     assert daemon.process.poll() is None, "the daemon reconnects; it does not exit"
@@ -258,7 +237,6 @@ async def test_guest_allocations_survive_a_daemon_restart(
     xenstored, daemon = start_services(tmp_path, daemons, servers)
     socket_path, records = xenstored.path, f"{ALLOCATED_ROOT}/1"
     async with open_xenstore(str(socket_path)) as xs:
-        await wait_serving(xs, daemon)
         await create_domain(xs, 1, domain_keys(1))
         await xs.introduce(1, 0, 0)
         async with open_xenstore(f"{socket_path}.d/1") as guest:
@@ -273,7 +251,6 @@ async def test_guest_allocations_survive_a_daemon_restart(
         daemon.process.send_signal(signal.SIGKILL)
         await trio.to_thread.run_sync(daemon.process.wait)
         daemon = start(tmp_path, xenstored, daemons)
-        await wait_serving(xs, daemon)
         async with open_xenstore(f"{socket_path}.d/1") as guest:
             second = parse_range((await guest_query(guest, 1, "a2", "alloc 0x1000000")).removeprefix("ok "))
             assert not first.overlaps(second), "the restarted daemon handed out a placement twice"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from daemon_fixtures import (D1, D2, D3, SEED_DOMAIN, DaemonProcess, Region, daemon_limits,  # noqa: F401
-                             needs_xenstore_tools, read_answer, request_setup, rmrrd_daemon, toolstack_check,
-                             watching)
-from rmrrd.ranges import Range, RangeSet, parse_range
+from support import D1, D2, D3, SEED_DOMAIN
+from support.processes import Daemon
+from support.xs_tools import Region, needs_xenstore_tools, read_answer, request_setup, toolstack_check, watching
+from rmrrd.core.ranges import Range, RangeSet, parse_range
 
-pytestmark = needs_xenstore_tools
+pytestmark = [needs_xenstore_tools, pytest.mark.process]
 
 MIB = 1 << 20
 FOUR_GIB = 1 << 32
@@ -23,7 +23,7 @@ LEGACY_HOLE = Range(0xA0000, 0x100000)
 """VGA memory and the BIOS area, never RAM in an HVM guest's e820."""
 
 
-async def test_seed_setup_answer(rmrrd_daemon: DaemonProcess) -> None:
+async def test_seed_setup_answer(rmrrd_daemon: Daemon) -> None:
     answer = await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     assert (answer.generation, answer.status, answer.error) == ("1", "ready", None)
     assert (answer.lowmem_end, answer.highmem_end) == ("0xa0000000", "0x160000000")
@@ -61,7 +61,7 @@ CHECK_ROWS = [
 
 
 @pytest.mark.parametrize(("request_line", "verdict", "conflict"), CHECK_ROWS)
-async def test_seed_checks_strict_and_relaxed(rmrrd_daemon: DaemonProcess, request_line: str, verdict: str,
+async def test_seed_checks_strict_and_relaxed(rmrrd_daemon: Daemon, request_line: str, verdict: str,
                                              conflict: str | None) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     result = await toolstack_check(rmrrd_daemon.xs, "seed", request_line)
@@ -72,7 +72,7 @@ async def test_seed_checks_strict_and_relaxed(rmrrd_daemon: DaemonProcess, reque
     assert await rmrrd_daemon.xs.list("/tool/rmrrd/request") == []
 
 
-async def test_accepted_hotplug_is_remembered_and_refuses_another_domain(rmrrd_daemon: DaemonProcess) -> None:
+async def test_accepted_hotplug_is_remembered_and_refuses_another_domain(rmrrd_daemon: Daemon) -> None:
     xs = rmrrd_daemon.xs
     await request_setup(xs, 1, SEED_DOMAIN)
     relaxed = await toolstack_check(xs, "h1", f"op=hotplug domid=1 device={D1},rdm_policy=relaxed")
@@ -87,7 +87,7 @@ async def test_accepted_hotplug_is_remembered_and_refuses_another_domain(rmrrd_d
         assert "domain 1" in shared.reason, shared
 
 
-async def test_mem_boundary_row_strict_error_relaxed_warning(rmrrd_daemon: DaemonProcess) -> None:
+async def test_mem_boundary_row_strict_error_relaxed_warning(rmrrd_daemon: Daemon) -> None:
     xs = rmrrd_daemon.xs
     strict = await request_setup(xs, 2, {**SEED_DOMAIN, "mem_boundary": "4096"})
     assert strict.status == "error"
@@ -103,7 +103,7 @@ async def test_mem_boundary_row_strict_error_relaxed_warning(rmrrd_daemon: Daemo
     assert refused.verdict == "fail" and "refused at setup" in refused.reason
 
 
-async def test_videoram_hap_and_bios_keys_shape_the_layout(rmrrd_daemon: DaemonProcess) -> None:
+async def test_videoram_hap_and_bios_keys_shape_the_layout(rmrrd_daemon: Daemon) -> None:
     xs = rmrrd_daemon.xs
     # 8 MiB of video RAM is not guest RAM; ROMBIOS reserves 0x9e000 up and 0xe0000 up.
     answer = await request_setup(xs, 4, {"memory": "1032", "videoram": "8", "hap": "0", "bios": "rombios"})
@@ -117,14 +117,14 @@ async def test_videoram_hap_and_bios_keys_shape_the_layout(rmrrd_daemon: DaemonP
     ("videoram", "8M", "videoram: '8M' is not a size in MiB"),
     ("videoram", "1024", "memory 1024 MiB less videoram 1024 MiB is below"),
 ])
-async def test_bad_new_keys_are_errors_naming_the_key(rmrrd_daemon: DaemonProcess, key: str, value: str,
+async def test_bad_new_keys_are_errors_naming_the_key(rmrrd_daemon: Daemon, key: str, value: str,
                                                       message: str) -> None:
     answer = await request_setup(rmrrd_daemon.xs, 5, {"memory": "1024", key: value})
     assert answer.status == "error"
     assert answer.error is not None and message in answer.error, answer.error
 
 
-async def test_changed_request_generation_is_answered_again(rmrrd_daemon: DaemonProcess) -> None:
+async def test_changed_request_generation_is_answered_again(rmrrd_daemon: Daemon) -> None:
     xs = rmrrd_daemon.xs
     first = await request_setup(xs, 1, SEED_DOMAIN)
     assert first.lowmem_end == "0xa0000000"
@@ -135,7 +135,7 @@ async def test_changed_request_generation_is_answered_again(rmrrd_daemon: Daemon
     assert second.regions["0xa0000000-0xa37fffff"].action == "none"
 
 
-async def test_removing_libxl_domain_removes_the_answer(rmrrd_daemon: DaemonProcess) -> None:
+async def test_removing_libxl_domain_removes_the_answer(rmrrd_daemon: Daemon) -> None:
     xs = rmrrd_daemon.xs
     await request_setup(xs, 1, SEED_DOMAIN)
     await request_setup(xs, 2, {"memory": "1024"})
@@ -162,7 +162,7 @@ MALFORMED = [
 ]
 
 
-async def test_malformed_requests_fail_naming_the_bad_word(rmrrd_daemon: DaemonProcess) -> None:
+async def test_malformed_requests_fail_naming_the_bad_word(rmrrd_daemon: Daemon) -> None:
     xs = rmrrd_daemon.xs
     await request_setup(xs, 1, SEED_DOMAIN)
     for n, (line, word) in enumerate(MALFORMED):
@@ -175,7 +175,7 @@ async def test_malformed_requests_fail_naming_the_bad_word(rmrrd_daemon: DaemonP
 
 
 @pytest.mark.parametrize("daemon_limits", [{"results_kept": 3}])
-async def test_results_beyond_the_limit_are_removed_oldest_first(rmrrd_daemon: DaemonProcess) -> None:
+async def test_results_beyond_the_limit_are_removed_oldest_first(rmrrd_daemon: Daemon) -> None:
     xs = rmrrd_daemon.xs
     await request_setup(xs, 1, SEED_DOMAIN)
     for n in range(6):

@@ -18,14 +18,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon_fixtures import (SEED_DOMAIN, DaemonProcess, daemon_process, needs_xenstore_tools,  # noqa: F401
-                             read_answer, request_setup, rmrrd_daemon, watching)
-from rmrrd.demo import guest_query
-from rmrrd.ranges import Range, parse_range
+from support import SEED_DOMAIN
+from support.processes import Daemon
+from support.xs_tools import needs_xenstore_tools, read_answer, request_setup, watching
+from rmrrd.app.toolstack import guest_query
+from rmrrd.core.ranges import Range, parse_range
 from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
 from rmrrd.xenstore.wire import NoEntry, Op, Packet, PermissionDenied, Perm, encode
 
-pytestmark = needs_xenstore_tools
+pytestmark = [needs_xenstore_tools, pytest.mark.process]
 
 BURST = 12
 LIMITS = {"query_rate": 1, "query_burst": BURST, "max_allocations": 3, "max_query_length": 64}
@@ -39,7 +40,7 @@ def daemon_limits() -> Mapping[str, int | float]:
 
 
 @pytest.fixture
-async def guests(rmrrd_daemon: DaemonProcess) -> AsyncIterator[DaemonProcess]:
+async def guests(rmrrd_daemon: Daemon) -> AsyncIterator[Daemon]:
     """Domains 1 and 2 of the seed, answered and introduced."""
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     await request_setup(rmrrd_daemon.xs, 2, SEED_DOMAIN)
@@ -49,11 +50,11 @@ async def guests(rmrrd_daemon: DaemonProcess) -> AsyncIterator[DaemonProcess]:
     yield rmrrd_daemon
 
 
-def dom0(daemon: DaemonProcess) -> AbstractAsyncContextManager[XenstoreClient]:
+def dom0(daemon: Daemon) -> AbstractAsyncContextManager[XenstoreClient]:
     return open_xenstore(str(daemon.xs.socket))
 
 
-def guest(daemon: DaemonProcess, domid: int) -> AbstractAsyncContextManager[XenstoreClient]:
+def guest(daemon: Daemon, domid: int) -> AbstractAsyncContextManager[XenstoreClient]:
     """Domain ``domid``'s own connection: xenstored applies its permissions."""
     return open_xenstore(str(daemon.xs.guest_socket(domid)))
 
@@ -72,7 +73,7 @@ async def denied(action: Awaitable[object]) -> None:
         await action
 
 
-async def test_answer_permissions_as_set(guests: DaemonProcess) -> None:
+async def test_answer_permissions_as_set(guests: Daemon) -> None:
     async with dom0(guests) as xs:
         nodes = await snapshot(xs, "/local/domain/1/rmrr")
     expected = {"/local/domain/1/rmrr/query": [Perm(0, "n"), Perm(1, "b")]}
@@ -80,7 +81,7 @@ async def test_answer_permissions_as_set(guests: DaemonProcess) -> None:
         assert perms == expected.get(path, [Perm(0, "n"), Perm(1, "r")]), path
 
 
-async def test_guest_cannot_change_answers_nor_read_another_domains(guests: DaemonProcess) -> None:
+async def test_guest_cannot_change_answers_nor_read_another_domains(guests: Daemon) -> None:
     async with guest(guests, 1) as g1, dom0(guests) as xs:
         assert (await guest_query(g1, 1, "q0", "e820")).startswith("ok ")  # so reply/q0 exists
         before = await snapshot(xs, "/local/domain")
@@ -104,13 +105,13 @@ async def test_guest_cannot_change_answers_nor_read_another_domains(guests: Daem
     assert (await read_answer(guests.xs, 2)).status == "ready"
 
 
-async def test_guest_reads_its_own_answer(guests: DaemonProcess) -> None:
+async def test_guest_reads_its_own_answer(guests: Daemon) -> None:
     async with guest(guests, 1) as g1:
         assert await g1.read("/local/domain/1/rmrr/status") == b"ready"
         assert await g1.read("/local/domain/1/rmrr/lowmem_end") == b"0xa0000000"
 
 
-async def test_own_queries_e820_regions_check_alloc_free(guests: DaemonProcess) -> None:
+async def test_own_queries_e820_regions_check_alloc_free(guests: Daemon) -> None:
     answer = await read_answer(guests.xs, 1)
     async with guest(guests, 1) as g1:
         ask = partial(guest_query, g1, 1)
@@ -134,7 +135,7 @@ async def test_own_queries_e820_regions_check_alloc_free(guests: DaemonProcess) 
         assert (await ask("f2", f"free {first}")).startswith("error ENOENT ")
 
 
-async def test_malformed_oversize_and_allocation_cap(guests: DaemonProcess) -> None:
+async def test_malformed_oversize_and_allocation_cap(guests: Daemon) -> None:
     async with guest(guests, 1) as g1:
         ask = partial(guest_query, g1, 1)
         reply = await ask("m1", "alloc banana")
@@ -161,7 +162,7 @@ async def replies(xs: XenstoreClient, domid: int) -> dict[str, str]:
     return {name: (await xs.read(f"{base}/{name}")).decode() for name in await xs.directory(base)}
 
 
-async def test_rate_limit_reached_gets_ebusy(guests: DaemonProcess) -> None:
+async def test_rate_limit_reached_gets_ebusy(guests: Daemon) -> None:
     count = 3 * BURST
     async with guest(guests, 1) as g1:
         async with g1.watch("/local/domain/1/rmrr/reply") as events:
@@ -182,7 +183,7 @@ async def test_rate_limit_reached_gets_ebusy(guests: DaemonProcess) -> None:
     assert set(got.values()) <= {RATE_LIMITED, next(r for r in got.values() if r.startswith("ok "))}
 
 
-async def test_flood_from_one_domain_does_not_stop_anothers_queries(guests: DaemonProcess) -> None:
+async def test_flood_from_one_domain_does_not_stop_anothers_queries(guests: Daemon) -> None:
     async with guest(guests, 1) as g1, guest(guests, 2) as g2:
         flooding, answered = trio.Event(), trio.Event()
         sent = 0
@@ -213,7 +214,7 @@ async def test_flood_from_one_domain_does_not_stop_anothers_queries(guests: Daem
         assert reply.startswith("ok ")
 
 
-async def test_release_domain_removes_its_answer(guests: DaemonProcess) -> None:
+async def test_release_domain_removes_its_answer(guests: Daemon) -> None:
     async with guest(guests, 1) as g1:
         # One round trip through the daemon after the introduction.
         assert (await guest_query(g1, 1, "q", "e820")).startswith("ok ")
@@ -224,19 +225,19 @@ async def test_release_domain_removes_its_answer(guests: DaemonProcess) -> None:
     assert (await read_answer(guests.xs, 2)).status == "ready"
 
 
-async def test_guest_hanging_up_mid_reply_does_not_stop_the_daemon(tmp_path: Path) -> None:
-    with daemon_process(tmp_path, LIMITS) as daemon:
-        await request_setup(daemon.xs, 1, SEED_DOMAIN)
-        async with dom0(daemon) as xs:
-            await xs.introduce(1, 0, 0)
-        request = encode(Packet(Op.READ, 1, 0, b"/local/domain/1/rmrr/e820/0\0"))
-        with socket.socket(socket.AF_UNIX) as hangup:
-            hangup.connect(str(daemon.xs.guest_socket(1)))
-            hangup.setblocking(False)
-            # Ask without reading until the socket is full: requests remain unanswered
-            # when the guest hangs up, so xenstored is bound to send into a closed socket.
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    hangup.send(request * 1000)
-        # The daemon, and its xenstored, still serve.
-        assert (await request_setup(daemon.xs, 3, {"memory": "1024"})).status == "ready"
+async def test_guest_hanging_up_mid_reply_does_not_stop_the_daemon(rmrrd_daemon: Daemon) -> None:
+    daemon = rmrrd_daemon
+    await request_setup(daemon.xs, 1, SEED_DOMAIN)
+    async with dom0(daemon) as xs:
+        await xs.introduce(1, 0, 0)
+    request = encode(Packet(Op.READ, 1, 0, b"/local/domain/1/rmrr/e820/0\0"))
+    with socket.socket(socket.AF_UNIX) as hangup:
+        hangup.connect(str(daemon.xs.guest_socket(1)))
+        hangup.setblocking(False)
+        # Ask without reading until the socket is full: requests remain unanswered
+        # when the guest hangs up, so xenstored is bound to send into a closed socket.
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                hangup.send(request * 1000)
+    # The daemon, and its xenstored, still serve.
+    assert (await request_setup(daemon.xs, 3, {"memory": "1024"})).status == "ready"

@@ -7,13 +7,14 @@ from collections.abc import Mapping
 
 import pytest
 
-from daemon_fixtures import (SEED_DOMAIN, DaemonProcess, needs_xenstore_tools, request_setup,  # noqa: F401
-                             rmrrd_daemon)
-from rmrrd.daemon.queries import REPLIES_KEPT
-from rmrrd.demo import guest_query
+from support import SEED_DOMAIN
+from support.processes import Daemon
+from support.xs_tools import needs_xenstore_tools, request_setup
+from rmrrd.daemon.lifecycle import REPLIES_KEPT
+from rmrrd.app.toolstack import guest_query
 from rmrrd.xenstore.client import open_xenstore
 
-pytestmark = needs_xenstore_tools
+pytestmark = [needs_xenstore_tools, pytest.mark.process]
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def daemon_limits() -> Mapping[str, int | float]:
     return {"query_rate": 1000, "query_burst": 1000}
 
 
-async def test_only_the_newest_replies_are_kept(rmrrd_daemon: DaemonProcess) -> None:
+async def test_only_the_newest_replies_are_kept(rmrrd_daemon: Daemon) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     async with open_xenstore(str(rmrrd_daemon.xs.socket)) as xs:
         await xs.introduce(1, 0, 0)

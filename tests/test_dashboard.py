@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import trio
 
-from prometheus_helpers import PrometheusServer, tools_available
-from test_service_support import Daemon, daemons, start_daemon, workdir  # noqa: F401
-from rmrrd.demo import guest_query, scenario
-from rmrrd.schema import answer_path
+from support.processes import Daemon, start_daemon
+from support.prometheus import PrometheusServer, tools_available
+from rmrrd.app.demo import scenario
+from rmrrd.app.toolstack import guest_query
+from rmrrd.protocol import answer_path
 from rmrrd.xenstore.client import open_xenstore
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "monitoring" / "rmrrd-dashboard.json"
@@ -76,10 +77,10 @@ def test_dashboard_is_well_formed() -> None:
 
 
 @needs_prometheus
+@pytest.mark.process
 def test_every_panel_query_returns_data(workdir: Path, daemons: list[Daemon]) -> None:
     daemon = start_daemon(workdir, env={"RUNTIME_DIRECTORY": str(workdir)})
     daemons.append(daemon)
-    daemon.wait_healthy()
     with PrometheusServer(workdir, [f"127.0.0.1:{daemon.port}"]) as prometheus:
         prometheus.wait_ready()
         prometheus.wait_for_value('rmrrd_xenstore_connected{job="rmrrd"}', 1.0)
@@ -123,7 +124,7 @@ def test_every_panel_query_returns_data(workdir: Path, daemons: list[Daemon]) ->
 
 async def _seed_scenario_and_a_rejected_query(xenstore: Path) -> list[Any]:
     async with open_xenstore(str(xenstore)) as xs:
-        steps = await scenario(xs, lambda domid: Path(f"{xenstore}.d/{domid}"), lambda line: None)
+        steps = await scenario(xs, xenstore, lambda domid: Path(f"{xenstore}.d/{domid}"), lambda line: None)
         async with open_xenstore(f"{xenstore}.d/1") as guest:
             # A query node whose name is too long for an id: removed unanswered, rejected.
             await guest.write(f"{answer_path(1)}/query/{'x' * 65}", "e820")

@@ -6,12 +6,12 @@ import struct
 
 import pytest
 
-from rmrrd.acpi import TableError
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.inventory import UnresolvedDevice
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
-from test_acpi_helpers import dmar, drhd, fix_checksum, rmrr, scope
+from rmrrd.core.acpi import TableError
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.inventory import UnresolvedDevice
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from support.acpi_tables import dmar, drhd, fix_checksum, rmrr, scope
 
 pytestmark = pytest.mark.unit
 

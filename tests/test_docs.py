@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rmrrd.cli import build_parser
-from rmrrd.cli_docs import subcommands
-from rmrrd.config import DEFAULT_XENSTORED_SOCKET, load_config
+from rmrrd.cli.docs import subcommands
+from rmrrd.edges.config import DEFAULT_XENSTORED_SOCKET, load_config
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 """Every real firmware table parses, to every value its corpus's expected.json gives.
 
 The corpus is the repository's (``tests/data/firmware``) plus, when
-``RMRRD_EXTRA_FIRMWARE`` names one, an extra directory of tables (``firmware_corpus``).
+``RMRRD_EXTRA_FIRMWARE`` names one, an extra directory of tables (``support.firmware``).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from rmrrd.commands.inventory import dmar_to_json, ivrs_to_json
-from rmrrd.dmar import DmarTable, dmar_inventory, parse_dmar
-from rmrrd.inventory import UnresolvedDevice
-from rmrrd.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
-from firmware_corpus import CORPUS, EXTRA, NAMES, OWN, is_dmar, table
+from rmrrd.cli.inventory import dmar_to_json, ivrs_to_json
+from rmrrd.core.dmar import DmarTable, dmar_inventory, parse_dmar
+from rmrrd.core.inventory import UnresolvedDevice
+from rmrrd.core.ivrs import IvrsTable, ivrs_inventory, parse_ivrs
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from support.firmware import CORPUS, EXTRA, NAMES, OWN, assert_matches_expected, is_dmar, table
 
 pytestmark = [pytest.mark.unit, pytest.mark.firmware]
 
@@ -58,29 +58,6 @@ def test_every_table_parses_and_walks_to_its_end(name: str) -> None:
     assert last is None or last.offset + last.length == len(data) == parsed.header.length
     assert parsed.header.checksum_ok
     assert all(region.range.is_page_aligned() for region in inventory.regions)
-
-
-def assert_matches_expected(got: dict[str, Any], want: dict[str, Any]) -> None:
-    """Compare every value ``want`` (an ``expected.json`` entry) gives, key by key.
-
-    Driven by ``want``'s own keys, so a value added to expected.json is compared too;
-    a key missing from ``got`` fails (KeyError), it is never skipped.  RMRRs and IVMDs
-    are compared element by element on the expected element's keys (``got`` adds
-    decoded fields such as ``devices``); the IVMD BDF is compared as a device, since
-    expected.json writes it without the segment.
-    """
-    assert want, "empty expected entry"
-    for key, value in want.items():
-        if key in ("rmrrs", "ivmds"):
-            assert len(got[key]) == len(value), key
-            for index, (have, expect) in enumerate(zip(got[key], value)):
-                for field, wanted in expect.items():
-                    if field == "bdf":
-                        assert Bdf.parse(have[field]) == Bdf.parse(wanted), (key, index, field)
-                    else:
-                        assert have[field] == wanted, (key, index, field)
-        else:
-            assert got[key] == value, key
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS.expected))

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from rmrrd.gc_pauses import short_gc_pauses
+from rmrrd.edges.gc_pauses import short_gc_pauses
 
 pytestmark = pytest.mark.unit
 

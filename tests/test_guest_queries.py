@@ -8,12 +8,10 @@ opens the MMIO hole, D1's 0xe0000-0xeffff sits in the BIOS area and node-b's
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.guest_queries import (
+from rmrrd.core.guest_queries import (
     HOLE_END,
     MAX_REPLY_BYTES,
     QUOTE_MAX,
@@ -21,32 +19,18 @@ from rmrrd.guest_queries import (
     QueryResult,
     handle_query,
 )
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.planner import Plan, parse_domain_request, plan
-from rmrrd.ranges import Range
-from rmrrd.schema import answer_entries
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.planner import Plan, parse_domain_request, plan
+from rmrrd.core.ranges import Range
+from rmrrd.protocol import answer_entries
+from support import D1
+from support.plans import reserve_plan, seed_plan
 
 pytestmark = pytest.mark.unit
 
-_ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"
-D1, D2 = "0000:00:14.0", "0000:00:02.0"
 MAX_LENGTH = 256
 HOLE_START = 0xA3800000
 """The seed plan's first free address in the hole: just past D2's region."""
-
-
-def seed_plan(pci: str = D2) -> Plan:
-    """Domain 1 of the seed scenario on node-a, as the daemon would plan it."""
-    peers = {"node-b": load_inventory_file(_ETC / "node-b.yaml")}
-    request = parse_domain_request("4096", "1024", None, None, [pci], [D1], ["node-b"])
-    return plan(request, load_inventory_file(_ETC / "node-a.yaml"), peers)
-
-
-def reserve_plan(reserve: list[str]) -> Plan:
-    """A 4 GiB guest with a 1 GiB hole and only the given ``reserve`` ranges."""
-    request = parse_domain_request("4096", "1024", None, None, reserve=reserve)
-    return plan(request, Inventory("here", ()), {})
 
 
 @pytest.fixture
@@ -57,8 +41,11 @@ def seed() -> Plan:
 
 
 def ask(query: bytes, plan_: Plan, allocations: Allocations | None = None) -> QueryResult:
-    return handle_query(query, plan_, allocations if allocations is not None else Allocations(8),
-                        max_length=MAX_LENGTH)
+    """One query as the daemon answers it: handled, then what it decided applied."""
+    table = allocations if allocations is not None else Allocations(8)
+    result = handle_query(query, plan_, table, max_length=MAX_LENGTH)
+    table.apply(result)
+    return result
 
 
 # --- e820 and regions ------------------------------------------------------------------
@@ -133,7 +120,8 @@ def test_check_sees_this_domains_allocations_only(seed: Plan) -> None:
 
 def test_alloc_takes_the_lowest_room_after_reserved_regions(seed: Plan) -> None:
     allocations = Allocations(8)
-    assert ask(b"alloc 0x1000", seed, allocations) == QueryResult("ok 0xa3800000-0xa3800fff", "alloc", "ok")
+    assert ask(b"alloc 0x1000", seed, allocations) == QueryResult("ok 0xa3800000-0xa3800fff", "alloc", "ok",
+                                                                  allocated=Range(0xA3800000, 0xA3801000))
     assert ask(b"alloc 0x1000", seed, allocations).reply == "ok 0xa3801000-0xa3801fff"
     assert allocations.ranges() == (Range(0xA3800000, 0xA3801000), Range(0xA3801000, 0xA3802000))
 
@@ -197,6 +185,17 @@ def test_alloc_cap(seed: Plan) -> None:
     assert ask(b"alloc 0x1000", seed, allocations).reply == "ok 0xa3800000-0xa3800fff"
 
 
+def test_handling_a_query_changes_nothing_itself(seed: Plan) -> None:
+    """alloc and free say what to do; the caller records it first, then applies it."""
+    allocations = Allocations(8)
+    result = handle_query(b"alloc 0x1000", seed, allocations, max_length=MAX_LENGTH)
+    assert result.allocated == Range(0xA3800000, 0xA3801000) and len(allocations) == 0
+    allocations.apply(result)
+    freed = handle_query(b"free 0xa3800000-0xa3800fff", seed, allocations, max_length=MAX_LENGTH)
+    assert (freed.reply, freed.freed) == ("ok", Range(0xA3800000, 0xA3801000))
+    assert allocations.ranges() == (Range(0xA3800000, 0xA3801000),)
+
+
 def test_a_zero_cap_allows_nothing(seed: Plan) -> None:
     assert ask(b"alloc 0x1000", seed, Allocations(0)).reply.startswith("error EDQUOT")
 
@@ -213,7 +212,8 @@ def test_free_releases_exactly_an_allocation(seed: Plan) -> None:
     ask(b"alloc 0x2000", seed, allocations)
     assert ask(b"free 0xa3800000-0xa3800fff", seed, allocations) == QueryResult(
         "error ENOENT 0xa3800000-0xa3800fff is not an allocation of this domain", "free", "error")
-    assert ask(b"free 0xa3800000-0xa3801fff", seed, allocations) == QueryResult("ok", "free", "ok")
+    assert ask(b"free 0xa3800000-0xa3801fff", seed, allocations) == QueryResult(
+        "ok", "free", "ok", freed=Range(0xA3800000, 0xA3802000))
     assert len(allocations) == 0
     assert ask(b"free 0xa3800000-0xa3801fff", seed, allocations).reply.startswith("error ENOENT")
 

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmrrd.guest_queries import HOLE_END, MAX_REPLY_BYTES, Allocations, handle_query
-from rmrrd.inventory import Inventory
-from rmrrd.planner import DomainRequest, Plan, plan
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
+from rmrrd.core.guest_queries import HOLE_END, MAX_REPLY_BYTES, Allocations, QueryResult, handle_query
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.planner import DomainRequest, Plan, plan
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
 
-from test_guest_queries import seed_plan
+from support.plans import seed_plan
 
 pytestmark = pytest.mark.unit
 
@@ -47,6 +47,13 @@ def _plans(draw: st.DrawFn) -> Plan:
     return plan(request, Inventory("here", ()), {})
 
 
+def answer(raw: bytes, plan_: Plan, allocations: Allocations, *, max_length: int) -> QueryResult:
+    """One query as the daemon answers it: handled, then what it decided applied."""
+    result = handle_query(raw, plan_, allocations, max_length=max_length)
+    allocations.apply(result)
+    return result
+
+
 def _well_formed(reply: str) -> bool:
     return reply == "ok" or reply.startswith(("ok ", "error "))
 
@@ -56,7 +63,7 @@ def _well_formed(reply: str) -> bool:
 def test_any_bytes_get_a_well_formed_answer(queries: list[bytes], plan_: Plan) -> None:
     allocations = Allocations(4)
     for raw in queries:
-        result = handle_query(raw, plan_, allocations, max_length=MAX_LENGTH)
+        result = answer(raw, plan_, allocations, max_length=MAX_LENGTH)
         assert result.reply.isascii() and result.reply.isprintable()
         assert len(result.reply.encode()) <= MAX_REPLY_BYTES < 2048
         assert _well_formed(result.reply)
@@ -92,13 +99,13 @@ def test_alloc_and_free_keep_allocations_sound(plan_: Plan, steps: list[tuple[by
             # Free the n-th allocation (if there is one), or a range that is not one.
             held = allocations.ranges()
             target = held[step % len(held)] if held and step < 12 else Range(0x1000, 0x2000)
-            result = handle_query(f"free {target}".encode(), plan_, allocations, max_length=MAX_LENGTH)
+            result = answer(f"free {target}".encode(), plan_, allocations, max_length=MAX_LENGTH)
             assert (result.reply == "ok") == (target in held)
             assert target not in allocations.ranges()
             continue
         query, size, align, below = step
         before = allocations.ranges()
-        result = handle_query(query, plan_, allocations, max_length=MAX_LENGTH)
+        result = answer(query, plan_, allocations, max_length=MAX_LENGTH)
         if len(before) >= allocations.cap:
             assert result.reply.startswith("error EDQUOT") and allocations.ranges() == before
         elif result.outcome == "ok":
@@ -131,7 +138,7 @@ def test_alloc_takes_the_lowest_fitting_address(plan_: Plan, requests: list[tupl
         first = -(-plan_.lowmem_end // align) * align
         expected = next((Range(start, start + size) for start in range(first, HOLE_END - size + 1, align)
                          if not taken.overlaps(Range(start, start + size))), None)
-        result = handle_query(f"alloc {size:#x} align={align:#x}".encode(), plan_, allocations,
+        result = answer(f"alloc {size:#x} align={align:#x}".encode(), plan_, allocations,
                               max_length=MAX_LENGTH)
         if expected is None:
             assert result.reply.startswith("error ENOSPC")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.host_inventory import build_host_inventory
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
-from firmware_corpus import table
-from test_sysfs_pci import make_device
+from rmrrd.edges.host_inventory import build_host_inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from support.firmware import table
+from support.sysfs import make_device
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from rmrrd import cli
-from rmrrd.commands import inventory
-from rmrrd.inventory_yaml import inventory_from_json, load_inventory_text
-from firmware_corpus import CORPUS, OWN, is_dmar, table
-from test_fixtures_tables import assert_matches_expected
+from rmrrd.cli import inventory
+from rmrrd.core.inventory_yaml import inventory_from_json, load_inventory_text
+from support.firmware import CORPUS, OWN, is_dmar, table
+from support.firmware import assert_matches_expected
 
 ROOT = Path(__file__).parents[1]
 

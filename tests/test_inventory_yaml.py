@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import HostRegion, Inventory, UnresolvedDevice
-from rmrrd.inventory_yaml import (
+from rmrrd.core.inventory import HostRegion, Inventory, UnresolvedDevice
+from rmrrd.core.inventory_yaml import (
     dump_inventory_yaml,
     inventory_from_json,
     inventory_to_json,
@@ -19,8 +19,8 @@ from rmrrd.inventory_yaml import (
     load_inventory_text,
     parse_device,
 )
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
 
 pytestmark = pytest.mark.unit
 

@@ -6,11 +6,11 @@ import struct
 
 import pytest
 
-from rmrrd.acpi import TableError
-from rmrrd.ivrs import ivrs_inventory, parse_ivrs
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
-from test_acpi_helpers import fix_checksum, ivmd, ivrs
+from rmrrd.core.acpi import TableError
+from rmrrd.core.ivrs import ivrs_inventory, parse_ivrs
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from support.acpi_tables import fix_checksum, ivmd, ivrs
 
 pytestmark = pytest.mark.unit
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parent.parent
 HOOK = Path(sys.executable).parent / "rmrrd-libvirt-hook"
 GPU_XML = (REPO / "tests" / "data" / "libvirt" / "hvm-gpu.xml").read_text()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.libvirt_xml import libxl_domain_from_xml, parse_domain_xml, pci_devices
-from rmrrd.libxl_domain import DomainType
-from rmrrd.pci import Bdf
+from rmrrd.core.libvirt_xml import libxl_domain_from_xml, parse_domain_xml, pci_devices
+from rmrrd.core.libxl_domain import DomainType
+from rmrrd.core.pci import Bdf
 
 GPU_XML = (Path(__file__).resolve().parent / "data" / "libvirt" / "hvm-gpu.xml").read_text()
 

@@ -2,7 +2,7 @@
 
 ``rdm=`` and ``pci=`` strings are held against libxlutil 4.17 itself (``xlu_rdm_parse``,
 ``xlu_pci_parse_spec_string``); the rest against the rules of ``xl_parse.c`` and
-``libxl_create.c`` cited in rmrrd.libxl_domain, on the example files Xen ships.
+``libxl_create.c`` cited in rmrrd.core.libxl_domain, on the example files Xen ships.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libxlutil import LIBXLUTIL
+from support.libxlutil import LIBXLUTIL
 from rmrrd.errors import InputError
-from rmrrd.libxl_domain import DomainType, LibxlDomain, domain_request, from_xl_config
-from rmrrd.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
-from rmrrd.pci import Bdf
-from rmrrd.xlcfg import Policy
-from rmrrd.xlcfg_file import load_xl_config, parse_xl_config
+from rmrrd.core.libxl_domain import DomainType, LibxlDomain, domain_request, from_xl_config
+from rmrrd.core.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
+from rmrrd.core.pci import Bdf
+from rmrrd.core.xlcfg import Policy
+from rmrrd.core.xlcfg_file import load_xl_config, parse_xl_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / ".tools" / "xen-utils-common" / "etc" / "xen"
 needs_libxlutil = pytest.mark.skipif(LIBXLUTIL is None, reason="libxlutil.so.4.17 (libxenmisc4.17) not installed")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.logs import parse_level, setup_logging, stderr_is_journal
+from rmrrd.edges.logs import parse_level, setup_logging, stderr_is_journal
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +89,7 @@ def test_journal_stream_detection(tmp_path: Path) -> None:
     assert not stderr_is_journal(io.StringIO(), {"JOURNAL_STREAM": "1:2"})
 
 
+@pytest.mark.process
 def test_journal_detected_on_real_stderr(tmp_path: Path) -> None:
     """A child whose stderr is the file JOURNAL_STREAM names writes prefixed lines."""
     err = tmp_path / "stderr"
@@ -96,7 +97,7 @@ def test_journal_detected_on_real_stderr(tmp_path: Path) -> None:
         "import logging, os, sys\n"
         "st = os.fstat(2)\n"
         "os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}'\n"
-        "from rmrrd.logs import setup_logging\n"
+        "from rmrrd.edges.logs import setup_logging\n"
         "setup_logging('info')\n"
         "logging.getLogger('rmrrd.x').warning('domain 3: late')\n"
     )

@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from rmrrd import __version__
-from rmrrd.http_server import Request, serve_http
-from rmrrd.metrics import CONTENT_TYPE, LATENCY_BUCKETS, OPENMETRICS_CONTENT_TYPE, Metrics, prefers_openmetrics
-from prometheus_helpers import PrometheusServer, promtool_check_metrics, tools_available
+from rmrrd.edges.http_server import Request, serve_http
+from rmrrd.edges.metrics import CONTENT_TYPE, LATENCY_BUCKETS, OPENMETRICS_CONTENT_TYPE, Metrics, prefers_openmetrics
+from support.prometheus import PrometheusServer, promtool_check_metrics, tools_available
 
 needs_prometheus = pytest.mark.skipif(not tools_available(), reason="Debian package prometheus not installed")
 
@@ -144,6 +144,7 @@ def test_buckets_are_narrow_from_2_ms_to_5_s() -> None:
 
 
 @needs_prometheus
+@pytest.mark.process
 def test_promtool_is_clean_on_rendered_output() -> None:
     m = Metrics()
     m.setup_done("ready", 0.001)
@@ -152,6 +153,7 @@ def test_promtool_is_clean_on_rendered_output() -> None:
     assert promtool_check_metrics(m.render()[1]) == []
 
 
+@pytest.mark.process
 def test_promtool_helper_reports_problems() -> None:
     """The check above can fail: promtool flags a counter without _total."""
     if not tools_available():
@@ -237,6 +239,7 @@ def scrape(port: int) -> tuple[str, bytes]:
 
 
 @needs_prometheus
+@pytest.mark.process
 async def test_live_scrape_is_promtool_clean(endpoint: tuple[Metrics, int]) -> None:
     metrics, port = endpoint
     metrics.setup_done("ready", 0.002)
@@ -247,6 +250,7 @@ async def test_live_scrape_is_promtool_clean(endpoint: tuple[Metrics, int]) -> N
 
 
 @needs_prometheus
+@pytest.mark.process
 async def test_prometheus_server_sees_the_setup_counter(
     endpoint: tuple[Metrics, int], tmp_path: Path
 ) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ["share/rmrrd/rmrrd.service", "share/rmrrd/rmrrd.yaml", "share/rmrrd/inventories/node-a.yaml",
         "share/rmrrd/prometheus/rmrrd.rules.yml", "share/rmrrd/grafana/rmrrd-dashboard.json",
@@ -74,7 +76,7 @@ def test_the_build_warns_about_nothing(wheel_build: tuple[Path, str]) -> None:
 def test_man_page_shows_every_command_and_option(wheel: Path, tmp_path: Path) -> None:
     """The page in the wheel, as man(1) shows it: each subcommand, with every option it has."""
     from rmrrd.cli import build_parser
-    from rmrrd.cli_docs import subcommands
+    from rmrrd.cli.docs import subcommands
 
     page = tmp_path / "rmrrd.1"
     member = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(MAN_PAGE))
@@ -99,7 +101,8 @@ def test_wheel_carries_unit_config_and_inventories(wheel: Path) -> None:
     data = sorted(n.split(".data/data/", 1)[1] for n in names if ".data/data/" in n)
     for path in DATA:
         assert path in data
-    assert "rmrrd/py.typed" in names and "rmrrd/config.py" in names
+    assert "rmrrd/py.typed" in names and "rmrrd/edges/config.py" in names
+    assert all(f"rmrrd/{layer}/__init__.py" in names for layer in ("core", "xenstore", "daemon", "edges", "app", "cli"))
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "rmrrd = rmrrd.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -1,7 +1,7 @@
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.pci import Bdf
+from rmrrd.core.pci import Bdf
 
 pytestmark = pytest.mark.unit
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from rmrrd.host_inventory import table_inventory
-from rmrrd.http_server import Request, Route, serve_http
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
-from rmrrd.peers import inventory_url, load_peers
-from firmware_corpus import CORPUS, is_dmar
+from rmrrd.edges.host_inventory import table_inventory
+from rmrrd.edges.http_server import Request, Route, serve_http
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
+from rmrrd.edges.peers import inventory_url, load_peers
+from support.firmware import CORPUS, is_dmar
 
 HOST = "127.0.0.1"
 ETC = Path(__file__).resolve().parent.parent / "etc" / "inventories"

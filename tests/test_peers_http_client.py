@@ -1,4 +1,4 @@
-"""The peers' HTTP GET (``rmrrd.http_client``) against raw trio servers over real sockets:
+"""The peers' HTTP GET (``rmrrd.edges.http_client``) against raw trio servers over real sockets:
 what it sends, the answer framings it reads, and the URLs it refuses."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from functools import partial
 import pytest
 import trio
 
-from rmrrd.http_client import HttpError, http_get
+from rmrrd.errors import InputError
+from rmrrd.edges.http_client import HttpError, HttpUnreachable, http_get
 
 
 async def one_answer(nursery: trio.Nursery, answer: bytes, host: str = "127.0.0.1") -> tuple[int, list[bytes]]:
@@ -91,12 +92,12 @@ async def test_ipv6_literal(nursery: trio.Nursery) -> None:
     ("http://nöde-b/inventory", "not ASCII"),
 ])
 async def test_refused_urls(url: str, message: str) -> None:
-    with pytest.raises(HttpError, match=message) as info:
+    with pytest.raises(InputError, match=message) as info:
         await http_get(url, timeout=5)
     assert str(info.value).startswith(f"{url}: ")
 
 
 async def test_unknown_host_name() -> None:
     # .invalid never resolves (RFC 6761), with or without a network.
-    with pytest.raises(HttpError, match=r"^http://node-b\.invalid/inventory: cannot connect: "):
+    with pytest.raises(HttpUnreachable, match=r"^http://node-b\.invalid/inventory: cannot connect: "):
         await http_get("http://node-b.invalid/inventory", timeout=5)

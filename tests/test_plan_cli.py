@@ -76,6 +76,7 @@ def test_same_peer_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "peer host 'node-b' is in both" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_a_reader_that_went_away_ends_the_command_quietly() -> None:
     """``rmrrd plan ... | head``: exit status as for SIGPIPE, no trace on stderr."""
     read_end, write_end = os.pipe()

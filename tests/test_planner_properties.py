@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rmrrd.guest_layout import DYNAMIC_AREA, FOUR_GIB, MIB, Bios, firmware
-from rmrrd.inventory import HostRegion, Inventory
-from rmrrd.pci import Bdf
-from rmrrd.planner import DomainRequest, plan, requested_regions
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
-from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy
+from rmrrd.core.guest_layout import DYNAMIC_AREA, FOUR_GIB, MIB, Bios, firmware
+from rmrrd.core.inventory import HostRegion, Inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import DomainRequest, plan, requested_regions
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
+from rmrrd.core.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy
 
 pytestmark = pytest.mark.unit
 

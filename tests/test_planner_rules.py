@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import HostRegion, Inventory
-from rmrrd.pci import Bdf
-from rmrrd.planner import DomainRequest, Plan, parse_domain_request, plan
-from rmrrd.ranges import parse_range
-from rmrrd.xlcfg import DeviceSpec, Policy, parse_rdm
+from rmrrd.core.inventory import HostRegion, Inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import DomainRequest, Plan, parse_domain_request, plan
+from rmrrd.core.ranges import parse_range
+from rmrrd.core.xlcfg import DeviceSpec, Policy, parse_rdm
 
 pytestmark = pytest.mark.unit
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from rmrrd.checks import check_assign, check_hotplug, check_migrate
-from rmrrd.inventory import HostRegion, Inventory
-from rmrrd.pci import Bdf
-from rmrrd.planner import XL_DEFAULTS, Plan, parse_domain_request, plan
-from rmrrd.ranges import parse_range
-from rmrrd.xlcfg import parse_device_spec
+from rmrrd.core.checks import check_assign, check_hotplug, check_migrate
+from rmrrd.core.inventory import HostRegion, Inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.planner import XL_DEFAULTS, Plan, parse_domain_request, plan
+from rmrrd.core.ranges import parse_range
+from rmrrd.core.xlcfg import parse_device_spec
 
 # One host region per device; a case picks the ones its host has.
 REGIONS = {

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rmrrd.errors import InputError
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet, parse_range
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet, parse_range
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from rmrrd.rate_limit import TokenBucket
+from rmrrd.core.rate_limit import TokenBucket
 
 pytestmark = pytest.mark.unit
 

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rmrrd.pci import Bdf
-from rmrrd.ranges import PAGE_SIZE, Range, RangeSet
-from rmrrd.regions import ReservedRegion, Source, combine_policies, merge_regions
-from rmrrd.xlcfg import Policy
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import PAGE_SIZE, Range, RangeSet
+from rmrrd.core.regions import ReservedRegion, Source, combine_policies, merge_regions
+from rmrrd.core.xlcfg import Policy
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_service_support import INVENTORIES, REPO, config_text, workdir  # noqa: F401
+import pytest
+
+from support import INVENTORIES, REPO
+from support.processes import config_text
+
+pytestmark = pytest.mark.process
 
 
 def check(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -63,12 +68,12 @@ def test_unreadable_peer_fails_the_check(workdir: Path) -> None:
     result = check(config)
     assert result.returncode == 2
     assert "INVALID, 1 peer problems (logged above)" in result.stdout
-    assert "node-b.yaml" in result.stderr and "WARNING rmrrd.peers" in result.stderr
+    assert "node-b.yaml" in result.stderr and "WARNING rmrrd.edges.peers" in result.stderr
 
 
 def test_log_level(workdir: Path) -> None:
     config = seed_config(workdir)
-    assert "INFO rmrrd.peers: peer node-b" in check(config).stderr
+    assert "INFO rmrrd.edges.peers: peer node-b" in check(config).stderr
     assert check(config, "--log-level", "warning").stderr == ""
     bad = check(config, "--log-level", "loud")
     assert bad.returncode == 2

@@ -2,7 +2,7 @@
 journald priority, a documented exit status, never a traceback; and a crash after
 start logged at critical (``<2>``) with its traceback, as one journal entry.
 
-The daemon runs as a process with stderr in a file that ``JOURNAL_STREAM`` names,
+The daemon runs as a process whose stderr is the stream ``JOURNAL_STREAM`` names,
 as systemd runs it, so the priority prefixes are the real ones.
 """
 
@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from prometheus_helpers import free_port
-from rmrrd.commands.run import EXIT_CRASHED, EXIT_STATUSES, EXIT_UNAVAILABLE
-from test_service_support import INVENTORIES, config_text, workdir  # noqa: F401  (fixture)
-from xs_fixtures import listening_socket
+from rmrrd.cli.run import EXIT_CRASHED, EXIT_STATUSES, EXIT_UNAVAILABLE
+from support import INVENTORIES
+from support.processes import config_text, rmrrd_argv, run_to_end
+from support.prometheus import free_port
+from support.raw_xenstore import listening_socket
+
+pytestmark = pytest.mark.process
 
 EXIT_BAD_INPUT = 2
 
@@ -43,17 +46,9 @@ class Outcome:
 
 def run_rmrrd(workdir: Path, *args: str, command: list[str] | None = None,
               as_user: list[str] | None = None) -> Outcome:
-    """``rmrrd run ARGS`` to its end, stderr in a file journald would be reading."""
-    log = workdir / "rmrrd.log"
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "XENSTORED_PATH")}
-    argv = [*(as_user or []), *(command or [sys.executable, "-m", "rmrrd"]), "run", *args]
-    with open(log, "wb") as out:
-        info = os.fstat(out.fileno())
-        env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
-        status = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                                cwd=workdir, timeout=60, check=False).returncode
-    return Outcome(status, log.read_text().splitlines())
+    """``rmrrd run ARGS`` to its end, its output the stream journald would be reading."""
+    argv = [*(as_user or []), *(command or rmrrd_argv()), "run", *args]
+    return Outcome(*run_to_end(workdir, argv))
 
 
 def seed_config(workdir: Path, *, port: int | None = None, xenstore: Path | None = None,
@@ -95,7 +90,7 @@ def test_xenstored_unreachable_on_a_terminal_is_one_plain_line(workdir: Path) ->
     # logged at info as it happens; the failure is one line, the last.
     lines = done.stderr.splitlines()
     assert [line for line in lines if " INFO " not in line] == lines[-1:]
-    assert lines[-1].endswith(f" ERROR rmrrd.commands.run: cannot start: cannot connect to xenstored at "
+    assert lines[-1].endswith(f" ERROR rmrrd.cli.run: cannot start: cannot connect to xenstored at "
                               f"{workdir / 'xs.sock'}: No such file or directory")
 
 
@@ -168,7 +163,7 @@ def test_simulate_refuses_a_live_socket_and_leaves_it_working(workdir: Path, lis
 # after it reported itself started.  The handling under test is rmrrd's own.
 FAULTY_SERVICE = """
 import sys, trio
-import rmrrd.commands.run as run_command
+import rmrrd.cli.run as run_command
 from rmrrd import cli
 
 async def faulty(config, *, task_status=trio.TASK_STATUS_IGNORED, **_):
@@ -188,5 +183,5 @@ def test_an_unforeseen_error_is_critical_with_its_traceback(workdir: Path, when:
     outcome = run_rmrrd(workdir, "--config", str(config), command=[sys.executable, "-c", FAULTY_SERVICE, when])
     assert outcome.status == EXIT_CRASHED
     line = outcome.only_failure("<2>")
-    assert f"<2>rmrrd.commands.run: rmrrd {what}: RuntimeError: injected fault | Traceback" in line
+    assert f"<2>rmrrd.cli.run: rmrrd {what}: RuntimeError: injected fault | Traceback" in line
     assert 'in faulty | RuntimeError: injected fault' in line  # the frame that raised

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rmrrd.config import DEFAULT_XENSTORED_SOCKET, default_config, load_config
+from rmrrd.edges.config import DEFAULT_XENSTORED_SOCKET, default_config, load_config
 from rmrrd.errors import InputError
-from rmrrd.runtime_paths import ensure_private_dir, own_xenstored_socket, runtime_dir
+from rmrrd.edges.runtime_paths import ensure_private_dir, own_xenstored_socket, runtime_dir
 
 pytestmark = pytest.mark.unit
 

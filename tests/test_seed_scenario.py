@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from rmrrd.checks import check_assign, check_hotplug, check_migrate
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import load_inventory_file
-from rmrrd.planner import Plan, parse_domain_request, plan
-from rmrrd.xlcfg import parse_device_spec
+from rmrrd.core.checks import check_assign, check_hotplug, check_migrate
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import load_inventory_file
+from rmrrd.core.planner import Plan, parse_domain_request, plan
+from rmrrd.core.xlcfg import parse_device_spec
 
 pytestmark = pytest.mark.unit
 

@@ -6,11 +6,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import trio
 
-from test_service_support import Daemon, daemons, start_daemon, workdir  # noqa: F401
-from rmrrd.demo import scenario
+from support.processes import Daemon, start_daemon
+from rmrrd.app.demo import scenario
 from rmrrd.xenstore.client import open_xenstore
+
+pytestmark = pytest.mark.process
 
 LINE = re.compile(r"<(?P<priority>[3467])>(?P<logger>rmrrd(\.\w+)*): (?P<message>.+)")
 BDF = re.compile(r"\b[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\b")
@@ -20,7 +23,6 @@ DOMAIN = re.compile(r"\bdomain \d+\b")
 def _seed_log(workdir: Path, daemons: list[Daemon], *args: str) -> list[str]:
     daemon = start_daemon(workdir, journal=True, args=args)
     daemons.append(daemon)
-    daemon.wait_healthy()
 
     async def play() -> int:
         async with open_xenstore(str(daemon.xenstore)) as xs:
@@ -37,7 +39,7 @@ def test_every_line_has_the_journal_priority_and_no_timestamp(workdir: Path, dae
     assert lines
     bad = [line for line in lines if not LINE.fullmatch(line)]
     assert bad == []
-    assert "<6>rmrrd.daemon.service: rmrrd stopped" == lines[-1]
+    assert "<6>rmrrd.app.service: rmrrd stopped" == lines[-1]
 
 
 def test_lines_about_a_domain_name_it_and_its_device(workdir: Path, daemons: list[Daemon]) -> None:

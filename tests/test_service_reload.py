@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from rmrrd.config import Config, parse_config_text
-from rmrrd.daemon.service_reload import config_changes, flatten, inventory_changes, peer_changes
-from rmrrd.inventory import HostRegion, Inventory
-from rmrrd.pci import Bdf
-from rmrrd.ranges import Range
+from rmrrd.edges.config import Config, parse_config_text
+from rmrrd.app.reload import config_changes, flatten, inventory_changes, peer_changes
+from rmrrd.core.inventory import HostRegion, Inventory
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
 
 pytestmark = pytest.mark.unit
 

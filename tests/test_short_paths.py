@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parent.parent
 GPU_XML = (REPO / "tests" / "data" / "libvirt" / "hvm-gpu.xml").read_text()
 NO_DEVICE_XML = GPU_XML[:GPU_XML.index("    <hostdev")] + GPU_XML[GPU_XML.index("    </hostdev>\n") + 15:]
 
 DAEMON_MACHINERY = {"trio", "yaml", "prometheus_client", "h11", "outcome", "attrs", "asyncio", "logging",
-                    "rmrrd.config", "rmrrd.daemon.service", "rmrrd.xenstore.client", "rmrrd.metrics"}
+                    "rmrrd.edges.config", "rmrrd.app.service", "rmrrd.xenstore.client", "rmrrd.edges.metrics"}
 """Never on a short path: the event loop, YAML, metrics, HTTP, the daemon and its client."""
-PLANNING = {"rmrrd.planner", "rmrrd.libxl_domain", "rmrrd.host_inventory", "xml.etree.ElementTree"}
+PLANNING = {"rmrrd.core.planner", "rmrrd.core.libxl_domain", "rmrrd.edges.host_inventory", "xml.etree.ElementTree"}
 """Not where nothing is planned."""
 
 RUNNER = """
@@ -55,7 +57,7 @@ def test_rmrrd_check(tmp_path: Path) -> None:
 def test_rmrrd_reload(tmp_path: Path) -> None:
     """The unit's ExecReload= (no such process here: it fails after its imports are done)."""
     modules = imported("rmrrd.cli", ["reload", "--pid", "999999999"], env={"RUNTIME_DIRECTORY": str(tmp_path)})
-    assert "rmrrd.reload_status" in modules
+    assert "rmrrd.edges.reload_status" in modules
     assert modules.isdisjoint(DAEMON_MACHINERY | PLANNING), modules & (DAEMON_MACHINERY | PLANNING)
 
 
@@ -63,7 +65,7 @@ def test_xl_wrapper_check(tmp_path: Path) -> None:
     env = {"XENSTORED_PATH": str(tmp_path / "none"), "RMRRD_XL": "/nonexistent/xl", "PATH": "/usr/bin:/bin"}
     modules = imported("rmrrd.hooks.xl", ["pci-attach", "1", "00:02.0"], env=env)
     assert "rmrrd.xenstore.blocking" in modules
-    assert modules.isdisjoint(DAEMON_MACHINERY | {"rmrrd.planner", "rmrrd.host_inventory"}), modules
+    assert modules.isdisjoint(DAEMON_MACHINERY | {"rmrrd.core.planner", "rmrrd.edges.host_inventory"}), modules
 
 
 @pytest.mark.parametrize(("operation", "xml"), [("prepare", NO_DEVICE_XML), ("start", GPU_XML)])
@@ -83,5 +85,5 @@ def test_libvirt_hook_with_a_device_and_a_cached_inventory(tmp_path: Path) -> No
     first = imported("rmrrd.hooks.libvirt", ["g", "prepare", "begin", "-"], stdin=GPU_XML, env=env)
     assert "yaml" in first  # the first run reads the configuration
     modules = imported("rmrrd.hooks.libvirt", ["g", "prepare", "begin", "-"], stdin=GPU_XML, env=env)
-    assert "rmrrd.planner" in modules
+    assert "rmrrd.core.planner" in modules
     assert modules.isdisjoint(DAEMON_MACHINERY), modules & DAEMON_MACHINERY

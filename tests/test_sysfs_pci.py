@@ -6,24 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from rmrrd.dmar import dmar_inventory, parse_dmar
-from rmrrd.pci import Bdf
-from rmrrd.sysfs_pci import read_secondary_buses, sysfs_bus_lookup
-from firmware_corpus import table
+from rmrrd.core.dmar import dmar_inventory, parse_dmar
+from rmrrd.core.pci import Bdf
+from rmrrd.edges.sysfs_pci import read_secondary_buses, sysfs_bus_lookup
+from support.firmware import table
+from support.sysfs import make_device
 
 pytestmark = pytest.mark.unit
-
-
-
-def make_device(root: Path, name: str, *, bridge: bool, secondary: int = 0) -> None:
-    """A ``config`` file with a type-1 (bridge) or type-0 header, as Linux exposes it."""
-    config = bytearray(64)
-    config[0x0E] = 0x81 if bridge else 0x00  # bit 7: multi-function, must be ignored
-    config[0x19] = secondary
-    device = root / "sys" / "bus" / "pci" / "devices" / name
-    device.mkdir(parents=True)
-    (device / "config").write_bytes(bytes(config))
-
 
 def test_bridges_only_and_odd_entries_ignored(tmp_path: Path) -> None:
     make_device(tmp_path, "0000:00:1c.4", bridge=True, secondary=3)

@@ -20,7 +20,7 @@ UNIT = Path(__file__).resolve().parent.parent / "systemd" / "rmrrd.service"
 INSTALLED = "=/usr/local/bin/rmrrd "
 ANALYZE = shutil.which("systemd-analyze")
 
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")
+pytestmark = [pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed"), pytest.mark.process]
 
 
 def local_copy(tmp_path: Path, text: str | None = None) -> Path:

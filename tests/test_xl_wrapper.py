@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon_fixtures import (D1, INVENTORIES, SEED_DOMAIN, DaemonProcess, daemon_limits,  # noqa: F401
-                             needs_xenstore_tools, request_setup, rmrrd_daemon)
+from support import D1, INVENTORIES, SEED_DOMAIN
+from support.processes import Daemon
+from support.xs_tools import needs_xenstore_tools, request_setup
 
-pytestmark = needs_xenstore_tools
+pytestmark = [needs_xenstore_tools, pytest.mark.process]
 WRAPPER = Path(sys.executable).parent / "rmrrd-xl"
 
 
@@ -43,7 +44,7 @@ async def wrapper(daemon_env: dict[str, str], fake_xl: Path, *args: str) -> subp
                                   check=False, stdin=subprocess.DEVNULL)
 
 
-async def test_a_refused_attach_does_not_run_xl(rmrrd_daemon: DaemonProcess, fake_xl: Path) -> None:
+async def test_a_refused_attach_does_not_run_xl(rmrrd_daemon: Daemon, fake_xl: Path) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     done = await wrapper(rmrrd_daemon.xs.env, fake_xl, "pci-attach", "1", "00:14.0")
     assert done.returncode == 1 and xl_ran(fake_xl) is None
@@ -52,14 +53,14 @@ async def test_a_refused_attach_does_not_run_xl(rmrrd_daemon: DaemonProcess, fak
     assert line.endswith("(rmrrd-xl --force ... runs xl anyway)")
 
 
-async def test_force_runs_xl_with_xls_own_arguments(rmrrd_daemon: DaemonProcess, fake_xl: Path) -> None:
+async def test_force_runs_xl_with_xls_own_arguments(rmrrd_daemon: Daemon, fake_xl: Path) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     done = await wrapper(rmrrd_daemon.xs.env, fake_xl, "--force", "-v", "pci-attach", "1", "00:14.0")
     assert done.returncode == 0, done
     assert xl_ran(fake_xl) == ["-v", "pci-attach", "1", "00:14.0"]
 
 
-async def test_a_warning_is_shown_and_xl_runs(rmrrd_daemon: DaemonProcess, fake_xl: Path) -> None:
+async def test_a_warning_is_shown_and_xl_runs(rmrrd_daemon: Daemon, fake_xl: Path) -> None:
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     await rmrrd_daemon.xs.write({"/local/domain/1/name": "guest1"})
     done = await wrapper(rmrrd_daemon.xs.env, fake_xl, "pci-attach", "guest1", "00:14.0,rdm_policy=relaxed")
@@ -68,7 +69,7 @@ async def test_a_warning_is_shown_and_xl_runs(rmrrd_daemon: DaemonProcess, fake_
     assert xl_ran(fake_xl) == ["pci-attach", "guest1", "00:14.0,rdm_policy=relaxed"]
 
 
-async def test_migrate_names_the_target_as_xl_migrate_does(rmrrd_daemon: DaemonProcess, fake_xl: Path,
+async def test_migrate_names_the_target_as_xl_migrate_does(rmrrd_daemon: Daemon, fake_xl: Path,
                                                           tmp_path: Path) -> None:
     """``user@host`` as ssh takes it, and a host known by an alias."""
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
@@ -80,7 +81,7 @@ async def test_migrate_names_the_target_as_xl_migrate_does(rmrrd_daemon: DaemonP
     assert unknown.returncode == 1 and "migrate target 'node-z' is not a known peer" in unknown.stderr.decode()
 
 
-async def test_what_cannot_be_checked_runs_xl(rmrrd_daemon: DaemonProcess, fake_xl: Path, tmp_path: Path) -> None:
+async def test_what_cannot_be_checked_runs_xl(rmrrd_daemon: Daemon, fake_xl: Path, tmp_path: Path) -> None:
     # Domain 7 was not created through rmrrd: no layout to check against.
     done = await wrapper(rmrrd_daemon.xs.env, fake_xl, "pci-attach", "7", "00:14.0")
     assert done.returncode == 0 and xl_ran(fake_xl) == ["pci-attach", "7", "00:14.0"]
@@ -92,7 +93,7 @@ async def test_what_cannot_be_checked_runs_xl(rmrrd_daemon: DaemonProcess, fake_
     assert gone.returncode == 0 and "not checked: cannot connect to xenstored" in gone.stderr.decode()
 
 
-async def test_other_commands_go_straight_to_xl(rmrrd_daemon: DaemonProcess, fake_xl: Path) -> None:
+async def test_other_commands_go_straight_to_xl(rmrrd_daemon: Daemon, fake_xl: Path) -> None:
     done = await wrapper(rmrrd_daemon.xs.env, fake_xl, "list", "-l")
     assert (done.returncode, done.stderr, xl_ran(fake_xl)) == (0, b"", ["list", "-l"])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rmrrd.errors import InputError
-from rmrrd.pci import Bdf
-from rmrrd.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy, parse_device_spec, parse_rdm
+from rmrrd.core.pci import Bdf
+from rmrrd.core.xlcfg import DeviceSpec, Policy, RdmConfig, Strategy, parse_device_spec, parse_rdm
 
 pytestmark = pytest.mark.unit
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libxlutil import LIBXLUTIL
+from support.libxlutil import LIBXLUTIL
 from rmrrd.errors import InputError
-from rmrrd.xlcfg_file import XlConfig, load_xl_config, parse_xl_config, strtol
+from rmrrd.core.xlcfg_file import XlConfig, load_xl_config, parse_xl_config, strtol
 
 EXAMPLES = Path(__file__).resolve().parents[1] / ".tools" / "xen-utils-common" / "etc" / "xen"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("xlexample.*"))

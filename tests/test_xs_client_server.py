@@ -4,8 +4,6 @@ every operation and error path, guests, transactions, big directories, restarts.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from rmrrd.xenstore.wire import (
     Perm,
     PermissionDenied,
 )
-from xs_fixtures import REPO, xenstored  # noqa: F401  (fixture)
+from support.processes import XenstoredProcess
 
 
 @pytest.fixture
@@ -246,27 +244,18 @@ async def _cancellable_server(
             task_status.started(scope)
 
 
-async def _xenstored_process(socket_path: Path) -> trio.Process:
-    """``rmrrd xenstored`` as its own process, once its socket accepts connections."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rmrrd", "xenstored", "--socket", str(socket_path)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    with trio.fail_after(20):
-        while True:
-            try:
-                await (await trio.open_unix_socket(str(socket_path))).aclose()
-                return process
-            except OSError:
-                await trio.sleep(0.05)
+async def _xenstored_process(socket_path: Path) -> XenstoredProcess:
+    """``rmrrd xenstored`` as its own process, once it listens (started off the loop)."""
+    return await trio.to_thread.run_sync(XenstoredProcess, socket_path)
 
 
+@pytest.mark.process
 async def test_sigkilled_xenstored_process_restarted_under_live_watches(tmp_path: Path) -> None:
     # SIGKILL leaves the socket file behind: reconnect attempts meet ECONNREFUSED
     # and back off until the new process replaces the stale socket.
     socket_path = tmp_path / "xs.sock"
     reconnects: list[int] = []
-    process = await _xenstored_process(socket_path)
+    server = await _xenstored_process(socket_path)
     try:
         async def on_reconnect() -> None:
             reconnects.append(client.generation)
@@ -274,10 +263,10 @@ async def test_sigkilled_xenstored_process_restarted_under_live_watches(tmp_path
         async with open_xenstore(str(socket_path), timeout=10, on_reconnect=on_reconnect) as client:
             async with client.watch("/w", "w") as events:
                 assert (await events.__anext__()).path == "/w"
-                process.send_signal(signal.SIGKILL)
-                await process.wait()
+                server.process.send_signal(signal.SIGKILL)
+                await trio.to_thread.run_sync(server.process.wait)
                 assert socket_path.is_socket()  # stale, nobody listening
-                process = await _xenstored_process(socket_path)
+                server = await _xenstored_process(socket_path)
                 with trio.fail_after(15):
                     assert (await events.__anext__()).path == "/w"  # re-registered: initial event again
                     await client.write("/w/child", "1")  # a fresh tree: nothing persisted
@@ -286,5 +275,5 @@ async def test_sigkilled_xenstored_process_restarted_under_live_watches(tmp_path
                 # process's listen backlog and is reset.  Told each time, watches back.
                 assert reconnects and reconnects[-1] == client.generation >= 1
     finally:
-        process.kill()
-        await process.wait()
+        server.process.kill()
+        await trio.to_thread.run_sync(server.process.wait)

@@ -11,7 +11,6 @@ import pytest
 import trio
 
 from rmrrd.xenstore.server import XenstoredHandle
-from xs_fixtures import xenstored  # noqa: F401  (fixture)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -23,7 +22,7 @@ def _has_pyxs() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _has_pyxs(), reason="python3-pyxs not installed")
+pytestmark = [pytest.mark.skipif(not _has_pyxs(), reason="python3-pyxs not installed"), pytest.mark.process]
 
 SCRIPT = r"""
 import json, sys

@@ -10,7 +10,7 @@ import trio
 
 from rmrrd.xenstore.server import OUTPUT_LIMIT, XenstoredHandle, serve_xenstored
 from rmrrd.xenstore.wire import Op, Packet, encode
-from xs_fixtures import RawClient, xenstored  # noqa: F401  (fixture)
+from support.raw_xenstore import RawClient
 
 
 async def test_replies_echo_ids_and_events_follow_the_reply(xenstored: XenstoredHandle) -> None:

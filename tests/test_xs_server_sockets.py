@@ -19,7 +19,7 @@ import trio.testing
 from rmrrd.errors import InputError
 from rmrrd.xenstore.server import serve_xenstored
 from rmrrd.xenstore.wire import Op
-from xs_fixtures import RawClient, listening_socket
+from support.raw_xenstore import RawClient, listening_socket
 
 
 @pytest.fixture
@@ -135,6 +135,7 @@ async def test_a_guest_path_held_by_a_live_socket_does_not_stop_the_server(
     squatter.close()
 
 
+@pytest.mark.process
 def test_rmrrd_xenstored_refuses_a_live_socket_in_one_line(live_socket: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "rmrrd", "xenstored", "--socket", str(live_socket)],
                           capture_output=True, text=True, timeout=60, check=False)

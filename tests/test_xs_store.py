@@ -7,10 +7,10 @@ from hypothesis import given, settings, strategies as st
 
 from rmrrd.errors import InputError
 
-from rmrrd.xenstore.store import Quotas, Store
+from rmrrd.xenstore.store import DomainChange, Quotas, Store
 from rmrrd.xenstore.store_persist import dump, load
-from rmrrd.xenstore.wire import Op
-from xs_fixtures import call, events
+from rmrrd.xenstore.wire import Op, Packet
+from support.raw_xenstore import call, events
 
 pytestmark = pytest.mark.unit
 
@@ -184,7 +184,25 @@ def test_special_watches_fire_on_introduce_and_release_only() -> None:
     assert events(store, dom0, Op.RELEASE, b"3") == [(dom0.id, b"@releaseDomain\0r\0")]
     assert call(store, dom0, Op.IS_DOMAIN_INTRODUCED, b"3") == (Op.IS_DOMAIN_INTRODUCED, b"F\0")
     assert call(store, dom0, Op.RELEASE, b"3") == (Op.ERROR, b"ENOENT\0")
-    assert [c.domid for c in store.take_domain_changes()] == [3, 3]
+
+
+def test_introduce_and_release_return_their_events_and_domain_changes() -> None:
+    """Through a request or called directly, nothing is parked in the store."""
+    store = Store()
+    dom0 = store.connect(0)
+    events(store, dom0, Op.WATCH, b"@introduceDomain", b"i")
+    events(store, dom0, Op.WATCH, b"@releaseDomain", b"r")
+    by_request = store.handle(dom0, Packet(Op.INTRODUCE, 1, 0, b"3\x001\x002\x00"))
+    assert by_request.domain_changes == [DomainChange(True, 3)]
+    assert [packet.payload for _, packet in by_request.sends[1:]] == [b"@introduceDomain\0i\0"]
+    direct = store.introduce(4, 1, 2)
+    assert direct.domain_changes == [DomainChange(True, 4)]
+    assert [(conn, packet.payload) for conn, packet in direct.sends] == [(dom0, b"@introduceDomain\0i\0")]
+    released = store.release(4)
+    assert released.domain_changes == [DomainChange(False, 4)]
+    assert [packet.payload for _, packet in released.sends] == [b"@releaseDomain\0r\0"]
+    failed = store.handle(dom0, Packet(Op.RELEASE, 2, 0, b"4\x00"))
+    assert failed.domain_changes == [] and failed.sends[0][1].op is Op.ERROR
 
 
 def test_release_removes_the_guests_nodes_and_guests_cannot_introduce() -> None:

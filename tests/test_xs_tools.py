@@ -12,9 +12,10 @@ import trio
 
 from rmrrd.xenstore.server import XenstoredHandle
 from rmrrd.xenstore.wire import Op
-from xs_fixtures import REPO, RawClient, xenstored  # noqa: F401  (fixture)
+from support import REPO
+from support.raw_xenstore import RawClient
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/xenstore-write").exists(), reason="xenstore-utils not installed")
+pytestmark = [pytest.mark.skipif(not Path("/usr/bin/xenstore-write").exists(), reason="xenstore-utils not installed"), pytest.mark.process]
 
 
 async def _tool(handle: XenstoredHandle, *argv: str, socket: Path | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -1,10 +1,10 @@
-"""The daemon: xenstore in, planner and checks, xenstore out (docs/xenstore-schema.md).
+"""The daemon: xenstore events in, answers, replies and verdicts out.
 
-- ``state``: what the daemon remembers of each domain (pure).
-- ``requests``: parsing toolstack request nodes (pure).
-- ``setup``: answering ``/libxl/<domid>/rdm/request`` (4.1).
-- ``queries``: answering a guest's ``rmrr/query/<id>`` nodes (4.2).
-- ``toolstack``: answering ``/tool/rmrrd/request/<id>`` (4.3).
-- ``service``: wiring it all into one trio nursery: watches, reconciliation,
-  the HTTP listener, signals, sd_notify.
+- ``lifecycle``: one domain's pure state machine (states, events, effects).
+- ``owner``: the task that owns a domain: its mailbox, its effects carried out.
+- ``domains``: every known domain and its owner; reconciliation.
+- ``setup``: reading a setup request and writing its answer, in one transaction.
+- ``toolstack``: answering toolstack checks in the order of the domain they name.
+- ``watches``: the watches on one connection, what each feeds, the shutdown.
+- ``settings``: what the daemon is given: settings, and an observer for metrics.
 """

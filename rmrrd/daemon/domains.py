@@ -1,71 +1,191 @@
-"""The domain side of the daemon: setups, releases and reconciliation.
+"""Every domain the daemon knows, each with its owner task; reconciliation.
 
-Every change to one domain (answer its request, forget it) runs as a job of a
-:class:`KeyedWorkQueue` keyed by domid, so two jobs for one domain never interleave
-while different domains proceed side by side.
+:class:`Domains` routes each event to the domain it concerns (starting an owner on
+first sight), answers the questions that span domains (which devices the others
+hold, which are still introduced), and reconciles xenstore with memory after a
+start or a reconnect.  What happens to one domain is decided by its state machine
+(:mod:`rmrrd.daemon.lifecycle`) and carried out by its owner
+(:mod:`rmrrd.daemon.owner`), so different domains proceed side by side while one
+domain's events never interleave.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import trio
 
 from rmrrd import __version__
-from rmrrd.ranges import parse_range
-from rmrrd.schema import (ALLOCATED_ROOT, ASSIGNED_ROOT, LIBXL_ROOT, PID_KEY, STATUS_KEY, VERSION_KEY,
-                          allocated_path, answer_path, assigned_path, parse_domid)
-from rmrrd.pci import Bdf
 from rmrrd.errors import InputError
-from rmrrd.xenstore.client import Transaction
+from rmrrd.core.pci import Bdf
+from rmrrd.core.ranges import Range
+from rmrrd.protocol import (ALLOCATED_ROOT, ASSIGNED_ROOT, LIBXL_ROOT, answer_path, decode_allocation, decode_attachment,
+                            parse_domid, status_entries)
+from rmrrd.xenstore.client import XenstoreClient
 from rmrrd.xenstore.wire import NoEntry
 
-from rmrrd.daemon.context import Context
-from rmrrd.daemon.queries import serve_guest_queries
-from rmrrd.daemon.setup import SetupOutcome, decide, read_answer_generation, read_setup_input, write_answer
-from rmrrd.daemon.state import Domain
-from rmrrd.daemon.workqueue import KeyedWorkQueue
-from rmrrd.daemon.xsutil import gather, read_list, rm_quietly
+from rmrrd.daemon.lifecycle import (Check, CheckAsked, Domain, Event, IntroducedSeen, Limits, Released, Reloaded,
+                                    RequestChanged, SetupOutcome, State)
+from rmrrd.daemon.owner import DomainOwner
+from rmrrd.daemon.settings import Observer, Settings
+from rmrrd.xenstore.ops import gather, read_list, rm_quietly
 
 log = logging.getLogger(__name__)
 
 SETUP_CONCURRENCY = 64
-"""Domains set up at once: enough to keep the xenstore connection pipelined, few
-enough that a burst of a thousand requests does not open a thousand transactions."""
+"""Setups (and releases) carried out at once: enough to keep the xenstore connection
+pipelined, few enough that a burst of a thousand requests does not open a thousand
+transactions."""
 
 
 class Domains:
-    """Owns the per-domain jobs and the per-domain guest query tasks."""
+    """The owners of every known domain, by domid; see the module docstring."""
 
-    def __init__(self, ctx: Context, nursery: trio.Nursery) -> None:
-        self._ctx = ctx
-        self._nursery = nursery
-        self._released: set[int] = set()
-        self.queue: KeyedWorkQueue[int] = KeyedWorkQueue(
-            nursery, self._job, concurrency=SETUP_CONCURRENCY, name="domain")
+    def __init__(self, xs: XenstoreClient, settings: Settings, limits: Limits, observer: Observer,
+                 nursery: trio.Nursery, *, setup_concurrency: int = SETUP_CONCURRENCY) -> None:
+        self.xs = xs
+        self.settings = settings
+        """Replaced whole by a reload; owners read it when they use it."""
+        self.limits = limits
+        self.observer = observer
+        self.nursery = nursery
+        self.setup_slots = trio.CapacityLimiter(setup_concurrency)
+        self._owners: dict[int, DomainOwner] = {}
+        self._answered: set[int] = set()
+        self._holders: dict[Bdf, dict[int, None]] = {}
+        """Each device held, and the domains holding it, in the order they took it."""
+        self._work = 0
+        self._idle = trio.Event()
+        self._idle.set()
 
-    # --- triggers ---------------------------------------------------------------
+    def __len__(self) -> int:
+        """Domains answered (what ``rmrrd_domains`` and the status line count)."""
+        return len(self._answered)
+
+    def __iter__(self) -> Iterator[Domain]:
+        return iter([owner.machine.domain for owner in self._owners.values()])
+
+    def get(self, domid: int) -> Domain | None:
+        """The domain's data as its owner holds it now (for reading only)."""
+        owner = self._owners.get(domid)
+        return owner.machine.domain if owner is not None else None
+
+    # --- events --------------------------------------------------------------------------
+
+    def _owner(self, domid: int) -> DomainOwner:
+        owner = self._owners.get(domid)
+        if owner is None:
+            owner = self._owners[domid] = DomainOwner(domid, self)
+        return owner
+
+    def post(self, domid: int, event: Event) -> None:
+        """Queue ``event`` for the domain, starting its owner if it has none."""
+        self._owner(domid).post(event)
 
     def changed(self, domid: int) -> None:
         """Something under ``/libxl/<domid>`` changed that may need a new answer."""
-        self.queue.submit(domid)
+        self.post(domid, RequestChanged(trio.current_time()))
+
+    async def check(self, domid: int, check: Check) -> None:
+        """Answer a toolstack check in the domain's order; return once it is answered."""
+        await self._owner(domid).call(CheckAsked(check))
 
     async def released(self) -> None:
-        """``@releaseDomain`` fired: forget every introduced domain that is gone."""
-        known = [domain for domain in self._ctx.registry if domain.introduced]
-        alive = await gather(lambda domain: self._ctx.xs.is_introduced(domain.domid), known)
+        """``@releaseDomain`` fired: release every introduced domain that is gone."""
+        known = [domain for domain in self if domain.introduced]
+        alive = await gather(lambda domain: self.xs.is_introduced(domain.domid), known)
         for domain, up in zip(known, alive):
             if not up:
-                self._released.add(domain.domid)
-                self.queue.submit(domain.domid)
+                self.post(domain.domid, Released("released"))
 
     async def introduced(self) -> None:
-        """``@introduceDomain`` fired: note which known domains are now introduced."""
-        pending = [domain for domain in self._ctx.registry if not domain.introduced]
-        alive = await gather(lambda domain: self._ctx.xs.is_introduced(domain.domid), pending)
+        """``@introduceDomain`` fired: tell each answered domain not yet introduced."""
+        pending = [domain for domain in self if not domain.introduced and domain.plan is not None]
+        alive = await gather(lambda domain: self.xs.is_introduced(domain.domid), pending)
         for domain, up in zip(pending, alive):
-            domain.introduced = domain.introduced or up
+            if up:
+                self.post(domain.domid, IntroducedSeen(True))
+
+    # --- what owners report ------------------------------------------------------------
+
+    def work_started(self) -> None:
+        self._work += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def work_finished(self) -> None:
+        self._work -= 1
+        if not self._work:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no setup, release or reload is queued or running."""
+        await self._idle.wait()
+
+    def ended(self, owner: DomainOwner) -> None:
+        if self._owners.get(owner.domid) is owner:
+            del self._owners[owner.domid]
+
+    def state_changed(self, domid: int, state: State) -> None:
+        count = len(self._answered)
+        if state is State.ANSWERED:
+            self._answered.add(domid)
+        elif state is not State.PLANNING:
+            self._answered.discard(domid)
+        if len(self._answered) != count:
+            self.observer.set_domains(len(self._answered))
+
+    def devices_changed(self, domid: int, before: set[Bdf], after: set[Bdf]) -> None:
+        """An owner says which devices its domain holds now (statically assigned plus
+        attached; none once released)."""
+        for device in before - after:
+            holders = self._holders[device]
+            del holders[domid]
+            if not holders:
+                del self._holders[device]
+        for device in after - before:
+            self._holders.setdefault(device, {})[domid] = None
+
+    def devices_elsewhere(self, domid: int) -> dict[Bdf, int]:
+        """Devices held by every domain but ``domid``, with their (first) holder.
+
+        This is what makes a region shared with another guest's device a ``fail``:
+        the map is rebuilt from xenstore on every reconcile.  Kept as an index by the
+        owners, so a check costs the devices held, not a walk of every domain.
+        """
+        held: dict[Bdf, int] = {}
+        for device, holders in self._holders.items():
+            for holder in holders:
+                if holder != domid:
+                    held[device] = holder
+                    break
+        return held
+
+    def report_setup(self, domid: int, generation: str, outcome: SetupOutcome, seconds: float) -> None:
+        """Metrics and one log line per event: the answer, and each conflict left."""
+        observer = self.observer
+        observer.setup_done(outcome.status, seconds)
+        plan = outcome.plan
+        if plan is None:
+            log.warning("domain %d: request %s invalid: %s", domid, generation, outcome.error)
+            return
+        for region in plan.regions:
+            if region.action == "avoided":
+                observer.conflict("ram", "avoided")
+            for kind in region.conflict:
+                observer.conflict(kind, region.action)
+            if region.action in ("warned", "failed"):
+                log.warning("domain %d: region %s (%s) overlaps %s: %s", domid, region.range,
+                            region.source_text, region.conflict_text, region.action)
+        if plan.status == "ready":
+            log.info("domain %d: request %s ready: lowmem_end %#x highmem_end %#x, %d regions", domid,
+                     generation, plan.lowmem_end, plan.highmem_end, len(plan.regions))
+        else:
+            log.error("domain %d: request %s refused: %s", domid, generation, plan.error)
+
+    # --- reconciliation ----------------------------------------------------------------
 
     async def reconcile(self) -> None:
         """Make xenstore and memory agree, as if the daemon had never stopped.
@@ -75,29 +195,30 @@ class Domains:
         domain holds which device and which MMIO ranges each guest was given.  Runs
         on start and after every xenstore reconnect.
         """
-        xs = self._ctx.xs
+        xs = self.xs
         try:
             names = await xs.directory(LIBXL_ROOT)
         except NoEntry:
             names = []
         live = {domid for domid in map(parse_domid, names) if domid is not None}
-        for domain in self._ctx.registry:
-            if domain.domid not in live:
-                self._released.add(domain.domid)
-                self.queue.submit(domain.domid)
-        await self._load_attached(live)
-        await self._load_allocations(live)
+        for domid in list(self._owners):
+            if domid not in live:
+                self.post(domid, Released("released"))
+        attached = await self._records(ASSIGNED_ROOT, live)
+        allocations = await self._records(ALLOCATED_ROOT, live)
+        for domid in sorted(set(attached) | set(allocations)):
+            self.post(domid, Reloaded(_attached(domid, attached.get(domid)), _allocations(domid, allocations.get(domid))))
         await self._drop_orphan_answers(live)
+        now = trio.current_time()
         for domid in sorted(live):
-            self.queue.submit(domid)
-        await self.queue.wait_idle()
-        status = {STATUS_KEY: "ready", VERSION_KEY: __version__, PID_KEY: str(os.getpid())}
-        await gather(lambda key: xs.write(key, status[key]), status)
-        log.info("reconciled: %d domains answered", len(self._ctx.registry))
+            self.post(domid, RequestChanged(now))
+        await self.wait_idle()
+        await gather(lambda entry: xs.write(*entry), status_entries(__version__, os.getpid()))
+        log.info("reconciled: %d domains answered", len(self))
 
     async def _records(self, root: str, live: set[int]) -> dict[int, dict[str, str]]:
         """The per-domain records under ``root`` of live domains; those of gone ones removed."""
-        xs = self._ctx.xs
+        xs = self.xs
         try:
             names = await xs.directory(root)
         except NoEntry:
@@ -111,39 +232,8 @@ class Domains:
                 records[domid] = await read_list(xs, f"{root}/{name}")
         return records
 
-    async def _load_attached(self, live: set[int]) -> None:
-        """Which devices each live domain holds, from accepted assign/hotplug checks."""
-        for domid, values in (await self._records(ASSIGNED_ROOT, live)).items():
-            attached: dict[Bdf, str] = {}
-            for value in values.values():
-                device, _, op = value.partition(" ")
-                try:
-                    attached[Bdf.parse(device)] = op
-                except InputError:
-                    log.warning("domain %d: ignoring malformed attached device %r", domid, value[:40])
-            self._ctx.registry.ensure(domid).attached = attached
-
-    async def _load_allocations(self, live: set[int]) -> None:
-        """Each live guest's ``alloc`` placements, as recorded by its guest-query task.
-
-        Only for domains this process has not set up yet (a start): after a reconnect
-        the allocations in memory are current, and a query being answered right now
-        may not have recorded its allocation yet.
-        """
-        for domid, values in (await self._records(ALLOCATED_ROOT, live)).items():
-            known = self._ctx.registry.get(domid)
-            if known is not None and known.plan is not None:
-                continue
-            allocations = self._ctx.registry.new_allocations()
-            for value in values.values():
-                try:
-                    allocations.add(parse_range(value))
-                except InputError:
-                    log.warning("domain %d: ignoring malformed allocation record %r", domid, value[:40])
-            self._ctx.registry.ensure(domid).allocations = allocations
-
     async def _drop_orphan_answers(self, live: set[int]) -> None:
-        xs = self._ctx.xs
+        xs = self.xs
         try:
             names = await xs.directory("/local/domain")
         except NoEntry:
@@ -155,101 +245,29 @@ class Domains:
                 await rm_quietly(xs, answer_path(domid))
                 log.info("domain %d: gone from /libxl; stale answer removed", domid)
 
-    # --- the job ----------------------------------------------------------------
 
-    async def _job(self, domid: int, triggered: float) -> None:
-        if domid in self._released:
-            self._released.discard(domid)
-            await self._forget(domid, "released")
-            return
-        await self._setup(domid, triggered)
+def _attached(domid: int, values: dict[str, str] | None) -> dict[Bdf, str] | None:
+    """Devices a domain holds, from its accepted assign/hotplug records."""
+    if values is None:
+        return None
+    attached: dict[Bdf, str] = {}
+    for value in values.values():
+        try:
+            bdf, op = decode_attachment(value)
+            attached[bdf] = op
+        except InputError:
+            log.warning("domain %d: ignoring malformed attached device %r", domid, value[:40])
+    return attached
 
-    async def _setup(self, domid: int, triggered: float) -> None:
-        """Answer the domain's request; ``triggered``: when the change was noticed."""
-        ctx = self._ctx
-        known = ctx.registry.get(domid)
 
-        async def run(tx: Transaction) -> tuple[str, str | None, SetupOutcome | None]:
-            given = await read_setup_input(tx, domid)
-            if given is None:
-                return ("waiting" if await tx.exists(f"{LIBXL_ROOT}/{domid}") else "absent"), None, None
-            answered = await read_answer_generation(tx, domid)
-            if answered == given.generation and known is not None and known.generation == given.generation:
-                return "current", given.generation, None
-            outcome = decide(given, ctx.config.defaults, ctx.host, ctx.peers)
-            if answered == given.generation:
-                # Answered before a restart: the guest was built on that layout, so
-                # keep it and only relearn the plan.
-                return "relearned", given.generation, outcome
-            await write_answer(tx, domid, given.generation, outcome)
-            if answered is None:
-                return "written", given.generation, outcome
-            # A new layout is a new boot: BARs placed in the old one mean nothing.
-            await rm_quietly(tx, allocated_path(domid))
-            return "rewritten", given.generation, outcome
-
-        state, generation, outcome = await ctx.xs.run_transaction(run)
-        if state == "absent":
-            if known is not None or await ctx.xs.exists(answer_path(domid)):
-                await self._forget(domid, "removed from /libxl")
-            return
-        if outcome is None:
-            return
-        domain = ctx.registry.ensure(domid)
-        if state == "rewritten":
-            domain.allocations = ctx.registry.new_allocations()
-        domain.generation, domain.request, domain.plan = generation, outcome.request, outcome.plan
-        if not domain.introduced:
-            domain.introduced = await ctx.xs.is_introduced(domid)
-        if domain.queries is None:
-            domain.queries = trio.CancelScope()
-            self._nursery.start_soon(self._run_queries, domain, domain.queries)
-        ctx.metrics.set_domains(len(ctx.registry))
-        if state in ("written", "rewritten"):
-            self._report(domid, generation, outcome, trio.current_time() - triggered)
-
-    def _report(self, domid: int, generation: str | None, outcome: SetupOutcome, seconds: float) -> None:
-        """Metrics and one log line per event: the answer, and each conflict left."""
-        metrics = self._ctx.metrics
-        metrics.setup_done(outcome.status, seconds)
-        plan = outcome.plan
-        if plan is None:
-            log.warning("domain %d: request %s invalid: %s", domid, generation, outcome.error)
-            return
-        for region in plan.regions:
-            if region.action == "avoided":
-                metrics.conflict("ram", "avoided")
-            for kind in region.conflict:
-                metrics.conflict(kind, region.action)
-            if region.action in ("warned", "failed"):
-                log.warning("domain %d: region %s (%s) overlaps %s: %s", domid, region.range,
-                            region.source_text, region.conflict_text, region.action)
-        if plan.status == "ready":
-            log.info("domain %d: request %s ready: lowmem_end %#x highmem_end %#x, %d regions", domid,
-                     generation, plan.lowmem_end, plan.highmem_end, len(plan.regions))
-        else:
-            log.error("domain %d: request %s refused: %s", domid, generation, plan.error)
-
-    async def _run_queries(self, domain: Domain, scope: trio.CancelScope) -> None:
-        with scope:
-            try:
-                await serve_guest_queries(self._ctx, domain)
-            except Exception:
-                log.exception("domain %d: guest queries stopped", domain.domid)
-        if domain.queries is scope:
-            domain.queries = None
-
-    async def _forget(self, domid: int, why: str) -> None:
-        ctx = self._ctx
-        domain = ctx.registry.forget(domid)
-        if domain is not None and domain.queries is not None:
-            domain.queries.cancel()
-
-        async def run(tx: Transaction) -> None:
-            await rm_quietly(tx, answer_path(domid))
-            await rm_quietly(tx, assigned_path(domid))
-            await rm_quietly(tx, allocated_path(domid))
-
-        await ctx.xs.run_transaction(run)
-        ctx.metrics.set_domains(len(ctx.registry))
-        log.info("domain %d: %s; answer removed", domid, why)
+def _allocations(domid: int, values: dict[str, str] | None) -> tuple[Range, ...] | None:
+    """A guest's ``alloc`` placements, from its records."""
+    if values is None:
+        return None
+    ranges: list[Range] = []
+    for value in values.values():
+        try:
+            ranges.append(decode_allocation(value))
+        except InputError:
+            log.warning("domain %d: ignoring malformed allocation record %r", domid, value[:40])
+    return tuple(ranges)

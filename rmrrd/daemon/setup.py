@@ -3,25 +3,26 @@
 The whole answer is written in one transaction (retried on EAGAIN), so a reader
 never sees half of it, and a daemon killed mid-write leaves the old answer or the
 new one, never a mix.  The answer's directory is readable by the guest; its
-``query/`` node writable by it; nothing else (docs/xenstore-schema.md).
+``query/`` node writable by it; nothing else (docs/xenstore-schema.md).  What to do is decided
+by :func:`rmrrd.daemon.lifecycle.setup_kind`; this module does the reading and
+writing, and is carried out by the domain's owner as its ``RunSetup`` effect.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from rmrrd.config import DefaultsConfig
 from rmrrd.errors import InputError
-from rmrrd.inventory import Inventory
-from rmrrd.planner import DomainRequest, Plan, parse_domain_request, plan
-from rmrrd.schema import DEVICE_LISTS, OWNED_ANSWER_KEYS, SCALAR_KEYS, answer_entries, answer_path, rdm_path
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.planner import RequestDefaults, parse_domain_request, plan
+from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER_KEYS, QUERY_PERMS, REQUEST_KEY,
+                            SCALAR_KEYS, allocated_path, answer_entries, answer_path, guest_perms, query_path, rdm_path,
+                            reply_path)
 from rmrrd.xenstore.client import Transaction
 
-from rmrrd.daemon.xsutil import gather, guest_perms, read_list, read_text, rm_quietly
-
-log = logging.getLogger(__name__)
+from rmrrd.daemon.lifecycle import SetupOutcome, SetupResult, setup_kind
+from rmrrd.xenstore.ops import gather, read_list, read_text, rm_quietly
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,23 +40,10 @@ class SetupInput:
     lists: Mapping[str, Mapping[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class SetupOutcome:
-    """What the planner made of a request: a plan, or why there is none."""
-
-    request: DomainRequest | None
-    plan: Plan | None
-    error: str | None
-
-    @property
-    def status(self) -> str:
-        return self.plan.status if self.plan is not None else "error"
-
-
 async def read_setup_input(tx: Transaction, domid: int) -> SetupInput | None:
     """The domain's request keys, or None when it has written no ``request`` yet."""
     base = rdm_path(domid)
-    generation = await read_text(tx, f"{base}/request")
+    generation = await read_text(tx, f"{base}/{REQUEST_KEY}")
     if generation is None:
         return None
     memory, mmio_hole, config, mem_boundary, videoram, hap, bios = await gather(
@@ -65,7 +53,7 @@ async def read_setup_input(tx: Transaction, domid: int) -> SetupInput | None:
                       dict(zip(DEVICE_LISTS, lists)))
 
 
-def decide(given: SetupInput, defaults: DefaultsConfig, host: Inventory,
+def decide(given: SetupInput, defaults: RequestDefaults, host: Inventory,
            peers: Mapping[str, Inventory]) -> SetupOutcome:
     """Plan the domain, or say which key made its request invalid (pure)."""
     try:
@@ -90,8 +78,8 @@ async def write_answer(tx: Transaction, domid: int, generation: str, outcome: Se
     base = answer_path(domid)
     await gather(lambda key: rm_quietly(tx, f"{base}/{key}"), OWNED_ANSWER_KEYS)
     await tx.mkdir(base)
-    await tx.set_perms(base, guest_perms(domid, "r"))
-    dirs = {f"{base}/query": guest_perms(domid, "b"), f"{base}/reply": guest_perms(domid, "r")}
+    await tx.set_perms(base, guest_perms(domid, ANSWER_PERMS))
+    dirs = {query_path(domid): guest_perms(domid, QUERY_PERMS), reply_path(domid): guest_perms(domid, ANSWER_PERMS)}
     await gather(tx.mkdir, dirs)
     await gather(lambda path: tx.set_perms(path, dirs[path]), dirs)
     entries = answer_entries(generation, outcome.plan, outcome.error)
@@ -103,3 +91,29 @@ async def read_answer_generation(tx: Transaction, domid: int) -> str | None:
     base = answer_path(domid)
     generation, status = await gather(lambda key: read_text(tx, f"{base}/{key}"), ("generation", "status"))
     return generation if status is not None else None
+
+
+async def run_setup(tx: Transaction, domid: int, known: str | None,
+                    decide_for: Callable[[SetupInput], SetupOutcome]) -> SetupResult:
+    """One setup inside ``tx``: what :func:`setup_kind` says, carried out.
+
+    ``known`` is the generation the daemon answered before (None: none);
+    ``decide_for`` plans a request against the inventories of the moment.  May run
+    several times (``run_transaction`` retries it), so it only touches ``tx``.
+    """
+    given = await read_setup_input(tx, domid)
+    if given is None:
+        if await tx.exists(f"{LIBXL_ROOT}/{domid}"):
+            return SetupResult("waiting")
+        return SetupResult("absent", answer_present=await tx.exists(answer_path(domid)))
+    answered = await read_answer_generation(tx, domid)
+    kind = setup_kind(given.generation, answered, known)
+    if kind == "current":
+        return SetupResult(kind, given.generation)
+    outcome = decide_for(given)
+    if kind != "relearned":
+        await write_answer(tx, domid, given.generation, outcome)
+    if kind == "rewritten":
+        # A new layout is a new boot: BARs placed in the old one mean nothing.
+        await rm_quietly(tx, allocated_path(domid))
+    return SetupResult(kind, given.generation, outcome)

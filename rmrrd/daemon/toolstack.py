@@ -10,38 +10,47 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 
 import trio
 
-from rmrrd.checks import Verdict, check_assign, check_hotplug, check_migrate, rank_migration_targets
+from rmrrd.core.checks import Verdict, check_assign, check_hotplug, check_migrate, rank_migration_targets
 from rmrrd.errors import InputError
-from rmrrd.schema import REQUEST_ROOT, RESULT_ROOT, assigned_path
+from rmrrd.core.pci import Bdf
+from rmrrd.protocol import (REQUEST_ROOT, RESULT_ROOT, Result, ToolRequest, assigned_path, attachment_entry,
+                            parse_request, request_path, result_entries, result_path)
 from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
-from rmrrd.daemon.context import Context
-from rmrrd.daemon.requests import ToolRequest, parse_request
-from rmrrd.daemon.xsutil import device_key, gather, keep_newest, rm_quietly
+from rmrrd.daemon.domains import Domains
+from rmrrd.daemon.lifecycle import DeviceAttached, Domain
+from rmrrd.daemon.settings import Settings
+from rmrrd.xenstore.ops import gather, keep_newest, rm_quietly
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(ctx: Context, request: ToolRequest) -> tuple[Verdict, list[str]]:
+def evaluate(settings: Settings, domain: Domain, request: ToolRequest,
+             elsewhere: Callable[[], Mapping[Bdf, int]]) -> tuple[Verdict, list[str]]:
     """The verdict for ``request`` and, for ``migrate`` without a target, the ranking.
 
-    Raises :class:`InputError` when the request cannot be checked at all (unknown
-    domain, unknown target): the caller answers ``fail`` with that reason.
+    ``domain`` is the one the request names, as its owner holds it; ``elsewhere``
+    gives the devices every other domain holds (asked only for an assign or a
+    hotplug: it walks every domain).  Raises :class:`InputError` when the
+    request cannot be checked at all (unknown domain, unknown target): the caller
+    answers ``fail`` with that reason.
     """
-    domain = ctx.registry.get(request.domid)
-    if domain is None or domain.plan is None:
-        raise InputError(f"domain {request.domid} has no rmrrd answer; write /libxl/{request.domid}/rdm/request first")
     plan = domain.plan
+    if plan is None:
+        raise InputError(f"domain {request.domid} has no rmrrd answer; write /libxl/{request.domid}/rdm/request first")
     if plan.status != "ready":
         raise InputError(f"domain {request.domid} was refused at setup: {plan.error}")
     if request.op == "migrate":
         if request.target is not None:
-            return check_migrate(plan, ctx.peers, request.target, request.devices), []
-        ranking = rank_migration_targets(plan, ctx.peers)
+            return check_migrate(plan, settings.peers, request.target, request.devices), []
+        ranking = rank_migration_targets(plan, settings.peers)
         if not ranking:
             raise InputError("no peer hosts are configured to rank")
         lines = [f"{host} {verdict.verdict} fail={verdict.count('fail')} warn={verdict.count('warn')}"
@@ -49,19 +58,25 @@ def evaluate(ctx: Context, request: ToolRequest) -> tuple[Verdict, list[str]]:
         best_host, best = ranking[0]
         return Verdict(best.verdict, f"best target {best_host}: {best.reason}", best.conflicts), lines
     check = check_assign if request.op == "assign" else check_hotplug
-    return check(plan, ctx.host, request.devices[0], ctx.registry.devices_elsewhere(request.domid)), []
+    return check(plan, settings.host, request.devices[0], elsewhere()), []
 
 
 class ToolstackHandler:
-    """Answers request nodes and keeps the bounded list of results."""
+    """Answers request nodes and keeps the bounded list of results.
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    Requests are answered one after another: a verdict must see the devices the
+    previous one accepted.  A well-formed request is answered by the owner of the
+    domain it names (:meth:`Domains.check`), in that domain's order, so an accepted
+    attachment can never be recorded after the domain's release removed its records.
+    """
+
+    def __init__(self, domains: Domains) -> None:
+        self._domains = domains
         self._results: deque[str] = deque()
 
     async def scan(self) -> None:
         """Learn the results already kept and answer every pending request (reconcile)."""
-        xs = self._ctx.xs
+        xs = self._domains.xs
         try:
             kept = await xs.directory(RESULT_ROOT)
         except NoEntry:
@@ -76,47 +91,67 @@ class ToolstackHandler:
 
     async def handle(self, req_id: str) -> None:
         """Answer ``/tool/rmrrd/request/<req_id>`` if it is still pending."""
-        ctx = self._ctx
         started = trio.current_time()
-        path = f"{REQUEST_ROOT}/{req_id}"
         try:
-            raw = await ctx.xs.read(path)
+            raw = await self._domains.xs.read(request_path(req_id))
         except NoEntry:
             return  # answered already (our own removal fires the watch too)
-        op, request, ranking = "other", None, list[str]()
         try:
             request = parse_request(raw.decode("ascii"))
-            op = request.op
-            verdict, ranking = evaluate(ctx, request)
         except UnicodeDecodeError:
-            verdict = Verdict("fail", "invalid request: not ASCII")
+            await self._answer(req_id, started, None, Verdict("fail", "invalid request: not ASCII"))
         except InputError as exc:
-            verdict = Verdict("fail", f"invalid request: {exc}" if request is None else str(exc))
-        attach = request is not None and request.op != "migrate" and verdict.verdict != "fail"
+            await self._answer(req_id, started, None, Verdict("fail", f"invalid request: {exc}"))
+        else:
+            await self._domains.check(request.domid, _Check(self, req_id, request, started))
+
+    async def _answer(self, req_id: str, started: float, request: ToolRequest | None, verdict: Verdict,
+                      ranking: list[str] | None = None) -> DeviceAttached | None:
+        """Write the result and remove the request in one transaction; count and log it."""
+        domains = self._domains
+        attach = None
+        if request is not None and request.op != "migrate" and verdict.verdict != "fail":
+            attach = DeviceAttached(request.devices[0].bdf, request.op)
+
+        result = Result(verdict.verdict, verdict.reason, tuple(str(c) for c in verdict.conflicts), tuple(ranking or ()))
 
         async def answer(tx: Transaction) -> None:
-            base = f"{RESULT_ROOT}/{req_id}"
+            base = result_path(req_id)
             await rm_quietly(tx, base)
-            writes = [(f"{base}/verdict", verdict.verdict), (f"{base}/reason", verdict.reason)]
-            writes += [(f"{base}/conflict/{n}", str(c)) for n, c in enumerate(verdict.conflicts)]
-            writes += [(f"{base}/rank/{n}", line) for n, line in enumerate(ranking)]
-            if attach:
-                assert request is not None
-                bdf = request.devices[0].bdf
-                writes.append((f"{assigned_path(request.domid)}/{device_key(bdf)}", f"{bdf} {request.op}"))
+            writes = [(f"{base}/{key}", value) for key, value in result_entries(result)]
+            if attach is not None and request is not None:
+                key, value = attachment_entry(attach.bdf, attach.op)
+                writes.append((f"{assigned_path(request.domid)}/{key}", value))
             await gather(lambda write: tx.write(*write), writes)
-            await rm_quietly(tx, path)
+            await rm_quietly(tx, request_path(req_id))
 
-        await ctx.xs.run_transaction(answer)
-        if attach and request is not None:
-            domain = ctx.registry.get(request.domid)
-            if domain is not None:
-                domain.attached[request.devices[0].bdf] = request.op
-        ctx.metrics.request_done(op, verdict.verdict, trio.current_time() - started)
+        await domains.xs.run_transaction(answer)
+        domains.observer.request_done(request.op if request is not None else "other", verdict.verdict,
+                                      trio.current_time() - started)
         for conflict in verdict.conflicts:
-            ctx.metrics.conflict(conflict.kind, "failed" if conflict.severity == "fail" else "warned")
+            domains.observer.conflict(conflict.kind, "failed" if conflict.severity == "fail" else "warned")
         level = logging.INFO if verdict.verdict == "ok" else logging.WARNING
         subject = (f"domain {request.domid} {request.op} " + " ".join(str(d.bdf) for d in request.devices)
                    if request is not None else "malformed")
         log.log(level, "request %s: %s: %s: %s", req_id, subject.strip(), verdict.verdict, verdict.reason)
-        await keep_newest(ctx.xs, self._results, req_id, ctx.config.limits.results_kept, RESULT_ROOT)
+        await keep_newest(domains.xs, self._results, req_id, domains.settings.results_kept, RESULT_ROOT)
+        return attach
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """A parsed request waiting in its domain's mailbox (a :class:`lifecycle.Check`)."""
+
+    handler: ToolstackHandler
+    req_id: str
+    request: ToolRequest
+    started: float
+
+    async def answer(self, domain: Domain) -> DeviceAttached | None:
+        domains = self.handler._domains
+        try:
+            verdict, ranking = evaluate(domains.settings, domain, self.request,
+                                        partial(domains.devices_elsewhere, self.request.domid))
+        except InputError as exc:
+            verdict, ranking = Verdict("fail", str(exc)), []
+        return await self.handler._answer(self.req_id, self.started, self.request, verdict, ranking)

@@ -22,8 +22,8 @@ import os
 from typing import Any
 
 from rmrrd.errors import InputError
-from rmrrd.inventory import Inventory
-from rmrrd.inventory_yaml import inventory_from_json, inventory_to_json
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.inventory_yaml import inventory_from_json, inventory_to_json
 
 CACHE_NAME = "host-inventory.json"
 FORMAT = 2
@@ -42,8 +42,8 @@ def _load(config_path: str | None) -> tuple[Inventory, int, list[str]]:
     """The inventory the daemon's way, ``defaults.seabios_size``, and the files they depend on."""
     from pathlib import Path
 
-    from rmrrd.config import default_config, load_config
-    from rmrrd.host_inventory import TABLE_SOURCES, load_host
+    from rmrrd.edges.config import default_config, load_config
+    from rmrrd.edges.host_inventory import TABLE_SOURCES, load_host
 
     config = load_config(Path(config_path)) if config_path is not None else default_config()
     acpi_dir = config.host.sysfs_root / "sys/firmware/acpi/tables"

@@ -5,7 +5,7 @@ XML on stdin, in a bare environment (docs/hooks.rst in libvirt).  On ``prepare``
 (before a start, and on the destination of a migration) and ``migrate`` (the
 destination, before ``prepare``) it predicts what stock libxl 4.17 does with the
 domain's ``<hostdev>`` PCI devices and memory against this host's reserved regions
-(:mod:`rmrrd.libvirt_xml`, then the planner) and exits 1 with one line on stderr
+(:mod:`rmrrd.core.libvirt_xml`, then the planner) and exits 1 with one line on stderr
 when Xen would fail to build the domain, which makes libvirt refuse the operation.
 
 Never blocks what it cannot judge: every other operation, a domain without PCI
@@ -34,7 +34,7 @@ def verdict(xml: str) -> tuple[bool, str | None]:
         # No <hostdev>, no <interface type='hostdev'>: nothing to check, nothing to load.
         return True, None
     from rmrrd.hooks.stock import predict
-    from rmrrd.libvirt_xml import libxl_domain_from_xml, parse_domain_xml, pci_devices
+    from rmrrd.core.libvirt_xml import libxl_domain_from_xml, parse_domain_xml, pci_devices
 
     root = parse_domain_xml(xml)
     if not pci_devices(root):

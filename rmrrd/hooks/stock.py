@@ -1,7 +1,7 @@
 """What stock libxl does with a new domain on this host, for the hooks.
 
 A domain that is about to be created (libvirt's ``prepare``, ``xl create``) is planned
-as libxl will build it (:class:`~rmrrd.libxl_domain.LibxlDomain`) against this host's
+as libxl will build it (:class:`~rmrrd.core.libxl_domain.LibxlDomain`) against this host's
 inventory, kept between runs by :mod:`rmrrd.hooks.host_cache`.  No daemon is needed.
 
 The configuration is ``$RMRRD_CONFIG``, else ``/etc/rmrrd/rmrrd.yaml`` if it exists,
@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # imported by predict(): the hooks' fast exits need none of it
-    from rmrrd.libxl_domain import LibxlDomain
+    from rmrrd.core.libxl_domain import LibxlDomain
 
 DEFAULT_CONFIG = "/etc/rmrrd/rmrrd.yaml"
 RUNTIME_DIR = "/run/rmrrd"
@@ -34,8 +34,8 @@ def predict(domain: LibxlDomain, name: str) -> tuple[Outcome, str | None]:
     if domain.type.value != "hvm":
         return "ok", None
     from rmrrd.hooks.host_cache import host_inventory
-    from rmrrd.libxl_domain import domain_request
-    from rmrrd.planner import plan
+    from rmrrd.core.libxl_domain import domain_request
+    from rmrrd.core.planner import plan
 
     config = os.environ.get("RMRRD_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     host, seabios_size = host_inventory(config, os.environ.get("RMRRD_RUNTIME_DIR") or RUNTIME_DIR)

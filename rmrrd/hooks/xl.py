@@ -78,7 +78,7 @@ def _requests(command: str, args: list[str]) -> tuple[str, list[tuple[str, tuple
         opts, rest = getopt.gnu_getopt(args, "h", ["help"])
         if opts or len(rest) < 2:
             raise NotChecked("xl pci-attach usage not understood")
-        from rmrrd.libxlu import xl_pci_spec
+        from rmrrd.core.libxlu import xl_pci_spec
 
         bdfs, policy = xl_pci_spec(rest[1])
         policy_text = f",rdm_policy={policy}" if policy else ""
@@ -128,8 +128,8 @@ def check_create(args: list[str]) -> tuple[str, str, list[str]]:
     xl then says why).
     """
     from rmrrd.hooks.stock import predict
-    from rmrrd.libxl_domain import from_xl_config
-    from rmrrd.xlcfg_file import parse_xl_config
+    from rmrrd.core.libxl_domain import from_xl_config
+    from rmrrd.core.xlcfg_file import parse_xl_config
 
     try:
         text, path = _config_text(args)
@@ -147,9 +147,8 @@ def check(command: str, args: list[str], xenstore: str | None = None) -> tuple[s
 
     Raises :class:`NotChecked` when it cannot be checked.
     """
-    from rmrrd.commands.check import ask
-    from rmrrd.daemon.requests import format_request
-    from rmrrd.schema import STATUS_KEY, answer_path
+    from rmrrd.app.check import ask
+    from rmrrd.protocol import READY, STATUS_KEY, answer_path, format_request
     from rmrrd.xenstore.blocking import BlockingXenstore, XenstoreUnavailable
 
     try:
@@ -158,16 +157,16 @@ def check(command: str, args: list[str], xenstore: str | None = None) -> tuple[s
         raise NotChecked(str(exc)) from None
     try:
         with BlockingXenstore(xenstore, timeout=CHECK_TIMEOUT) as xs:
-            if xs.read_text(STATUS_KEY) != "ready":
+            if xs.read_text(STATUS_KEY) != READY:
                 raise NotChecked("rmrrd is not running on this host")
             domid = _domid(xs, domain)
             if xs.read_text(f"{answer_path(domid)}/status") is None:
                 raise NotChecked(f"rmrrd has no layout for domain {domid} (not created through rmrrd)")
             worst = ("ok", "")
             for op, devices, target in requests:
-                result = ask(xs, format_request(op, domid, devices, target), CHECK_TIMEOUT)  # type: ignore[arg-type]
-                if _RANK[result["verdict"]] > _RANK[worst[0]]:
-                    worst = (result["verdict"], result["reason"])
+                _, result = ask(xs, format_request(op, domid, devices, target), CHECK_TIMEOUT)  # type: ignore[arg-type]
+                if _RANK[result.verdict] > _RANK[worst[0]]:
+                    worst = (result.verdict, result.reason)
             return worst
     except (XenstoreUnavailable, InputError) as exc:
         raise NotChecked(str(exc)) from None

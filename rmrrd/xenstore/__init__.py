@@ -1,6 +1,10 @@
-"""Xenstore: the wire codec, rmrrd's trio client, and a simulated xenstored.
+"""Xenstore, both ends, knowing nothing of rmrrd's keys.
 
-- ``wire``: sans-IO framing, op numbers, errno names, paths and permissions.
-- ``client``: the trio client the daemon uses (``open_xenstore``).
-- ``store``/``server``: the simulated xenstored used by tests and benchmarks.
+- ``wire``: the sans-IO codec (framing, op numbers, errno names, paths, permissions).
+- ``client`` (with ``client_conn``, ``client_watch``): rmrrd's trio client:
+  pipelined requests, watches, transactions, reconnects.
+- ``ops``: small compositions of client calls (pipelined gather, reading text, lists
+  and subtrees).
+- ``store`` (with ``store_node``, ``store_view``, ``store_watch``, ``store_persist``):
+  the simulated xenstored's pure state machine; ``server``: its trio layer.
 """

@@ -18,7 +18,9 @@ Behaviour worth knowing:
 
 * Many requests may be in flight on the one connection; each has its own timeout
   (``XenstoreTimeout``).  Server errors raise the XenstoreError subclass of their
-  errno name (``NoEntry``, ``PermissionDenied``, ``Again``...; see ``wire.py``).
+  errno name (``NoEntry``, ``PermissionDenied``, ``Again``...; see ``wire.py``): a
+  :class:`~rmrrd.errors.PeerError`.  A lost connection or a timeout is a
+  :class:`~rmrrd.errors.TransportError`, never confused with an errno.
 * When the connection drops, requests in flight fail at once with
   ``ConnectionLost``; the client reconnects with exponential backoff and jitter,
   re-registers its watches (each fires its initial event again), then calls
@@ -44,6 +46,7 @@ from typing import TypeVar
 
 import trio
 
+from rmrrd.errors import TransportError
 from rmrrd.xenstore.client_conn import Channel, Connection, ConnectionLost, DeviceChannel
 from rmrrd.xenstore.client_watch import Watch, WatchEvent
 from rmrrd.xenstore.locate import locate_xenstore
@@ -90,11 +93,8 @@ longer wait would only hold up a shutdown while xenstored hangs (the request tim
 Connector = Callable[[], Awaitable[Channel]]
 
 
-class XenstoreTimeout(XenstoreError):
+class XenstoreTimeout(TransportError):
     """xenstored did not answer a request within the client's timeout."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("EIO", message)
 
 
 async def _open_path(path: str) -> Channel:
@@ -336,7 +336,7 @@ class XenstoreClient(_Operations):
             return  # the server side went with the connection
         try:
             await self._path_request(Op.UNWATCH, path, token.encode(), special_ok=True)
-        except (NoEntry, ConnectionLost, XenstoreTimeout) as exc:
+        except (NoEntry, TransportError) as exc:
             log.debug("unwatch %s token %s: %s", path, token, exc)
 
     def _on_event(self, packet: Packet) -> None:
@@ -387,7 +387,7 @@ class XenstoreClient(_Operations):
     async def _end_transaction(self, tx: Transaction, *, commit: bool) -> None:
         try:
             await tx._request(Op.TRANSACTION_END, b"T\0" if commit else b"F\0")
-        except (ConnectionLost, XenstoreTimeout, NoEntry):
+        except (TransportError, NoEntry):
             if commit:
                 raise
             # Aborting a transaction the server already forgot: nothing to undo.
@@ -408,7 +408,7 @@ class XenstoreClient(_Operations):
             except (Again, ConnectionLost) as exc:
                 if attempt == attempts:
                     raise
-                log.debug("%s: transaction attempt %d failed (%s), retrying", self.name, attempt, exc.errno_name)
+                log.debug("%s: transaction attempt %d failed (%s), retrying", self.name, attempt, type(exc).__name__)
                 await trio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, BACKOFF_MAX)
         raise AssertionError("unreachable: the loop returns or raises")
@@ -497,7 +497,7 @@ class XenstoreClient(_Operations):
                 continue  # being registered right now by its own watch() call
             try:
                 await self._register(watch)
-            except (ConnectionLost, XenstoreTimeout):
+            except TransportError:
                 return  # down again: the next connection restores them
             except XenstoreError as exc:
                 log.warning("%s: watch %s lost on reconnect: %s", self.name, watch.path, exc)

@@ -22,6 +22,13 @@ Why the shape (each choice measured with ``bench/bench_xenstore.py``, see
   no per-request Event or channel.  Watch events go to a callback.
 * **Failure is loud and immediate.**  When the stream ends or breaks, every waiting
   request gets ConnectionLost at once, never a hang.
+
+Does the hand scheduling earn its complexity?  ``bench/bench_xenstore.py`` runs the
+same client with this connection swapped for the obvious trio one (its
+``PlainConnection``: a ``SocketStream``, a send lock, an Event per request).  Three
+runs on the shared two-core build machine: one request at a time 1.0x, 1.1x and 1.3x
+the plain connection's rate; 100 in flight 2.9x, 2.5x and 2.6x.  The daemon uses it
+the second way (``gather``, 64 setups at once), so it stays.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from typing import Protocol
 import outcome
 import trio
 
-from rmrrd.xenstore.wire import HEADER, Decoder, Op, Packet, RemoteProtocolError, XenstoreError
+from rmrrd.errors import TransportError
+from rmrrd.xenstore.wire import HEADER, Decoder, Op, Packet, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +88,11 @@ class DeviceChannel:
         os.close(self._fd)
 
 
-class ConnectionLost(XenstoreError):
+class ConnectionLost(TransportError):
     """The connection to xenstored dropped (or never came up) before the answer came.
 
     The request may or may not have been carried out: xenstored does not say.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__("EIO", message)
 
 
 class Connection:

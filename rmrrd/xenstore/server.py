@@ -35,7 +35,7 @@ import trio
 
 from rmrrd.errors import InputError
 from rmrrd.xenstore import store_persist
-from rmrrd.xenstore.store import Connection, Store
+from rmrrd.xenstore.store import Connection, DomainChange, Store
 from rmrrd.xenstore.wire import Decoder, RemoteProtocolError, encode
 
 log = logging.getLogger(__name__)
@@ -207,17 +207,20 @@ class _Server:
                 return
             decoder.feed(data)
             touched: set[int] = set()
+            changes: list[DomainChange] = []
             try:
                 while (packet := decoder.next_packet()) is not None:
-                    for target, reply in self.store.handle(peer.conn, packet):
+                    output = self.store.handle(peer.conn, packet)
+                    for target, reply in output.sends:
                         self._queue(target, encode(reply))
                         touched.add(target.id)
+                    changes += output.domain_changes
             except RemoteProtocolError as exc:
                 # Garbage from one client closes that client only.
                 log.warning("dom%d conn %d protocol error, closing: %s", peer.conn.domid, peer.conn.id, exc)
                 await self._flush(peer)
                 return
-            self._after_batch()
+            self._after_batch(changes)
             for conn_id in touched:
                 if conn_id == peer.conn.id:
                     await self._flush(peer)
@@ -247,8 +250,8 @@ class _Server:
             peer.wake = trio.Event()
             await self._flush(peer)
 
-    def _after_batch(self) -> None:
-        for change in self.store.take_domain_changes():
+    def _after_batch(self, changes: list[DomainChange]) -> None:
+        for change in changes:
             if change.introduced:
                 # Bound before the INTRODUCE reply goes out, so the caller can
                 # connect as soon as it has its answer.
@@ -296,18 +299,18 @@ class _Server:
 
     async def persist(self, path: Path) -> None:
         """Write the tree after changes, coalesced; once more on the way out."""
-        saved = self.store.tree.gen
+        saved = self.store.generation
         try:
             while True:
                 await self.changed.wait()
                 self.changed = trio.Event()
                 await trio.sleep(PERSIST_DELAY)
-                if self.store.tree.gen != saved:
-                    saved = self.store.tree.gen
+                if self.store.generation != saved:
+                    saved = self.store.generation
                     data = store_persist.dump(self.store)
                     await trio.to_thread.run_sync(write_atomically, path, data)
         finally:
-            if self.store.tree.gen != saved:
+            if self.store.generation != saved:
                 write_atomically(path, store_persist.dump(self.store))
 
 

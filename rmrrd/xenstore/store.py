@@ -1,9 +1,13 @@
 """The simulated xenstored's state machine: requests in, replies and watch events out.
 
 Pure and sans-IO (no sockets, no files, no clock): ``Store.handle(conn, packet)``
-returns the packets to send, each with the connection to send it on, in the order
-they must go out (the reply first, then the watch events the request caused).  The
-trio layer (``rmrrd.xenstore.server``) only moves bytes.
+returns an :class:`Output`: the packets to send, each with the connection to send
+it on, in the order they must go out (the reply first, then the watch events the
+request caused), and the domains introduced or released, which the I/O layer acts
+on.  :meth:`Store.introduce` and :meth:`Store.release`, called without a request,
+return theirs the same way: nothing is parked in the store for later.  The trio
+layer (``rmrrd.xenstore.server``) only moves bytes.  Persistence goes through
+:meth:`Store.snapshot`, :meth:`Store.from_snapshot` and :attr:`Store.generation`.
 
 Behaviour follows C xenstored (``tools/xenstored/core.c``, ``watch.c``,
 ``transaction.c``, ``domain.c``) and ``docs/misc/xenstore.txt``; docs/xenstore.md
@@ -15,7 +19,6 @@ with its real permissions and quotas.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,8 +27,11 @@ from rmrrd.xenstore.store_view import Tree, TxView
 from rmrrd.xenstore.store_watch import Watch, WatchIndex
 from rmrrd.xenstore.wire import (
     ABS_PATH_MAX,
+    ABSOLUTE_PATH,
+    DOMID_FIRST_RESERVED,
     PAYLOAD_MAX,
     REL_PATH_MAX,
+    SPECIAL_PATHS,
     Op,
     Packet,
     Perm,
@@ -33,17 +39,14 @@ from rmrrd.xenstore.wire import (
     error_packet,
     format_perms,
     parse_perms,
+    split_args,
 )
 
 log = logging.getLogger(__name__)
 
-SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
 INITIAL_NODES = ("/tool", "/tool/xenstored")
 """Nodes below the root that C xenstored creates at start (``setup_structure``)."""
-# xen/include/public/xen.h: DOMID_FIRST_RESERVED; ids from it up are not domains.
-DOMID_FIRST_RESERVED = 0x7FF0
 _OK = b"OK\0"
-_VALID_PATH = re.compile(r"/|(/[A-Za-z0-9_@-]+)+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +78,6 @@ class Connection:
         return self.domid == 0
 
 
-@dataclass(eq=False)
-class Transaction:
-    """An open transaction and the watch events its commit will fire."""
-
-    view: TxView
-    events: list[Callable[[], None]] = field(default_factory=list)
-
-
 @dataclass(frozen=True, slots=True)
 class DomainChange:
     """An INTRODUCE or RELEASE the I/O layer must act on (open/close guest sockets)."""
@@ -91,8 +86,43 @@ class DomainChange:
     domid: int
 
 
-Out = list[tuple[Connection, Packet]]
-_Handler = Callable[["Store", Connection, Packet], bytes]
+@dataclass(slots=True)
+class Output:
+    """What one request (or introduce, or release) produced, in order."""
+
+    sends: list[tuple[Connection, Packet]] = field(default_factory=list)
+    """Packets to send and the connection for each: a reply first, then events."""
+    domain_changes: list[DomainChange] = field(default_factory=list)
+
+
+Fire = Callable[[Output], None]
+"""A watch event to fire into an Output: now, or when a transaction commits."""
+
+
+@dataclass(eq=False)
+class Transaction:
+    """An open transaction and the watch events its commit will fire."""
+
+    view: TxView
+    events: list[Fire] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The persistent part of a store (what C xenstored keeps across a live update).
+
+    ``nodes`` lists every node as (path, value, permissions), parents before their
+    children and children in their order; ``domains`` maps each introduced domain
+    to its (mfn, event channel).
+    """
+
+    nodes: tuple[tuple[str, bytes, tuple[Perm, ...]], ...]
+    special: dict[str, tuple[Perm, ...]]
+    domains: dict[int, tuple[int, int]]
+    targets: dict[int, int]
+
+
+_Handler = Callable[["Store", Connection, Packet, Output], bytes]
 _HANDLERS: dict[Op, _Handler] = {}
 
 
@@ -109,16 +139,8 @@ def _fail(errno_name: str, why: str) -> XenstoreError:
     return XenstoreError(errno_name, why)
 
 
-def _strings(payload: bytes) -> list[bytes]:
-    """NUL-terminated strings of a request; a final string may lack its NUL."""
-    parts = payload.split(b"\0")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    return parts
-
-
 def _args(payload: bytes, count: int) -> list[bytes]:
-    parts = _strings(payload)
+    parts = split_args(payload)
     if len(parts) != count:
         raise _fail("EINVAL", f"expected {count} arguments, got {len(parts)}")
     return parts
@@ -169,8 +191,6 @@ class Store:
         self.connections: dict[int, Connection] = {}
         self._watches = WatchIndex()
         self._next_conn = 1
-        self._out: Out = []
-        self._domain_changes: list[DomainChange] = []
 
     # -- connections ---------------------------------------------------------------
 
@@ -192,33 +212,68 @@ class Store:
         conn.watches.clear()
         conn.transactions.clear()
 
-    def take_domain_changes(self) -> list[DomainChange]:
-        """INTRODUCEs and RELEASEs since the last call, oldest first."""
-        changes, self._domain_changes = self._domain_changes, []
-        return changes
-
     # -- the entry point -------------------------------------------------------------
 
-    def handle(self, conn: Connection, packet: Packet) -> Out:
-        """Process one request; return (connection, packet) pairs to send, in order.
+    def handle(self, conn: Connection, packet: Packet) -> Output:
+        """Process one request: the reply first, then the events it caused.
 
         A failed request changes nothing and gets an ERROR reply naming the errno;
         replies echo the request's req_id and tx_id (pyxs checks both).
         """
         handler = _HANDLERS.get(packet.op)
-        out: Out = []
-        self._out = out
+        out = Output()
         try:
             if handler is None:
                 raise _fail("ENOSYS", f"{packet.op.name} is not a request this server takes")
-            payload = handler(self, conn, packet)
+            payload = handler(self, conn, packet, out)
         except XenstoreError as exc:
             log.debug("dom%d conn %d %s failed: %s", conn.domid, conn.id, packet.op.name, exc)
-            return [(conn, error_packet(packet.req_id, packet.tx_id, exc.errno_name))]
-        finally:
-            self._out = []
-        out.insert(0, (conn, Packet(packet.op, packet.req_id, packet.tx_id, payload)))
+            return Output([(conn, error_packet(packet.req_id, packet.tx_id, exc.errno_name))])
+        out.sends.insert(0, (conn, Packet(packet.op, packet.req_id, packet.tx_id, payload)))
         return out
+
+    # -- persistence ------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Grows with every change of the persistent state: compare to know whether to save."""
+        return self.tree.gen
+
+    def snapshot(self) -> Snapshot:
+        """The persistent part of the store (see :class:`Snapshot`)."""
+        nodes = []
+        stack = ["/"]
+        while stack:
+            path = stack.pop()
+            node = self.tree.nodes[path]
+            nodes.append((path, node.value, node.perms))
+            prefix = path if path != "/" else ""
+            stack.extend(f"{prefix}/{child}" for child in reversed(node.children))
+        return Snapshot(tuple(nodes), dict(self.special_perms), dict(self.introduced), dict(self.targets))
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, quotas: Quotas | None = None) -> Store:
+        """A store holding ``snapshot``; ValueError if it lists a child before its
+        parent or has no root."""
+        store = cls(quotas)
+        # The saved tree replaces the initial one whole (its /tool may have been removed).
+        store.tree = tree = Tree()
+        for path, value, perms in snapshot.nodes:
+            node = Node(value, perms, 0)
+            if path != "/":
+                parent = tree.nodes.get(_parent(path))
+                if parent is None:
+                    raise ValueError(f"node {path} listed before its parent")
+                parent.children[_leaf(path)] = None
+            tree.put(path, node)
+        if "/" not in tree.nodes:
+            raise ValueError("no root node")
+        for name, perms in snapshot.special.items():
+            if name in store.special_perms:
+                store.special_perms[name] = perms
+        store.introduced = dict(snapshot.domains)
+        store.targets = dict(snapshot.targets)
+        return store
 
     # -- paths and permissions ---------------------------------------------------------
 
@@ -233,7 +288,7 @@ class Store:
         base = home(conn.domid)
         if path and not path.startswith("/"):
             path = f"{base}/{path}"
-        if len(path) > ABS_PATH_MAX or not _VALID_PATH.fullmatch(path):
+        if len(path) > ABS_PATH_MAX or not ABSOLUTE_PATH.fullmatch(path):
             raise _fail("EINVAL", f"invalid path {path[:80]!r}")
         if not conn.privileged:
             below = len(path) - len(base) - 1 if path.startswith(base + "/") else len(path)
@@ -284,33 +339,38 @@ class Store:
 
     # -- watch events ----------------------------------------------------------------
 
-    def _event(self, watch: Watch, path: str) -> None:
+    def _event(self, out: Output, watch: Watch, path: str) -> None:
         conn = self.connections[watch.conn_id]
         payload = watch.event_path(path).encode() + b"\0" + watch.token + b"\0"
-        self._out.append((conn, Packet(Op.WATCH_EVENT, 0, 0, payload)))
+        out.sends.append((conn, Packet(Op.WATCH_EVENT, 0, 0, payload)))
 
     def _may_see(self, watch: Watch, perms: tuple[Perm, ...]) -> bool:
         return bool(self._bits(self.connections[watch.conn_id], perms) & READ)
 
-    def _fire(self, path: str, perms: tuple[Perm, ...]) -> None:
+    def _fire(self, out: Output, path: str, perms: tuple[Perm, ...]) -> None:
         """A change at ``path``: events to watches on it and its ancestors whose
         connection may read the node (xenstore.txt, WATCH)."""
         for watch in self._watches.matching(path):
             if self._may_see(watch, perms):
-                self._event(watch, path)
+                self._event(out, watch, path)
 
-    def _fire_removed(self, path: str, removed: dict[str, tuple[Perm, ...]]) -> None:
+    def _fire_removed(self, out: Output, path: str, removed: dict[str, tuple[Perm, ...]]) -> None:
         """A subtree removed: watches on it or above see ``path``; watches inside
         see their own path (xenstore.txt, WATCH_EVENT)."""
-        self._fire(path, removed[path])
+        self._fire(out, path, removed[path])
         for watch in list(self._watches.below(path)):
             if self._may_see(watch, removed.get(watch.path, removed[path])):
-                self._event(watch, watch.path)
+                self._event(out, watch, watch.path)
 
-    def _later(self, view: Tree | TxView, conn: Connection, tx_id: int, event: Callable[[], None]) -> None:
+    def _changed(self, out: Output, view: Tree | TxView, conn: Connection, tx_id: int, path: str,
+                 perms: tuple[Perm, ...]) -> None:
+        """``path`` changed: its watch events, now or when the transaction commits."""
+        self._later(out, view, conn, tx_id, lambda out: self._fire(out, path, perms))
+
+    def _later(self, out: Output, view: Tree | TxView, conn: Connection, tx_id: int, event: Fire) -> None:
         # Changes inside a transaction fire only if and when it commits.
         if view is self.tree:
-            event()
+            event(out)
         else:
             self._transaction(conn, tx_id).events.append(event)
 
@@ -346,6 +406,14 @@ class Store:
         node.value = value
         return node
 
+    def _create_missing(self, view: Tree | TxView, conn: Connection, path: str, value: bytes) -> Node:
+        """Create ``path``, absent from ``view``, if its nearest ancestor lets ``conn``
+        write (else EACCES, so a guest learns nothing of what it may not see)."""
+        error = self._missing(view, conn, path, WRITE)
+        if error.errno_name != "ENOENT":
+            raise error
+        return self._create(view, conn, path, value)
+
     def _remove(self, view: Tree | TxView, path: str) -> dict[str, tuple[Perm, ...]]:
         """Delete the subtree at ``path``; return the removed paths' permissions."""
         removed: dict[str, tuple[Perm, ...]] = {}
@@ -379,7 +447,7 @@ class Store:
         conn.transactions[tx_id] = Transaction(TxView(self.tree, limit))
         return tx_id
 
-    def end_transaction(self, conn: Connection, tx_id: int, commit: bool) -> None:
+    def _end_transaction(self, out: Output, conn: Connection, tx_id: int, commit: bool) -> None:
         tx = self._transaction(conn, tx_id)
         del conn.transactions[tx_id]
         if not commit:
@@ -388,7 +456,7 @@ class Store:
             raise _fail("EAGAIN", f"transaction {tx_id} conflicts with a change made since")
         tx.view.apply()
         for event in tx.events:
-            event()
+            event(out)
 
     # -- domains ------------------------------------------------------------------------
 
@@ -396,18 +464,30 @@ class Store:
         if not conn.privileged:
             raise _fail("EACCES", f"dom{conn.domid} may not {what}")
 
-    def introduce(self, domid: int, mfn: int, port: int) -> None:
+    def introduce(self, domid: int, mfn: int, port: int) -> Output:
+        """Introduce a domain as an INTRODUCE request would; its events and change."""
+        out = Output()
+        self._introduce(out, domid, mfn, port)
+        return out
+
+    def release(self, domid: int) -> Output:
+        """Release a domain as a RELEASE request would; its events and change."""
+        out = Output()
+        self._release(out, domid)
+        return out
+
+    def _introduce(self, out: Output, domid: int, mfn: int, port: int) -> None:
         if domid == 0:
             raise _fail("EINVAL", "domain 0 cannot be introduced")
         if domid in self.introduced:
             return
         self.introduced[domid] = (mfn, port)
-        self._domain_changes.append(DomainChange(True, domid))
+        out.domain_changes.append(DomainChange(True, domid))
         log.info("dom%d introduced", domid)
-        self._fire("@introduceDomain", self.special_perms["@introduceDomain"])
+        self._fire(out, "@introduceDomain", self.special_perms["@introduceDomain"])
         self.tree.gen += 1  # persisted state changed
 
-    def release(self, domid: int) -> None:
+    def _release(self, out: Output, domid: int) -> None:
         """Forget a domain: its nodes go (as C xenstored's domain_tree_remove),
         its connections are closed by the I/O layer, @releaseDomain fires."""
         if domid not in self.introduced:
@@ -417,268 +497,239 @@ class Store:
         owned = sorted(p for p, n in self.tree.nodes.items() if n.owner == domid and p != "/")
         for path in owned:
             if self.tree.get(path) is not None:
-                self._fire_removed(path, self._remove(self.tree, path))
+                self._fire_removed(out, path, self._remove(self.tree, path))
         for conn in [c for c in self.connections.values() if c.domid == domid]:
             self.disconnect(conn)
-        self._domain_changes.append(DomainChange(False, domid))
+        out.domain_changes.append(DomainChange(False, domid))
         log.info("dom%d released, %d of its nodes removed", domid, len(owned))
-        self._fire("@releaseDomain", self.special_perms["@releaseDomain"])
+        self._fire(out, "@releaseDomain", self.special_perms["@releaseDomain"])
         self.tree.gen += 1
 
+    # -- request handlers, one per op: each returns the reply payload or raises XenstoreError
 
-# -- request handlers: each returns the reply payload or raises XenstoreError ----------
+    @_handles(Op.READ)
+    def _op_read(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        view = self._view(conn, packet.tx_id)
+        path = self._path(conn, _one_arg(packet.payload))
+        return self._get(view, conn, path, READ).value
 
-
-@_handles(Op.READ)
-def _read(store: Store, conn: Connection, packet: Packet) -> bytes:
-    view = store._view(conn, packet.tx_id)
-    path = store._path(conn, _one_arg(packet.payload))
-    return store._get(view, conn, path, READ).value
-
-
-@_handles(Op.WRITE)
-def _write(store: Store, conn: Connection, packet: Packet) -> bytes:
-    raw, sep, value = packet.payload.partition(b"\0")
-    if not sep:
-        raise _fail("EINVAL", "WRITE without a NUL after the path")
-    view = store._view(conn, packet.tx_id)
-    path = store._path(conn, raw)
-    node = view.get(path)
-    if node is None:
-        error = store._missing(view, conn, path, WRITE)
-        if error.errno_name != "ENOENT":
-            raise error
-        node = store._create(view, conn, path, value)
-    else:
-        if store._bits(conn, node.perms) & WRITE == 0:
-            raise _fail("EACCES", f"dom{conn.domid} may not write {path}")
-        old = node.value
-        node.value = value
-        try:
-            store._check_size(conn, node, path)
-        except XenstoreError:
-            node.value = old
-            raise
-        view.touch(path)
-    perms = node.perms
-    store._later(view, conn, packet.tx_id, lambda: store._fire(path, perms))
-    return _OK
-
-
-@_handles(Op.MKDIR)
-def _mkdir(store: Store, conn: Connection, packet: Packet) -> bytes:
-    view = store._view(conn, packet.tx_id)
-    path = store._path(conn, _one_arg(packet.payload))
-    if view.get(path) is not None:
-        store._get(view, conn, path, WRITE)  # an existing node still needs write access
+    @_handles(Op.WRITE)
+    def _op_write(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        raw, sep, value = packet.payload.partition(b"\0")
+        if not sep:
+            raise _fail("EINVAL", "WRITE without a NUL after the path")
+        view = self._view(conn, packet.tx_id)
+        path = self._path(conn, raw)
+        node = view.get(path)
+        if node is None:
+            node = self._create_missing(view, conn, path, value)
+        else:
+            if self._bits(conn, node.perms) & WRITE == 0:
+                raise _fail("EACCES", f"dom{conn.domid} may not write {path}")
+            old = node.value
+            node.value = value
+            try:
+                self._check_size(conn, node, path)
+            except XenstoreError:
+                node.value = old
+                raise
+            view.touch(path)
+        self._changed(out, view, conn, packet.tx_id, path, node.perms)
         return _OK
-    error = store._missing(view, conn, path, WRITE)
-    if error.errno_name != "ENOENT":
-        raise error
-    perms = store._create(view, conn, path, b"").perms
-    store._later(view, conn, packet.tx_id, lambda: store._fire(path, perms))
-    return _OK
 
-
-@_handles(Op.RM)
-def _rm(store: Store, conn: Connection, packet: Packet) -> bytes:
-    view = store._view(conn, packet.tx_id)
-    path = store._path(conn, _one_arg(packet.payload))
-    if path == "/":
-        raise _fail("EINVAL", "the root cannot be removed")
-    if view.get(path) is None:
-        error = store._missing(view, conn, path, WRITE)
-        # Removing what is not there is fine if its parent exists (xenstore.txt, RM).
-        if error.errno_name == "ENOENT" and view.get(_parent(path)) is not None:
+    @_handles(Op.MKDIR)
+    def _op_mkdir(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        view = self._view(conn, packet.tx_id)
+        path = self._path(conn, _one_arg(packet.payload))
+        if view.get(path) is not None:
+            self._get(view, conn, path, WRITE)  # an existing node still needs write access
             return _OK
-        raise error
-    store._get(view, conn, path, WRITE)
-    removed = store._remove(view, path)
-    store._later(view, conn, packet.tx_id, lambda: store._fire_removed(path, removed))
-    return _OK
-
-
-@_handles(Op.DIRECTORY)
-def _directory(store: Store, conn: Connection, packet: Packet) -> bytes:
-    view = store._view(conn, packet.tx_id)
-    path = store._path(conn, _one_arg(packet.payload))
-    listing = store._get(view, conn, path, READ).children_bytes()
-    if len(listing) > PAYLOAD_MAX:
-        # libxenstore then falls back to DIRECTORY_PART, as against C xenstored.
-        raise _fail("E2BIG", f"children of {path} exceed one payload")
-    return listing
-
-
-@_handles(Op.DIRECTORY_PART)
-def _directory_part(store: Store, conn: Connection, packet: Packet) -> bytes:
-    raw, raw_offset = _args(packet.payload, 2)
-    if not raw_offset.isdigit():
-        raise _fail("EINVAL", f"bad DIRECTORY_PART offset {raw_offset!r}")
-    view = store._view(conn, packet.tx_id)
-    path = store._path(conn, raw)
-    node = store._get(view, conn, path, READ)
-    listing = node.children_bytes()
-    gen = str(node.gen).encode() + b"\0"
-    offset = int(raw_offset)
-    if offset >= len(listing):
-        return gen + b"\0"
-    # Whole names only, as many as fit with the generation and the final NUL.
-    room = PAYLOAD_MAX - len(gen) - 1
-    end = offset
-    while end < len(listing):
-        next_end = listing.index(b"\0", end) + 1
-        if next_end - offset > room:
-            break
-        end = next_end
-    chunk = listing[offset:end]
-    return gen + chunk + (b"\0" if end == len(listing) else b"")
-
-
-@_handles(Op.GET_PERMS)
-def _get_perms(store: Store, conn: Connection, packet: Packet) -> bytes:
-    path = store._path(conn, _one_arg(packet.payload), special_ok=True)
-    if path in store.special_perms:
-        perms = store.special_perms[path]
-    else:
-        perms = store._get(store._view(conn, packet.tx_id), conn, path, READ).perms
-    return b"".join(p + b"\0" for p in format_perms(perms))
-
-
-@_handles(Op.SET_PERMS)
-def _set_perms(store: Store, conn: Connection, packet: Packet) -> bytes:
-    strings = _strings(packet.payload)
-    if len(strings) < 2:
-        raise _fail("EINVAL", "SET_PERMS needs a path and at least one permission")
-    path = store._path(conn, strings[0], special_ok=True)
-    perms = tuple(parse_perms(strings[1:]))
-    if not conn.privileged and len(perms) > store.quotas.node_perms:
-        raise _fail("ENOSPC", f"more than {store.quotas.node_perms} permissions")
-    if path in store.special_perms:
-        store._require_privileged(conn, f"set permissions of {path}")
-        store.special_perms[path] = perms
-        store.tree.gen += 1
+        self._changed(out, view, conn, packet.tx_id, path, self._create_missing(view, conn, path, b"").perms)
         return _OK
-    view = store._view(conn, packet.tx_id)
-    node = store._get(view, conn, path, WRITE | OWNER)
-    if not conn.privileged and perms[0].domid != node.owner:
-        raise _fail("EPERM", f"dom{conn.domid} may not give {path} away")
-    old = node.perms
-    view.set_perms(path, perms)
-    store._later(view, conn, packet.tx_id, lambda: store._fire(path, old))
-    return _OK
 
-
-@_handles(Op.WATCH)
-def _watch(store: Store, conn: Connection, packet: Packet) -> bytes:
-    raw, token = _args(packet.payload, 2)
-    relative = not raw.startswith((b"/", b"@"))
-    path = raw.decode("ascii", "replace") if raw.startswith(b"@") else store._path(conn, raw)
-    if len(path) > REL_PATH_MAX + len(home(conn.domid)) + 1:
-        raise _fail("EINVAL", "watch path too long")
-    if (path, token) in conn.watches:
-        raise _fail("EEXIST", f"watch {path} {token!r} already set")
-    if not conn.privileged and len(conn.watches) >= store.quotas.watches:
-        raise _fail("E2BIG", f"dom{conn.domid} has {store.quotas.watches} watches")
-    watch = Watch(conn.id, path, token, home(conn.domid) if relative else None)
-    conn.watches[(path, token)] = watch
-    store._watches.add(watch)
-    store._event(watch, path)  # the initial event, after the reply
-    return _OK
-
-
-@_handles(Op.UNWATCH)
-def _unwatch(store: Store, conn: Connection, packet: Packet) -> bytes:
-    raw, token = _args(packet.payload, 2)
-    path = raw.decode("ascii", "replace") if raw.startswith(b"@") else store._path(conn, raw)
-    watch = conn.watches.pop((path, token), None)
-    if watch is None:
-        raise _fail("ENOENT", f"no watch {path} {token!r}")
-    store._watches.remove(watch)
-    return _OK
-
-
-@_handles(Op.RESET_WATCHES)
-def _reset_watches(store: Store, conn: Connection, packet: Packet) -> bytes:
-    store._reset(conn)
-    return _OK
-
-
-@_handles(Op.TRANSACTION_START)
-def _transaction_start(store: Store, conn: Connection, packet: Packet) -> bytes:
-    if packet.tx_id != 0:
-        raise _fail("EBUSY", "TRANSACTION_START inside a transaction")
-    return str(store.start_transaction(conn)).encode() + b"\0"
-
-
-@_handles(Op.TRANSACTION_END)
-def _transaction_end(store: Store, conn: Connection, packet: Packet) -> bytes:
-    arg = _one_arg(packet.payload)
-    if arg not in (b"T", b"F"):
-        raise _fail("EINVAL", f"TRANSACTION_END takes T or F, not {arg!r}")
-    store.end_transaction(conn, packet.tx_id, arg == b"T")
-    return _OK
-
-
-@_handles(Op.INTRODUCE)
-def _introduce(store: Store, conn: Connection, packet: Packet) -> bytes:
-    store._require_privileged(conn, "introduce domains")
-    strings = _strings(packet.payload)
-    if len(strings) < 3:
-        raise _fail("EINVAL", "INTRODUCE needs domid, mfn and event channel")
-    try:
-        mfn, port = int(strings[1]), int(strings[2])
-    except ValueError:
-        raise _fail("EINVAL", "INTRODUCE mfn and event channel must be decimal") from None
-    store.introduce(_domid(strings[0]), mfn, port)
-    return _OK
-
-
-@_handles(Op.RELEASE)
-def _release(store: Store, conn: Connection, packet: Packet) -> bytes:
-    store._require_privileged(conn, "release domains")
-    store.release(_domid(_one_arg(packet.payload)))
-    return _OK
-
-
-@_handles(Op.RESUME)
-def _resume(store: Store, conn: Connection, packet: Packet) -> bytes:
-    store._require_privileged(conn, "resume domains")
-    domid = _domid(_one_arg(packet.payload))
-    if domid not in store.introduced:
-        raise _fail("ENOENT", f"dom{domid} is not introduced")
-    return _OK
-
-
-@_handles(Op.IS_DOMAIN_INTRODUCED)
-def _is_introduced(store: Store, conn: Connection, packet: Packet) -> bytes:
-    domid = _domid(_one_arg(packet.payload))
-    return b"T\0" if domid == 0 or domid in store.introduced else b"F\0"
-
-
-@_handles(Op.GET_DOMAIN_PATH)
-def _get_domain_path(store: Store, conn: Connection, packet: Packet) -> bytes:
-    return home(_domid(_one_arg(packet.payload))).encode() + b"\0"
-
-
-@_handles(Op.SET_TARGET)
-def _set_target(store: Store, conn: Connection, packet: Packet) -> bytes:
-    store._require_privileged(conn, "set targets")
-    raw_domid, raw_target = _args(packet.payload, 2)
-    domid, target = _domid(raw_domid), _domid(raw_target)
-    if domid not in store.introduced:
-        raise _fail("ENOENT", f"dom{domid} is not introduced")
-    store.targets[domid] = target
-    return _OK
-
-
-@_handles(Op.CONTROL)
-def _control(store: Store, conn: Connection, packet: Packet) -> bytes:
-    # Only the harmless commands: the rest are C xenstored internals.
-    store._require_privileged(conn, "send control commands")
-    strings = _strings(packet.payload) or [b""]
-    if strings[0] == b"help":
-        return b"help\nprint\n\0"
-    if strings[0] == b"print":
-        log.info("control print: %s", b" ".join(strings[1:]).decode("ascii", "replace"))
+    @_handles(Op.RM)
+    def _op_rm(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        view = self._view(conn, packet.tx_id)
+        path = self._path(conn, _one_arg(packet.payload))
+        if path == "/":
+            raise _fail("EINVAL", "the root cannot be removed")
+        if view.get(path) is None:
+            error = self._missing(view, conn, path, WRITE)
+            # Removing what is not there is fine if its parent exists (xenself.txt, RM).
+            if error.errno_name == "ENOENT" and view.get(_parent(path)) is not None:
+                return _OK
+            raise error
+        self._get(view, conn, path, WRITE)
+        removed = self._remove(view, path)
+        self._later(out, view, conn, packet.tx_id, lambda out: self._fire_removed(out, path, removed))
         return _OK
-    raise _fail("EINVAL", f"unknown control command {strings[0]!r}")
+
+    @_handles(Op.DIRECTORY)
+    def _op_directory(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        view = self._view(conn, packet.tx_id)
+        path = self._path(conn, _one_arg(packet.payload))
+        listing = self._get(view, conn, path, READ).children_bytes()
+        if len(listing) > PAYLOAD_MAX:
+            # libxenstore then falls back to DIRECTORY_PART, as against C xenstored.
+            raise _fail("E2BIG", f"children of {path} exceed one payload")
+        return listing
+
+    @_handles(Op.DIRECTORY_PART)
+    def _op_directory_part(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        raw, raw_offset = _args(packet.payload, 2)
+        if not raw_offset.isdigit():
+            raise _fail("EINVAL", f"bad DIRECTORY_PART offset {raw_offset!r}")
+        view = self._view(conn, packet.tx_id)
+        path = self._path(conn, raw)
+        node = self._get(view, conn, path, READ)
+        listing = node.children_bytes()
+        gen = str(node.gen).encode() + b"\0"
+        offset = int(raw_offset)
+        if offset >= len(listing):
+            return gen + b"\0"
+        # Whole names only, as many as fit with the generation and the final NUL.
+        room = PAYLOAD_MAX - len(gen) - 1
+        end = offset
+        while end < len(listing):
+            next_end = listing.index(b"\0", end) + 1
+            if next_end - offset > room:
+                break
+            end = next_end
+        chunk = listing[offset:end]
+        return gen + chunk + (b"\0" if end == len(listing) else b"")
+
+    @_handles(Op.GET_PERMS)
+    def _op_get_perms(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        path = self._path(conn, _one_arg(packet.payload), special_ok=True)
+        if path in self.special_perms:
+            perms = self.special_perms[path]
+        else:
+            perms = self._get(self._view(conn, packet.tx_id), conn, path, READ).perms
+        return b"".join(p + b"\0" for p in format_perms(perms))
+
+    @_handles(Op.SET_PERMS)
+    def _op_set_perms(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        strings = split_args(packet.payload)
+        if len(strings) < 2:
+            raise _fail("EINVAL", "SET_PERMS needs a path and at least one permission")
+        path = self._path(conn, strings[0], special_ok=True)
+        perms = tuple(parse_perms(strings[1:]))
+        if not conn.privileged and len(perms) > self.quotas.node_perms:
+            raise _fail("ENOSPC", f"more than {self.quotas.node_perms} permissions")
+        if path in self.special_perms:
+            self._require_privileged(conn, f"set permissions of {path}")
+            self.special_perms[path] = perms
+            self.tree.gen += 1
+            return _OK
+        view = self._view(conn, packet.tx_id)
+        node = self._get(view, conn, path, WRITE | OWNER)
+        if not conn.privileged and perms[0].domid != node.owner:
+            raise _fail("EPERM", f"dom{conn.domid} may not give {path} away")
+        old = node.perms
+        view.set_perms(path, perms)
+        self._changed(out, view, conn, packet.tx_id, path, old)
+        return _OK
+
+    @_handles(Op.WATCH)
+    def _op_watch(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        raw, token = _args(packet.payload, 2)
+        relative = not raw.startswith((b"/", b"@"))
+        path = raw.decode("ascii", "replace") if raw.startswith(b"@") else self._path(conn, raw)
+        if len(path) > REL_PATH_MAX + len(home(conn.domid)) + 1:
+            raise _fail("EINVAL", "watch path too long")
+        if (path, token) in conn.watches:
+            raise _fail("EEXIST", f"watch {path} {token!r} already set")
+        if not conn.privileged and len(conn.watches) >= self.quotas.watches:
+            raise _fail("E2BIG", f"dom{conn.domid} has {self.quotas.watches} watches")
+        watch = Watch(conn.id, path, token, home(conn.domid) if relative else None)
+        conn.watches[(path, token)] = watch
+        self._watches.add(watch)
+        self._event(out, watch, path)  # the initial event, after the reply
+        return _OK
+
+    @_handles(Op.UNWATCH)
+    def _op_unwatch(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        raw, token = _args(packet.payload, 2)
+        path = raw.decode("ascii", "replace") if raw.startswith(b"@") else self._path(conn, raw)
+        watch = conn.watches.pop((path, token), None)
+        if watch is None:
+            raise _fail("ENOENT", f"no watch {path} {token!r}")
+        self._watches.remove(watch)
+        return _OK
+
+    @_handles(Op.RESET_WATCHES)
+    def _op_reset_watches(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        self._reset(conn)
+        return _OK
+
+    @_handles(Op.TRANSACTION_START)
+    def _op_transaction_start(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        if packet.tx_id != 0:
+            raise _fail("EBUSY", "TRANSACTION_START inside a transaction")
+        return str(self.start_transaction(conn)).encode() + b"\0"
+
+    @_handles(Op.TRANSACTION_END)
+    def _op_transaction_end(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        arg = _one_arg(packet.payload)
+        if arg not in (b"T", b"F"):
+            raise _fail("EINVAL", f"TRANSACTION_END takes T or F, not {arg!r}")
+        self._end_transaction(out, conn, packet.tx_id, arg == b"T")
+        return _OK
+
+    @_handles(Op.INTRODUCE)
+    def _op_introduce(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        self._require_privileged(conn, "introduce domains")
+        strings = split_args(packet.payload)
+        if len(strings) < 3:
+            raise _fail("EINVAL", "INTRODUCE needs domid, mfn and event channel")
+        try:
+            mfn, port = int(strings[1]), int(strings[2])
+        except ValueError:
+            raise _fail("EINVAL", "INTRODUCE mfn and event channel must be decimal") from None
+        self._introduce(out, _domid(strings[0]), mfn, port)
+        return _OK
+
+    @_handles(Op.RELEASE)
+    def _op_release(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        self._require_privileged(conn, "release domains")
+        self._release(out, _domid(_one_arg(packet.payload)))
+        return _OK
+
+    @_handles(Op.RESUME)
+    def _op_resume(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        self._require_privileged(conn, "resume domains")
+        domid = _domid(_one_arg(packet.payload))
+        if domid not in self.introduced:
+            raise _fail("ENOENT", f"dom{domid} is not introduced")
+        return _OK
+
+    @_handles(Op.IS_DOMAIN_INTRODUCED)
+    def _op_is_introduced(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        domid = _domid(_one_arg(packet.payload))
+        return b"T\0" if domid == 0 or domid in self.introduced else b"F\0"
+
+    @_handles(Op.GET_DOMAIN_PATH)
+    def _op_get_domain_path(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        return home(_domid(_one_arg(packet.payload))).encode() + b"\0"
+
+    @_handles(Op.SET_TARGET)
+    def _op_set_target(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        self._require_privileged(conn, "set targets")
+        raw_domid, raw_target = _args(packet.payload, 2)
+        domid, target = _domid(raw_domid), _domid(raw_target)
+        if domid not in self.introduced:
+            raise _fail("ENOENT", f"dom{domid} is not introduced")
+        self.targets[domid] = target
+        return _OK
+
+    @_handles(Op.CONTROL)
+    def _op_control(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        # Only the harmless commands: the rest are C xenstored internals.
+        self._require_privileged(conn, "send control commands")
+        strings = split_args(packet.payload) or [b""]
+        if strings[0] == b"help":
+            return b"help\nprint\n\0"
+        if strings[0] == b"print":
+            log.info("control print: %s", b" ".join(strings[1:]).decode("ascii", "replace"))
+            return _OK
+        raise _fail("EINVAL", f"unknown control command {strings[0]!r}")

@@ -16,8 +16,9 @@ simulated xenstored (``server.py``/``store.py``).  Every fact here comes from
   absolute ones at most 3072 bytes, relative ones at most 2048.
 
 Like h11 and wsproto, the codec separates *local* protocol errors (our caller misused
-the protocol) from *remote* ones (the peer sent garbage); both carry the errno name a
-server would answer with.
+the protocol: a bug in rmrrd, outside the error roots of :mod:`rmrrd.errors`) from
+*remote* ones (the peer sent garbage: a :class:`~rmrrd.errors.PeerError`); both carry
+the errno name a server would answer with.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rmrrd.errors import InputError, RmrrdError
+from rmrrd.errors import PeerError
 
 
 class Op(enum.IntEnum):
@@ -79,10 +80,13 @@ REL_PATH_MAX = 2048
 """``XENSTORE_REL_PATH_MAX``: longest relative path, in bytes."""
 
 _U32_MAX = 0xFFFFFFFF
-DOMID_MAX = 0xFFFF
-"""Domain ids travel as decimal 0..65535 (xenstore.txt, ``<domid>``)."""
+DOMID_T_MAX = 0xFFFF
+"""A ``domid_t`` is 16 bits: the ids a permission entry may name (xenstore.txt, ``<domid>``)."""
+DOMID_FIRST_RESERVED = 0x7FF0
+"""``DOMID_FIRST_RESERVED`` (xen/include/public/xen.h): ids from here up are not
+domains (``DOMID_SELF``, ``DOMID_IO``...), so never introduced, released or guests."""
 
-SPECIAL_PATHS = frozenset({"@introduceDomain", "@releaseDomain"})
+SPECIAL_PATHS = ("@introduceDomain", "@releaseDomain")
 """The special watch paths xenstored fires itself (xenstore.txt, WATCH)."""
 
 
@@ -95,11 +99,14 @@ XS_ERRORS: tuple[str, ...] = (
 """The errno names of ``xsd_errors[]`` in xs_wire.h, in the header's order."""
 
 
-class XenstoreError(RmrrdError):
-    """A xenstore operation failed; ``errno_name`` is the xsd_errors name for it.
+class XenstoreError(PeerError):
+    """The other end of a xenstore connection said no, or sent garbage;
+    ``errno_name`` is the xsd_errors name for it.
 
     A server answers a failed request with ``error_packet(..., exc.errno_name)``; a
     client raises the subclass :func:`error_for` picks for the name it received.
+    A lost connection or a timeout is not one of these: it is a
+    :class:`~rmrrd.errors.TransportError` (``ConnectionLost``, ``XenstoreTimeout``).
     """
 
     errno_name: str
@@ -116,11 +123,17 @@ class RemoteProtocolError(XenstoreError):
         super().__init__(errno_name, message)
 
 
-class LocalProtocolError(XenstoreError, InputError):
-    """We were asked to send something the protocol forbids (bad path, oversized payload)."""
+class LocalProtocolError(Exception):
+    """We were asked to send something the protocol forbids (bad path, oversized payload).
+
+    A bug in the caller, so not one of the error roots: every path and value rmrrd
+    sends is built from input it validated first.  ``errno_name`` is what xenstored
+    would have answered.
+    """
 
     def __init__(self, message: str, errno_name: str = "EINVAL") -> None:
-        super().__init__(errno_name, message)
+        super().__init__(f"{errno_name}: {message}")
+        self.errno_name = errno_name
 
 
 class ErrnoError(XenstoreError):
@@ -357,7 +370,8 @@ def join_args(*args: bytes, trailing_nul: bool = True) -> bytes:
 
 # -- paths ---------------------------------------------------------------------------
 
-_ABSOLUTE = re.compile(r"/|(?:/[A-Za-z0-9_@-]+)+")
+ABSOLUTE_PATH = re.compile(r"/|(?:/[A-Za-z0-9_@-]+)+")
+"""A well-formed absolute path (use ``fullmatch``): both ends check paths with it."""
 _RELATIVE = re.compile(r"[A-Za-z0-9_@-]+(?:/[A-Za-z0-9_@-]+)*")
 
 
@@ -381,7 +395,7 @@ def validate_path(path: str, *, special_ok: bool) -> None:
         allowed = " or ".join(sorted(SPECIAL_PATHS)) if special_ok else "no special path here"
         raise LocalProtocolError(f"invalid xenstore path {path!r}: expected {allowed}")
     if path.startswith("/"):
-        limit, pattern = ABS_PATH_MAX, _ABSOLUTE
+        limit, pattern = ABS_PATH_MAX, ABSOLUTE_PATH
     else:
         limit, pattern = REL_PATH_MAX, _RELATIVE
     if len(path) > limit:
@@ -407,8 +421,8 @@ class Perm:
     def __post_init__(self) -> None:
         if self.access not in _ACCESS or len(self.access) != 1:
             raise InvalidArgument(f"permission letter {self.access!r} is not one of n r w b")
-        if not 0 <= self.domid <= DOMID_MAX:
-            raise InvalidArgument(f"domid {self.domid} not in 0..{DOMID_MAX}")
+        if not 0 <= self.domid <= DOMID_T_MAX:
+            raise InvalidArgument(f"domid {self.domid} not in 0..{DOMID_T_MAX}")
 
     def __bytes__(self) -> bytes:
         return f"{self.access}{self.domid}".encode()

@@ -1,1 +1,0 @@
-"""One module per ``rmrrd`` subcommand: ``register(subparsers)`` and ``run(args) -> int``."""
