@@ -136,3 +136,19 @@ def test_exec_condition_tells_dom0_from_domu(tmp_path: Path, capabilities: str, 
     argv = command.removeprefix("+").replace("/proc/xen/capabilities", str(fake)).split()
     status = subprocess.run(argv, timeout=10, check=False).returncode
     assert status == 0 if runs else 1 <= status <= 254
+
+
+def test_the_documented_virtualenv_drop_in_moves_every_command() -> None:
+    """docs/operations.md's drop-in for a virtualenv install replaces each command line
+    of the unit that runs /usr/local/bin/rmrrd, with the same arguments."""
+    operations = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    (block,) = re.findall(r"```ini\n(\[Service\]\n.*?)```", operations, re.S)
+    drop_in: dict[str, list[str]] = {}
+    for line in block.splitlines()[1:]:
+        key, _, value = line.partition("=")
+        drop_in.setdefault(key, []).append(value)
+    moved = {key: values for key, values in unit_settings()["Service"].items()
+             if any(value.startswith("/usr/local/bin/rmrrd ") for value in values)}
+    assert set(moved) == {"ExecStart", "ExecReload"}
+    for key, (value,) in moved.items():
+        assert drop_in[key] == ["", value.replace("/usr/local/bin/rmrrd ", "/opt/rmrrd/bin/rmrrd ")], key
