@@ -21,7 +21,7 @@ from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER
                             reply_path)
 from rmrrd.xenstore.client import Transaction
 
-from rmrrd.daemon.lifecycle import SetupOutcome, SetupResult, setup_kind
+from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, setup_kind
 from rmrrd.xenstore.ops import gather, read_list, read_text, rm_quietly
 
 
@@ -103,9 +103,8 @@ async def run_setup(tx: Transaction, domid: int, known: str | None,
     """
     given = await read_setup_input(tx, domid)
     if given is None:
-        if await tx.exists(f"{LIBXL_ROOT}/{domid}"):
-            return SetupResult("waiting")
-        return SetupResult("absent", answer_present=await tx.exists(answer_path(domid)))
+        kind: SetupKind = "waiting" if await tx.exists(f"{LIBXL_ROOT}/{domid}") else "absent"
+        return SetupResult(kind, answer_present=await tx.exists(answer_path(domid)))
     answered = await read_answer_generation(tx, domid)
     kind = setup_kind(given.generation, answered, known)
     if kind == "current":
