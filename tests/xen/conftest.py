@@ -44,6 +44,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.xen)
+    # The systemd dom0 comes up last (a Debian root to build, a whole system to boot):
+    # its tests go after the others, which run while it boots.
+    items.sort(key=lambda item: "systemd_dom0" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")

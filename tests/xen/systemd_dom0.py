@@ -16,9 +16,10 @@ the testbed's command agent runs as ``testbed-agent.service``, so the host's han
 as on the other machines.
 
 The whole root is dom0's initramfs (no disk, so no driver to load for one), with the
-testbed kernel's Xen and virtio modules.  The debootstrap tree is cached (keyed by the
-package list and the mirror); each session copies it, installs this checkout's rmrrd
-and packs it (about half a minute).  Building needs root (debootstrap, chroot).
+testbed kernel's Xen and virtio modules.  The debootstrap tree is cached in the
+testbed cache's ``systemd/`` (keyed by the package list and the mirror); each session
+copies it, installs this checkout's rmrrd and packs it (about half a minute).
+Building needs root (debootstrap, chroot).
 """
 
 from __future__ import annotations
@@ -78,40 +79,58 @@ def remove(tree: Path) -> None:
         shutil.rmtree(tree)
 
 
-def debootstrap_root(cache: Path) -> Path:
-    """The bookworm root with :data:`PACKAGES`, made once: ``cache/systemd-<key>/root``."""
+def fetch(cache: Path) -> tuple[Path, Path]:
+    """The bookworm root and the dependencies' wheels, made once, in ``cache/systemd``
+    under a lock of its own: the testbed's other downloads go on meanwhile."""
+    if os.geteuid() != 0:
+        raise SetupError("the systemd dom0 is built with debootstrap and chroot, which need root")
+    home = cache / "systemd"
+    with packages.locked(home):
+        root, wheels = debootstrap_root(home), dependency_wheels(home)
+        packages.prune(home, [root.parent, wheels])
+    return root, wheels
+
+
+def debootstrap_root(home: Path) -> Path:
+    """The bookworm root with :data:`PACKAGES`: ``home/root-<key>/root``."""
     key = hashlib.sha256(" ".join([*PACKAGES, mirror()]).encode()).hexdigest()[:16]
-    home = cache / f"systemd-{key}"
-    if (home / ".complete").exists():
-        return home / "root"
-    remove(home)
-    partial = home / "root.partial"
-    partial.parent.mkdir(parents=True)
+    made = home / f"root-{key}"
+    if (made / ".complete").exists():
+        return made / "root"
+    remove(made)
+    partial = made / "root.partial"
+    made.mkdir()
     run_tool(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", str(partial),
               mirror()], env=CHROOT_ENV, timeout=1200)
     run_tool(["chroot", str(partial), "apt-get", "clean"], env=CHROOT_ENV)
     for bulk in ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"):
         shutil.rmtree(partial / bulk, ignore_errors=True)
     (partial / "etc/hostname").write_text("dom0\n")
-    partial.rename(home / "root")
-    (home / ".complete").touch()
-    return home / "root"
+    partial.rename(made / "root")
+    (made / ".complete").touch()
+    return made / "root"
 
 
-def rmrrd_wheels(cache: Path, work: Path) -> Path:
-    """``work/wheels``: rmrrd's wheel built from the checkout, beside its dependencies'."""
+def dependency_wheels(home: Path) -> Path:
+    """rmrrd's dependencies as the PyPI wheels of the versions the host runs:
+    ``home/wheels-<key>``."""
     requirements = packages.dom0_requirements(tools=())
     key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
-    downloaded = cache / f"systemd-wheels-{key}"
+    downloaded = home / f"wheels-{key}"
     if not (downloaded / ".complete").exists():
         shutil.rmtree(downloaded, ignore_errors=True)
         run_tool([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
                   "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
                   "--platform", "manylinux2014_x86_64", "-d", str(downloaded), *requirements])
         (downloaded / ".complete").touch()
+    return downloaded
+
+
+def rmrrd_wheels(dependencies: Path, work: Path) -> Path:
+    """``work/wheels``: rmrrd's wheel built from the checkout, beside its dependencies'."""
     wheels = work / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
-    shutil.copytree(downloaded, wheels, ignore=shutil.ignore_patterns(".complete"))
+    shutil.copytree(dependencies, wheels, ignore=shutil.ignore_patterns(".complete"))
     source = work / "source"
     shutil.rmtree(source, ignore_errors=True)
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "dist"))
@@ -135,11 +154,8 @@ def chroot(root: Path, *argv: str) -> str:
 
 def build(cache: Path, packages_root: Path, release: str, work: Path) -> Path:
     """This session's systemd dom0 as one initramfs: ``work/systemd-dom0.cpio``."""
-    if os.geteuid() != 0:
-        raise SetupError("the systemd dom0 is built with debootstrap and chroot, which need root")
-    with packages.locked(cache):
-        cached = debootstrap_root(cache)
-        wheels = rmrrd_wheels(cache, work)
+    cached, dependencies = fetch(cache)
+    wheels = rmrrd_wheels(dependencies, work)
     root = work / "systemd-root"
     shutil.rmtree(root, ignore_errors=True)
     run_tool(["cp", "-a", str(cached), str(root)])

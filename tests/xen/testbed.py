@@ -172,6 +172,7 @@ class Machine:
         self.config = config
         self.images = images
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)  # dom0's initramfs is written there first
         self.console = workdir / "console.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
@@ -199,7 +200,6 @@ class Machine:
     def start(self, initrd: Path) -> Channel:
         """Start QEMU with dom0's ``initrd`` and wait for dom0's agent; BootFailed with the
         console if it does not come."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
         socket_path = self.workdir / "agent.sock"
         socket_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -522,6 +522,8 @@ class Testbed:
     def _boot(self, config: BootConfig, future: Future[Dom0]) -> None:
         machine: Machine | None = None
         try:
+            if config.systemd:  # its own downloads, side by side with the shared images'
+                systemd_dom0.fetch(packages.cache_dir())
             images = self.images()
             machine = Machine(config, images, self.workdir / f"machine-{config.name}")
             initrd = (self.systemd_initrd() if config.systemd
