@@ -1,7 +1,7 @@
-"""What the toolstack's short paths import: not the daemon's machinery.
+"""What the short paths import: not the daemon's machinery.
 
-``rmrrd check`` and the hooks run once per toolstack operation, so each must import
-only what its check uses.  Each case runs the entry point in a fresh interpreter
+``rmrrd check`` and the hooks run once per toolstack operation, and ``rmrrd reload``
+once per ``systemctl reload``, so each must import only what its work uses.  Each case runs the entry point in a fresh interpreter
 and lists ``sys.modules`` at the end; timing is measured in bench/bench_hooks.py,
 not here.
 """
@@ -55,6 +55,13 @@ def test_rmrrd_check(tmp_path: Path) -> None:
     assert "rmrrd.xenstore.blocking" in modules
     never = DAEMON_MACHINERY | PLANNING | HELP_TEXT
     assert modules.isdisjoint(never), modules & never
+
+
+def test_rmrrd_reload(tmp_path: Path) -> None:
+    """The unit's ExecReload= (no such process here: it fails after its imports are done)."""
+    modules = imported("rmrrd.cli", ["reload", "--pid", "999999999"], env={"RUNTIME_DIRECTORY": str(tmp_path)})
+    assert "rmrrd.edges.reload_status" in modules
+    assert modules.isdisjoint(DAEMON_MACHINERY | PLANNING), modules & (DAEMON_MACHINERY | PLANNING)
 
 
 def test_xl_wrapper_check(tmp_path: Path) -> None:

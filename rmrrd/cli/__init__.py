@@ -26,15 +26,15 @@ from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.cli.exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, sole_cause
 
 
-COMMANDS = ("run", "check", "demo", "inventory", "plan", "xenstored")
+COMMANDS = ("run", "reload", "check", "demo", "inventory", "plan", "xenstored")
 
 
 def _commands(argv: Sequence[str] | None = None) -> list[ModuleType]:
     """The subcommand modules to register: only the one ``argv`` names, if it names one.
 
-    A toolstack hook runs ``rmrrd check`` for every operation it checks; importing the
-    daemon's modules (trio, YAML, Prometheus) for that would cost more than the check
-    itself.  ``rmrrd --help``, the man page and a mistyped command see every subcommand.
+    A toolstack hook runs ``rmrrd check`` for every operation it checks, and systemd
+    ``rmrrd reload`` for every reload; importing the daemon's modules (trio, YAML,
+    Prometheus) for that would cost more than the work itself.  ``rmrrd --help``, the man page and a mistyped command see every subcommand.
     """
     names = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
     return [importlib.import_module(f"rmrrd.cli.{name}") for name in names]
