@@ -33,6 +33,8 @@ from rmrrd.core.ranges import Range, RangeSet
 from xen.rmrr_host import INVENTORY_TEXT
 from xen.testbed import Dom0, Result
 
+pytestmark = pytest.mark.xen_hvm  # .ci/run's stage of its own (docs/testing.md)
+
 FOUR_GIB = 1 << 32
 INVENTORY = "/etc/testbed/hvm-rmrr.yaml"
 SEABIOS_KIB = "256"
