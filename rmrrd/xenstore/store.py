@@ -399,15 +399,13 @@ class Store:
             return
         tree = self.tree
         for path, state in changes.nodes:
-            if state is None:
-                if path in tree.nodes:
-                    tree.delete(path)
-                continue
-            value, perms, children = state
-            node = Node(value, perms, 0)
-            for name in children:
-                node.add_child(name)
-            tree.put(path, node)
+            node = None
+            if state is not None:
+                value, perms, children = state
+                node = Node(value, perms, 0)
+                for name in children:
+                    node.add_child(name)
+            tree.restore(path, node)
         for path, _ in changes.nodes:
             live = tree.nodes.get(path)
             if live is None:
@@ -419,6 +417,7 @@ class Store:
             special, introduced, targets = changes.meta
             self.special_perms.update((name, perms) for name, perms in special.items() if name in self.special_perms)
             self.introduced, self.targets = dict(introduced), dict(targets)
+        # Exactly the record's: the next record must not look older than the store.
         tree.gen = changes.generation
 
     @classmethod
@@ -428,23 +427,26 @@ class Store:
         store = cls(quotas)
         # The saved tree replaces the initial one whole (its /tool may have been removed).
         store.tree = tree = Tree()
+        built: dict[str, Node] = {}
         for path, value, perms in snapshot.nodes:
-            node = Node(value, perms, 0)
+            if path in built:
+                raise ValueError(f"node {path} listed twice")
             if path != "/":
-                parent = tree.nodes.get(_parent(path))
+                parent = built.get(_parent(path))
                 if parent is None:
                     raise ValueError(f"node {path} listed before its parent")
                 parent.add_child(_leaf(path))
-                tree.touch(_parent(path))
-            tree.put(path, node)
-        if "/" not in tree.nodes:
+            built[path] = Node(value, perms, 0)
+        if "/" not in built:
             raise ValueError("no root node")
+        for path, node in built.items():
+            tree.restore(path, node)
         for name, perms in snapshot.special.items():
             if name in store.special_perms:
                 store.special_perms[name] = perms
         store.introduced = dict(snapshot.domains)
         store.targets = dict(snapshot.targets)
-        tree.gen = max(tree.gen, snapshot.generation)
+        tree.gen = snapshot.generation
         return store
 
     # -- paths and permissions ---------------------------------------------------------

@@ -101,6 +101,16 @@ class Tree:
         self._next_gen()
         self._changed(path)
 
+    def restore(self, path: str, node: Node | None) -> None:
+        """Set ``path`` to ``node`` (None: remove it) as it was saved: no generation
+        is stamped and nothing is marked changed (loading, replaying a journal)."""
+        old = self.nodes.pop(path, None)
+        if old is not None:
+            self._drop(old)
+        if node is not None:
+            self._add(path, node)
+            self.nodes[path] = node
+
     def count(self, domid: int) -> int:
         """Nodes owned by ``domid`` (the "nodes" quota)."""
         return self.counts.get(domid, 0)
