@@ -74,12 +74,12 @@ def parse_json(data: bytes | str, source: str, *, depth: int = MAX_DEPTH) -> Any
         # RecursionError, arrays nested thousands deep.
         raise InputError(f"{source}: not valid JSON: {str(exc)[:120]}") from None
     level: list[Any] = [document]
-    for _ in range(depth + 1):
+    for _ in range(depth):
         level = [child for item in level if isinstance(item, (list, dict))
                  for child in (item.values() if isinstance(item, dict) else item)]
-        if not level:
-            return document
-    raise InputError(f"{source}: nested deeper than {depth} levels")
+    if any(isinstance(item, (list, dict)) for item in level):
+        raise InputError(f"{source}: nested deeper than {depth} levels")
+    return document
 
 
 def compose_yaml(text: str, source: str, *, depth: int = MAX_DEPTH) -> yaml.Node | None:
