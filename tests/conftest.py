@@ -11,9 +11,12 @@ Tiers, chosen with ``-m``:
   pip, systemd-analyze.  A module marks itself with ``pytestmark = pytest.mark.process``
   (or a test with ``@pytest.mark.process``).
 
-Every test that is not ``process`` is ``unit``: this file adds the mark (many pure
-modules also carry it themselves), and refuses a test marked both.  The markers are
-registered in ``pyproject.toml``.
+- ``xen``: the real-Xen tier, ``tests/xen/`` (its conftest marks them): Xen and a dom0
+  under QEMU.  Left out unless asked for (``pytest -m xen``; docs/testing.md).
+
+Every test that is neither ``process`` nor ``xen`` is ``unit``: this file adds the mark
+(many pure modules also carry it themselves), and refuses a test marked both unit and
+process.  The markers are registered in ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if both:
         raise pytest.UsageError(f"marked both unit and process: {', '.join(both)}")
     for item in items:
-        if item.get_closest_marker("process") is None:
+        if item.get_closest_marker("process") is None and item.get_closest_marker("xen") is None:
             item.add_marker(pytest.mark.unit)
 
 

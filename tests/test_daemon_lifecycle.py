@@ -143,7 +143,8 @@ def test_a_rewritten_answer_drops_the_allocations_of_the_old_layout() -> None:
 def test_current_and_waiting_change_nothing() -> None:
     machine = answered()
     domain = machine.domain
-    for result in (SetupResult("current", "1"), SetupResult("waiting")):
+    # waiting: the request went, our answer is still there (both gone: a domain re-created)
+    for result in (SetupResult("current", "1"), SetupResult("waiting", answer_present=True)):
         machine.handle(RequestChanged(3.0))
         assert machine.handle(SetupDone(result, 3.0)) == []
         assert machine.state is State.ANSWERED and machine.domain is domain
@@ -234,28 +235,51 @@ def test_answer_vanishing_drops_the_old_domain_and_serves_the_request_again() ->
     machine.handle(CheckAsked(_NoCheck()))
     machine.handle(DeviceAttached(Bdf.parse(D1), "hotplug"))
     machine.handle(IntroducedSeen(True))
-    effects = machine.handle(QueriesListed(None))  # the query node's own event; the node is gone
+    # The query node's own event; the node is gone.  A setup looks at what is there now.
+    assert machine.handle(QueriesListed(None)) == [RunSetup("1")]
+    assert machine.state is State.PLANNING
+    # The request is still there but not our answer: the old domain is dropped, the
+    # request answered afresh; queries keep their watch.
+    effects = machine.handle(SetupDone(SetupResult("written", "1", SEED), 1.0))
     logs = [effect for effect in effects if isinstance(effect, Log)]
     assert len(logs) == 1 and logs[0].level == logging.INFO
-    assert "domain 1: answer removed by someone else (domain re-created on this domid?)" in logs[0].message
-    assert effects[1:] == [RemoveRecords(), RunSetup(None)]
-    assert machine.state is State.PLANNING
+    assert "domain 1: answer gone when its request was served again (domain re-created on this domid?)" in (
+        logs[0].message)
+    assert effects[1:] == [RemoveRecords(), CheckIntroduced(), ReportSetup("1", SEED, 1.0)]
     domain = machine.domain
-    assert (len(domain.allocations), domain.attached, domain.introduced, domain.plan) == (0, {}, False, None)
-    # The request is still there: answered afresh; queries keep their watch.
-    effects = machine.handle(SetupDone(SetupResult("written", "1", SEED), 1.0))
-    assert effects == [CheckIntroduced(), ReportSetup("1", SEED, 1.0)]
+    assert (len(domain.allocations), domain.attached, domain.introduced) == (0, {}, False)
+    assert machine.state is State.ANSWERED and domain.plan is SEED.plan
 
 
 def test_answer_vanishing_while_the_request_is_gone_too_waits_for_the_next() -> None:
     """``xl create`` on a reused domid wipes /libxl/<domid> and /local/domain/<domid> together."""
     machine = answered()
-    machine.handle(AnswerVanished())
-    assert machine.handle(SetupDone(SetupResult("waiting"), 1.0)) == []
+    assert machine.handle(AnswerVanished()) == [RunSetup("1")]
+    effects = machine.handle(SetupDone(SetupResult("waiting"), 1.0))
+    assert [type(effect) for effect in effects] == [Log, RemoveRecords]
+    assert "domain 1: request and answer gone, /libxl/1 still there (domain re-created on this domid?)" in (
+        effects[0].message)  # type: ignore[union-attr]
     assert machine.state is State.WAITING and machine.domain.plan is None
     machine.handle(RequestChanged(2.0))
     assert machine.handle(SetupDone(SetupResult("written", "1", SEED), 2.0)) == [
         CheckIntroduced(), ReportSetup("1", SEED, 0.0)]
+
+
+def test_a_listing_older_than_the_new_domains_answer_drops_nothing() -> None:
+    # xl create and the toolstack's new request in one burst: the setup answers the new
+    # domain, then the query watch's listing from before that answer arrives.
+    machine = answered()
+    machine.handle(RequestChanged(1.0))
+    effects = machine.handle(SetupDone(SetupResult("written", "2", SEED), 1.0))
+    assert sum(isinstance(effect, Log) for effect in effects) == 1
+    query(machine, "q1", b"alloc 0x1000")
+    assert machine.handle(QueriesListed(None)) == [RunSetup("2")]
+    assert machine.handle(SetupDone(SetupResult("current", "2"), 2.0)) == []
+    assert machine.state is State.ANSWERED and len(machine.domain.allocations) == 1
+    # Nor does a stale listing while the request is being changed (our answer is there).
+    assert machine.handle(QueriesListed(None)) == [RunSetup("2")]
+    assert machine.handle(SetupDone(SetupResult("waiting", answer_present=True), 3.0)) == []
+    assert machine.state is State.ANSWERED and len(machine.domain.allocations) == 1
 
 
 def test_a_setup_finding_its_answer_gone_drops_the_old_domain_first() -> None:

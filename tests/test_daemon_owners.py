@@ -352,8 +352,8 @@ async def test_a_domain_recreated_on_its_domid_starts_afresh(
             answer = await create_domain(xs, 1, SEED_DOMAIN)
         assert answer.status == "ready"
         recreated = [record.getMessage() for record in caplog.records if "re-created" in record.getMessage()]
-        assert recreated == ["domain 1: answer removed by someone else (domain re-created on this domid?): "
-                             "its allocations and attached devices dropped"]
+        assert recreated == ["domain 1: request and answer gone, /libxl/1 still there (domain re-created on this "
+                             "domid?): its allocations and attached devices dropped"]
         async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
             # The new domain's first BAR goes where the old domain's was.
             assert (await guest_query(guest, 1, "q1", "alloc 0x1000")).startswith(f"ok {HOLE_START}")

@@ -86,12 +86,20 @@ GOOD = dmar([rmrr(0, 0x1000, 0x1FFF, [scope(EP, 0, [(2, 0)])])])
     (_edit(GOOD, 73, "<B", 7), "DMAR at offset 0x48: device scope length 7"),
     (_edit(GOOD, 78, "<B", 0x20), "device above 0x1f"),
     (GOOD[:9] + bytes([GOOD[9] ^ 1]) + GOOD[10:], "bad checksum"),
-    (b"RMAD" + GOOD[4:], "signature is 'RMAD'"),
+    (b"XMAR" + GOOD[4:], "signature is 'XMAR', expected 'DMAR' or 'RMAD'"),
 ])
 def test_malformed_tables_raise_table_error_with_offset(data: bytes, fragment: str) -> None:
     with pytest.raises(TableError) as info:
         parse_dmar(data)
     assert fragment in str(info.value) and str(info.value).startswith("DMAR at offset 0x")
+
+
+def test_the_dmar_as_xen_renames_it_parses_the_same() -> None:
+    # Xen rewrites the signature of the DMAR it drives to RMAD (acpi_dmar_zap in
+    # xen/drivers/passthrough/vtd/dmar.c); the bytes are the same, the checksum holds.
+    renamed = parse_dmar(b"RMAD" + GOOD[4:])
+    assert renamed.header.signature == "RMAD" and renamed.header.checksum_ok
+    assert renamed.rmrrs == parse_dmar(GOOD).rmrrs
 
 
 def test_bad_checksum_can_be_tolerated() -> None:

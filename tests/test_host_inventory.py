@@ -46,3 +46,32 @@ def test_broken_table_is_an_error_naming_the_file(tmp_path: Path) -> None:
 def test_missing_yaml_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read the inventory"):
         build_host_inventory("h", [str(tmp_path / "absent.yaml")], acpi_dir=tmp_path)
+
+
+DELL_DMAR = "linuxhw_Dell-Latitude-5511_A37FB9368F2A_DMAR.bin"
+DELL_RMRRS = [Range(0x782CD000, 0x78517000), Range(0x7C000000, 0x7E800000), Range(0x7667E000, 0x766FE000)]
+
+
+@pytest.mark.firmware
+def test_in_a_xen_dom0_the_dmar_is_read_under_the_name_xen_gives_it(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # Xen renames the DMAR of the IOMMU it drives to RMAD (acpi_dmar_zap): the same
+    # bytes reordered, so the checksum holds.  It is the table whose RMRRs Xen enforces,
+    # so a DMAR beside it (a table Xen did not take) is not read.
+    (tmp_path / "RMAD").write_bytes(b"RMAD" + table(DELL_DMAR).read_bytes()[4:])
+    (tmp_path / "DMAR").write_bytes(b"garbage")
+    caplog.set_level("INFO", logger="rmrrd.edges.host_inventory")
+    inv = build_host_inventory("h", ["dmar"], sysfs_root=tmp_path, acpi_dir=tmp_path)
+    assert [region.range for region in inv.regions] == DELL_RMRRS
+    assert inv.warnings == ()
+    assert f"host h: {tmp_path / 'RMAD'}: 3 reserved regions" in caplog.messages
+    (tmp_path / "RMAD").unlink()
+    with pytest.raises(InputError, match=r"/DMAR: DMAR at offset 0x7: truncated"):
+        build_host_inventory("h", ["dmar"], sysfs_root=tmp_path, acpi_dir=tmp_path)
+
+
+@pytest.mark.firmware
+def test_a_table_named_neither_dmar_nor_rmad_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "DMAR").write_bytes(b"XMAR" + table(DELL_DMAR).read_bytes()[4:])
+    with pytest.raises(InputError, match=r"signature is 'XMAR', expected 'DMAR' or 'RMAD'"):
+        build_host_inventory("h", ["dmar"], sysfs_root=tmp_path, acpi_dir=tmp_path)

@@ -15,12 +15,14 @@ import trio.testing
 
 from rmrrd.xenstore import locate as locate_module
 from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, locate_xenstore, open_xenstore
-from rmrrd.xenstore.client_conn import DeviceChannel
+from rmrrd.xenstore.client_conn import REPLY_PAYLOAD_MAX, DeviceChannel
 from rmrrd.xenstore.client_watch import QUEUE_LIMIT
 from rmrrd.xenstore.wire import (
     HEADER,
+    PAYLOAD_MAX,
     Again,
     Decoder,
+    LocalProtocolError,
     Op,
     Packet,
     RemoteProtocolError,
@@ -52,27 +54,34 @@ class FakeServer:
 
 
 class Connector:
-    """Hands the client one end of a socketpair, failing the first ``failures`` tries."""
+    """Hands the client one end of a socketpair, failing the first ``failures`` tries.
 
-    def __init__(self) -> None:
+    ``device``: the client's end comes as a DeviceChannel, as ``/dev/xen/xenbus`` would.
+    """
+
+    def __init__(self, device: bool = False) -> None:
         self.failures = 0
         self.attempts = 0
+        self.device = device
         self.accepted_send, self.accepted = trio.open_memory_channel[FakeServer](10)
 
-    async def __call__(self) -> socket.socket:
+    async def __call__(self) -> socket.socket | DeviceChannel:
         self.attempts += 1
         if self.failures:
             self.failures -= 1
             raise ConnectionLost("fake: nobody listening")
         client_end, server_end = socket.socketpair()
         self.accepted_send.send_nowait(FakeServer(trio.SocketStream(trio.socket.from_stdlib_socket(server_end))))
+        if self.device:
+            return DeviceChannel(client_end.detach())
         return client_end
 
 
 @asynccontextmanager
-async def connected(timeout: float = 10) -> AsyncIterator[tuple[XenstoreClient, FakeServer, Connector]]:
+async def connected(timeout: float = 10, device: bool = False,
+                    ) -> AsyncIterator[tuple[XenstoreClient, FakeServer, Connector]]:
     """A client connected to a fresh fake server: (client, server, connector)."""
-    connector = Connector()
+    connector = Connector(device)
     async with open_xenstore(connect=connector, timeout=timeout) as xs:
         yield xs, await connector.accepted.receive(), connector
 
@@ -308,3 +317,100 @@ async def test_directory_too_big_without_directory_part(autojump_clock: trio.tes
             nursery.start_soon(serve)
             with pytest.raises(TooBig, match="no DIRECTORY_PART"):
                 await xs.directory("/huge")
+
+
+async def test_through_the_xenbus_device_one_request_is_in_flight_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Linux's xenbus driver queues a request with its body still in the file's one
+    # message buffer; a second write before the first is on the ring overwrites it.
+    # Pipelined, the real xenstored got each other's bodies (a WRITE of /p/121 stored
+    # nothing, its READ found ENOENT).  So the next request waits for the reply.
+    async with connected(device=True) as (xs, server, _):
+        results: dict[str, bytes] = {}
+
+        async def read(path: str) -> None:
+            results[path] = await xs.read(path)
+
+        async with trio.open_nursery() as nursery:
+            for path in ("/a", "/b", "/c"):
+                nursery.start_soon(read, path)
+            for _ in range(3):
+                request = await server.receive()
+                with trio.move_on_after(1) as idle:
+                    await server.receive()  # nothing more may come before the answer
+                assert idle.cancelled_caught
+                await server.answer(request, b"value of " + request.payload[:-1])
+        assert results == {path: b"value of " + path.encode() for path in ("/a", "/b", "/c")}
+        # A caller that gives up leaves its request in flight: the next one still waits.
+        with trio.move_on_after(2):
+            await xs.read("/gave-up")
+        abandoned = await server.receive()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, "/next")
+            with trio.move_on_after(1) as idle:
+                await server.receive()
+            assert idle.cancelled_caught
+            await server.answer(abandoned, b"late")
+            request = await server.receive()
+            assert request.payload == b"/next\0"
+            await server.answer(request, b"fresh")
+        assert results["/next"] == b"fresh"
+
+
+async def test_through_the_xenbus_device_a_message_is_at_most_4096_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The driver's buffer holds XENSTORE_PAYLOAD_MAX bytes with the header: a longer
+    # write fails with EINVAL, which would drop the connection.  Refused before sending.
+    async with connected(device=True) as (xs, server, _):
+        largest = PAYLOAD_MAX - HEADER.size - len("/v") - 1
+        with pytest.raises(LocalProtocolError) as info:
+            await xs.write("/v", b"x" * (largest + 1))
+        assert info.value.errno_name == "E2BIG"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(xs.write, "/v", b"x" * largest)
+            request = await server.receive()
+            assert HEADER.size + len(request.payload) == PAYLOAD_MAX
+            await server.answer(request)
+
+
+async def test_through_the_xenbus_device_reset_watches_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    # The device shares the dom0 kernel's connection: RESET_WATCHES would drop its watches.
+    async with connected(device=True) as (xs, server, _):
+        with pytest.raises(LocalProtocolError, match="the dom0 kernel's own watches"):
+            await xs.reset_watches()
+        async with trio.open_nursery() as nursery:  # nothing was sent; the line is free
+            nursery.start_soon(xs.read, "/a")
+            request = await server.receive()
+            assert request.op is Op.READ
+            await server.answer(request, b"v")
+
+
+async def test_a_reply_longer_than_one_payload_is_taken(autojump_clock: trio.testing.MockClock) -> None:
+    # oxenstored answers DIRECTORY on its unix socket with every name in one reply,
+    # past XENSTORE_PAYLOAD_MAX (where C xenstored answers E2BIG).
+    names = [f"child-{i:05d}" for i in range(1500)]
+    payload = b"".join(name.encode() + b"\0" for name in names)
+    assert len(payload) > PAYLOAD_MAX
+    async with connected() as (xs, server, connector):
+        listed: list[str] = []
+
+        async def ls() -> None:
+            listed.extend(await xs.directory("/big"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ls)
+            request = await server.receive()
+            await server.stream.send_all(HEADER.pack(Op.DIRECTORY, request.req_id, 0, len(payload)) + payload)
+        assert listed == names
+
+        async def announce_too_much() -> None:
+            await server.receive()
+            await server.stream.send_all(HEADER.pack(Op.READ, 0, 0, REPLY_PAYLOAD_MAX + 1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(announce_too_much)
+            with pytest.raises(ConnectionLost, match="payload"):
+                await xs.read("/x")
+        await connector.accepted.receive()  # garbage still drops the connection

@@ -73,11 +73,12 @@ def table_checksum_ok(data: bytes) -> bool:
     return sum(data) % 256 == 0
 
 
-def parse_header(data: bytes, signature: str, *, verify_checksum: bool = True) -> tuple[AcpiHeader, bytes]:
+def parse_header(data: bytes, signature: str, *, verify_checksum: bool = True,
+                 aliases: tuple[str, ...] = ()) -> tuple[AcpiHeader, bytes]:
     """Check and decode the header; return it and the table cut to its own length.
 
     Raises :class:`TableError` when the data is shorter than a header, the signature
-    is not ``signature``, the length field is smaller than the header or larger than
+    is not ``signature`` (or one of ``aliases``), the length field is smaller than the header or larger than
     the data, or (with ``verify_checksum``) the checksum is wrong.  Bytes after the
     table's length are not part of it and are cut off.
     """
@@ -86,8 +87,9 @@ def parse_header(data: bytes, signature: str, *, verify_checksum: bool = True) -
     sig, length, revision, checksum, oem_id, oem_table_id, oem_revision, creator_id, creator_revision = (
         _HEADER.unpack_from(data))
     found = _text(sig)
-    if found != signature:
-        raise TableError(signature, 0, f"signature is {found!r}, expected {signature!r}")
+    if found != signature and found not in aliases:
+        expected = " or ".join(repr(name) for name in (signature, *aliases))
+        raise TableError(signature, 0, f"signature is {found!r}, expected {expected}")
     if length < HEADER_SIZE:
         raise TableError(signature, 4, f"length field {length} is smaller than the {HEADER_SIZE}-byte header")
     if length > len(data):

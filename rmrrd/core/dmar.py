@@ -40,6 +40,11 @@ from rmrrd.core.pci import Bdf
 from rmrrd.core.ranges import PAGE_SIZE, Range
 
 SIGNATURE = "DMAR"
+XEN_SIGNATURE = "RMAD"
+"""The DMAR's signature once Xen owns the IOMMU: Xen rewrites it in place so that dom0
+leaves VT-d alone (``acpi_dmar_zap`` in xen/drivers/passthrough/vtd/dmar.c), the same
+four bytes reordered, so the checksum still holds.  dom0 sees the table as
+``/sys/firmware/acpi/tables/RMAD``."""
 TYPE_DRHD = 0
 TYPE_RMRR = 1
 
@@ -180,12 +185,13 @@ def _parse_rmrr(table: bytes, sub: Subtable, bus_lookup: BusLookup | None) -> Rm
 
 
 def parse_dmar(data: bytes, bus_lookup: BusLookup | None = None, *, verify_checksum: bool = True) -> DmarTable:
-    """Decode a DMAR table; scope paths through bridges are resolved with ``bus_lookup``.
+    """Decode a DMAR table (signature ``DMAR``, or ``RMAD`` as Xen leaves it); scope
+    paths through bridges are resolved with ``bus_lookup``.
 
     Raises :class:`TableError` (naming the offset) for a bad header, checksum, or any
     structure or device scope whose length is zero, too short or runs past the end.
     """
-    header, table = parse_header(data, SIGNATURE, verify_checksum=verify_checksum)
+    header, table = parse_header(data, SIGNATURE, verify_checksum=verify_checksum, aliases=(XEN_SIGNATURE,))
     if len(table) < HEADER_SIZE + _FIXED.size:
         raise TableError(SIGNATURE, len(table), f"truncated: {len(table)} bytes, the DMAR fixed part needs "
                          f"{HEADER_SIZE + _FIXED.size}")

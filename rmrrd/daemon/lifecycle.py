@@ -19,8 +19,9 @@ States (:class:`State`) and what moves them::
        |                           |--SetupFailed--> back where it came from, RetrySetup later
        |                           '--SetupDone(absent)--> RELEASED
        |
-    ANSWERED --RequestChanged, RetrySetup--> PLANNING
-    ANSWERED --AnswerVanished, QueriesListed(None)--> PLANNING (old state dropped)
+    ANSWERED --RequestChanged, RetrySetup, AnswerVanished, QueriesListed(None)--> PLANNING
+    PLANNING --SetupDone(written) finding our answer gone, or SetupDone(waiting) finding
+       request and answer gone--> (old state dropped) ANSWERED, WAITING
     WAITING, ANSWERED --Released--> RELEASED
 
 Nothing that fails on the xenstore side is left for a later event that may never
@@ -37,12 +38,15 @@ An event in a state that does not take it is a bug in rmrrd and raises
 :class:`DomainStateError`.
 
 A domain re-created on the same domid (``xl create`` reuses the id; libxl's
-``libxl__domain_make`` removes ``/local/domain/<domid>`` with everything rmrrd wrote
-there) shows as the answer vanishing: either the guest-query watch sees its node go
-(:class:`AnswerVanished`) or the next setup finds no answer where it had written one
-(``SetupDone(written)`` while a plan is known).  Both drop what the old domain held
-(its allocations, attached devices, replies, rate limit) with one log line, and
-serve whatever request is there now.
+``libxl__domain_make`` removes ``/local/domain/<domid>`` and ``/libxl/<domid>`` with
+everything rmrrd wrote there) shows as the answer vanishing.  Whatever noticed it (the
+guest-query watch seeing its node go, :class:`AnswerVanished`, or a change under
+``/libxl``) runs a setup, and the setup's result decides, so a listing older than the
+new domain's answer drops nothing: no answer where one was written and the request
+there (``SetupDone(written)`` while a plan is known), or neither answer nor request
+(``SetupDone(waiting)`` with ``answer_present`` false), drops what the old domain held
+(its allocations, attached devices, replies, rate limit) with one log line, and serves
+whatever request is there now.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ class SetupResult:
     generation: str | None = None
     outcome: SetupOutcome | None = None
     answer_present: bool = False
-    """For ``absent``: whether an answer of ours is still in xenstore."""
+    """For ``absent`` and ``waiting``: whether an answer of ours is still in xenstore."""
 
 
 # --- the domain's data ---------------------------------------------------------------------
@@ -520,7 +524,10 @@ class DomainMachine:
             case AnswerVanished() | QueriesListed(None):
                 if self.state is not State.ANSWERED:
                     return []  # nothing of ours was there to vanish
-                return self._drop("answer removed by someone else") + self._plan(self._triggered)
+                # The listing may be older than a setup that has since answered a new
+                # domain on this domid (xl create and the toolstack's new request in a
+                # burst): a setup looks at what is there now, and its result decides.
+                return self._plan(self._triggered)
             case Released(why):
                 return self._release(why)
             case Reloaded(attached, allocations):
@@ -590,6 +597,10 @@ class DomainMachine:
             self.state = State.RELEASED
             return []
         if result.kind == "waiting":
+            if domain.plan is not None and not result.answer_present:
+                # Our request and answer gone, /libxl/<domid> still there: what xl
+                # create leaves when it takes the domid (libxl__domain_make).
+                return self._drop(f"request and answer gone, /libxl/{self.domid} still there")
             self.state = self._before_planning
             return []
         if result.kind == "current":

@@ -21,7 +21,7 @@ from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER
                             guest_perms, query_path, rdm_path, reply_path)
 from rmrrd.xenstore.client import Transaction
 
-from rmrrd.daemon.lifecycle import SetupOutcome, SetupResult, setup_kind
+from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, setup_kind
 from rmrrd.xenstore.ops import gather, read_value, read_values, rm_quietly
 
 
@@ -118,9 +118,8 @@ async def run_setup(tx: Transaction, domid: int, known: str | None,
     """
     given = await read_setup_input(tx, domid)
     if given is None:
-        if await tx.exists(f"{LIBXL_ROOT}/{domid}"):
-            return SetupResult("waiting")
-        return SetupResult("absent", answer_present=await tx.exists(answer_path(domid)))
+        kind: SetupKind = "waiting" if await tx.exists(f"{LIBXL_ROOT}/{domid}") else "absent"
+        return SetupResult(kind, answer_present=await tx.exists(answer_path(domid)))
     answered = await read_answer_generation(tx, domid)
     generation = given.generation_text
     kind = setup_kind(generation, answered, known)

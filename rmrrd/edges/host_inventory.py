@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ACPI_DIR = Path("/sys/firmware/acpi/tables")
 TABLE_SOURCES = {"dmar": "DMAR", "ivrs": "IVRS"}
+XEN_TABLE_NAMES = {"DMAR": "RMAD"}
+"""The name a table has in a Xen dom0 once Xen drives that IOMMU (``rmrrd.dmar.XEN_SIGNATURE``).
+Looked at first: it is the table whose RMRRs Xen enforces."""
 
 
 def read_table(path: Path) -> bytes:
@@ -94,12 +97,15 @@ def build_host_inventory(host: str, sources: list[str], sysfs_root: Path = Path(
                          host, source, inv.host)
             parts.append(inv)
             continue
-        path = acpi_dir / table
-        if not path.exists():
-            warning = f"{path}: no {table} table (not a host with that IOMMU?): source {source!r} skipped"
+        names = [XEN_TABLE_NAMES[table]] if table in XEN_TABLE_NAMES else []
+        path = next((acpi_dir / name for name in [*names, table] if (acpi_dir / name).exists()), None)
+        if path is None:
+            warning = f"{acpi_dir / table}: no {table} table (not a host with that IOMMU?): source {source!r} skipped"
             parts.append(Inventory(host, (), (warning,)))
             continue
-        parts.append(table_inventory(source, read_table(path), host, path, sysfs_root))
+        part = table_inventory(source, read_table(path), host, path, sysfs_root)
+        log.info("host %s: %s: %d reserved regions", host, path, len(part.regions))
+        parts.append(part)
     inventory = merge_inventories(host, parts)
     # The parsers are pure and only collect warnings; the daemon's log gets them here.
     for warning in inventory.warnings:

@@ -22,6 +22,12 @@ Why the shape (each choice measured with ``bench/bench_xenstore.py``, see
   no per-request Event or channel.  Watch events go to a callback.
 * **Failure is loud and immediate.**  When the stream ends or breaks, every waiting
   request gets ConnectionLost at once, never a hang.
+* **Through the xenbus device, one request at a time.**  Linux's driver queues each
+  request with its body still in the file's one message buffer, which the next
+  ``write()`` overwrites (``xenbus_dev_request_and_reply`` in
+  drivers/xen/xenbus/xenbus_xs.c keeps a pointer into it): pipelined requests reach
+  xenstored with each other's bodies.  Seen on the real Xen testbed; libxenstore
+  never has two requests outstanding on a handle, so it never meets this.
 
 Does the hand scheduling earn its complexity?  ``bench/bench_xenstore.py`` runs the
 same client with this connection swapped for the obvious trio one (its
@@ -42,11 +48,16 @@ import outcome
 import trio
 
 from rmrrd.errors import TransportError
-from rmrrd.xenstore.wire import HEADER, Decoder, Op, Packet, RemoteProtocolError
+from rmrrd.xenstore.wire import HEADER, PAYLOAD_MAX, Decoder, LocalProtocolError, Op, Packet, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
+REPLY_PAYLOAD_MAX = 1 << 20
+"""Largest reply payload accepted.  oxenstored answers DIRECTORY on its unix socket
+with the whole list in one reply, past XENSTORE_PAYLOAD_MAX (seen on the testbed: 11.6
+kB for 400 children); C xenstored never exceeds it.  A bound stays, so garbage in a
+length field still drops the connection."""
 
 
 class Channel(Protocol):
@@ -64,10 +75,18 @@ class Channel(Protocol):
 class DeviceChannel:
     """The xenbus character device (``/dev/xen/xenbus``) as a Channel.
 
-    The kernel driver gathers one message at a time from write() (its buffer holds
-    one header plus XENSTORE_PAYLOAD_MAX), so each send writes at most one message;
-    the writer loop sends the rest.
+    The kernel driver gathers one message at a time from write() into a buffer of
+    XENSTORE_PAYLOAD_MAX bytes, header included (``struct xenbus_file_priv`` in
+    drivers/xen/xenbus/xenbus_dev_frontend.c): a longer message fails with EINVAL, so
+    ``MESSAGE_MAX`` is enforced before sending, and each send writes at most one
+    message; the writer loop sends the rest.  ``Connection`` also keeps one request
+    in flight at a time here (see the module docstring), and refuses RESET_WATCHES: the
+    device's connection to xenstored is the dom0 kernel's own, whose watches it would
+    drop.
     """
+
+    MESSAGE_MAX = PAYLOAD_MAX
+    """Bytes of one message, its 16-byte header included."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -106,6 +125,12 @@ class Connection:
         self._out = bytearray()
         self._writer: trio.lowlevel.Task | None = None  # set while the writer is idle
         self.closed: str | None = None  # why, once the connection is down
+        serial = isinstance(channel, DeviceChannel)
+        self._max_message = DeviceChannel.MESSAGE_MAX if serial else HEADER.size + PAYLOAD_MAX
+        # Through the xenbus device: held from a request's send until its reply comes
+        # (released by the reader, even if the caller gave up), so one is in flight.
+        self._one_at_a_time = trio.Semaphore(1) if serial else None
+        self._in_flight: int | None = None
 
     async def call(self, req_id: int, data: bytes) -> Packet:
         """Send one encoded request and wait for the packet answering ``req_id``.
@@ -115,6 +140,20 @@ class Connection:
         """
         if self.closed is not None:
             raise ConnectionLost(self.closed)
+        if len(data) > self._max_message:
+            raise LocalProtocolError(f"{self.name}: a message of {len(data)} bytes, header included, exceeds the "
+                                     f"{self._max_message} this channel takes", "E2BIG")
+        if self._one_at_a_time is not None and HEADER.unpack_from(data)[0] == Op.RESET_WATCHES:
+            # The device shares the dom0 kernel's own connection to xenstored: this
+            # would drop the kernel's watches (backends, balloon, shutdown) too.
+            raise LocalProtocolError(f"{self.name}: RESET_WATCHES through the xenbus device would drop the "
+                                     "dom0 kernel's own watches")
+        if self._one_at_a_time is not None:
+            await self._one_at_a_time.acquire()
+            if self.closed is not None:
+                self._one_at_a_time.release()
+                raise ConnectionLost(self.closed)
+            self._in_flight = req_id
         writer = self._writer
         if writer is None:
             self._out += data  # a write is under way: queue behind it
@@ -146,6 +185,7 @@ class Connection:
                 await self._guard(self._read_loop, nursery.cancel_scope)
         finally:
             self.closed = self.closed or "connection closed"
+            self._reply_came(self._in_flight)
             pending, self._pending = self._pending, {}
             for task in pending.values():
                 trio.lowlevel.reschedule(task, outcome.Error(ConnectionLost(f"{self.name}: {self.closed}")))
@@ -160,8 +200,14 @@ class Connection:
             self.closed = self.closed or f"{type(exc).__name__}: {exc}"
         scope.cancel()
 
+    def _reply_came(self, req_id: int | None) -> None:
+        """Let the next request through the xenbus device go, once this one is answered."""
+        if self._one_at_a_time is not None and req_id is not None and req_id == self._in_flight:
+            self._in_flight = None
+            self._one_at_a_time.release()
+
     async def _read_loop(self) -> None:
-        decoder = Decoder()
+        decoder = Decoder(max_payload=REPLY_PAYLOAD_MAX)
         pending = self._pending
         channel = self.channel
         while True:
@@ -182,6 +228,7 @@ class Connection:
                 if packet.op is Op.WATCH_EVENT:
                     self._on_event(packet)
                     continue
+                self._reply_came(packet.req_id)
                 task = pending.pop(packet.req_id, None)
                 if task is None:
                     # The caller gave up (timeout, cancel) before the answer came.

@@ -459,6 +459,8 @@ class Store:
             raise _fail("EINVAL", "path is not ASCII") from None
         if special_ok and path in self.special_perms:
             return path
+        if path.startswith("@"):  # C's canonicalize keeps @names as they are: no node has one
+            raise _fail("EINVAL", f"{path[:80]!r} names no node")
         base = home(conn.domid)
         if path and not path.startswith("/"):
             path = f"{base}/{path}"
@@ -806,11 +808,10 @@ class Store:
 
     @_handles(Op.GET_PERMS)
     def _op_get_perms(self, conn: Connection, packet: Packet, out: Output) -> bytes:
-        path = self._path(conn, _one_arg(packet.payload), special_ok=True)
-        if path in self.special_perms:
-            perms = self.special_perms[path]
-        else:
-            perms = self._get(self._view(conn, packet.tx_id), conn, path, READ).perms
+        # Node paths only, as C xenstored 4.17 (do_get_perms resolves a node; a special
+        # path is EINVAL there, though SET_PERMS takes one).  oxenstored answers them.
+        path = self._path(conn, _one_arg(packet.payload))
+        perms = self._get(self._view(conn, packet.tx_id), conn, path, READ).perms
         return b"".join(p + b"\0" for p in format_perms(perms))
 
     @_handles(Op.SET_PERMS)

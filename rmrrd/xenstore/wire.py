@@ -9,7 +9,8 @@ simulated xenstored (``server.py``/``store.py``).  Every fact here comes from
   ``len`` bytes of payload;
 * ``len`` is at most ``XENSTORE_PAYLOAD_MAX`` (4096) in both directions: xenstored
   kills a connection that exceeds it, so we refuse to send one (LocalProtocolError)
-  and refuse to accept one (RemoteProtocolError);
+  and refuse to accept one (RemoteProtocolError; the client's decoder allows longer
+  replies, which oxenstored sends on its socket: ``client_conn.REPLY_PAYLOAD_MAX``);
 * payloads are mostly NUL-terminated strings (``split_args``/``join_args``);
 * errors travel as the errno *name* (``"ENOENT\\0"``) in an ``XS_ERROR`` reply;
 * paths use ``[A-Za-z0-9/_@-]`` only, no ``//``, no trailing ``/`` except the root,
@@ -290,11 +291,14 @@ class Decoder:
     frame markers) and the connection should be closed.
     """
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_buf", "_pos", "_max_payload")
 
-    def __init__(self) -> None:
+    def __init__(self, max_payload: int = PAYLOAD_MAX) -> None:
+        """``max_payload``: longer payloads are garbage.  XENSTORE_PAYLOAD_MAX, except
+        where a peer is known to exceed it (the client's replies: ``client_conn.py``)."""
         self._buf = bytearray()
         self._pos = 0  # start of the first unconsumed byte in _buf
+        self._max_payload = max_payload
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
@@ -318,8 +322,9 @@ class Decoder:
         op = _OPS.get(kind)
         if op is None:
             raise RemoteProtocolError(f"unknown message type {kind} at stream offset +{pos}")
-        if size > PAYLOAD_MAX:
-            raise RemoteProtocolError(f"{op.name} announces a {size}-byte payload (limit {PAYLOAD_MAX})", "E2BIG")
+        if size > self._max_payload:
+            raise RemoteProtocolError(f"{op.name} announces a {size}-byte payload (limit {self._max_payload})",
+                                      "E2BIG")
         end = pos + 16 + size
         if len(buf) < end:
             return None

@@ -13,6 +13,8 @@ No tests here.  The pieces, by what they drive:
 - :mod:`support.raw_xenstore`: the wire codec as the peer: requests to a pure
   ``Store``, or bytes on a socket.
 - :mod:`support.prometheus`: ``promtool`` and a live Prometheus server.
+- :mod:`support.xs_backends`: the xenstored ``tests/test_xs_conformance.py`` runs
+  against: the simulated one here, a real one in the real-Xen tier's dom0.
 """
 
 from __future__ import annotations

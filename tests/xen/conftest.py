@@ -1,0 +1,76 @@
+"""Fixtures of the real-Xen tier: one testbed per session, one boot per configuration.
+
+Every test under ``tests/xen/`` carries the ``xen`` marker (pyproject's ``addopts``
+leaves it out unless asked: ``pytest -m xen``; docs/testing.md).  The machines the
+selected tests need are started together when the first of those tests runs, so
+one boots while tests run on another; the session's end stops them all.
+
+A new configuration is a ``BootConfig`` and a fixture returning ``testbed.boot(it)``;
+name the fixture in ``BOOT_FIXTURES`` so it is started early as well.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xen.testbed import BootConfig, Dom0, Testbed
+
+HERE = Path(__file__).resolve().parent
+FIRMWARE_TABLES = HERE.parent / "data" / "firmware" / "tables"
+FIRMWARE_DMAR = FIRMWARE_TABLES / "linuxhw_Dell-Latitude-5511_A37FB9368F2A_DMAR.bin"
+"""A laptop's DMAR (three RMRRs: USB, graphics stolen memory, a management engine
+function), given to the machine's firmware as an extra ACPI table."""
+
+XENSTORED = BootConfig(name="xenstored")
+"""C xenstored, QEMU's VT-d: the machine most tests share."""
+OXENSTORED = BootConfig(name="oxenstored", xenstored="oxenstored", acpi_tables=(FIRMWARE_DMAR,))
+"""oxenstored, and a real firmware DMAR beside QEMU's (which Xen takes for its VT-d)."""
+NO_XENSTORED = BootConfig(name="no-xenstored", xenstored=None)
+"""The harness's own failure: a dom0 where nobody starts xenstored."""
+
+BOOT_FIXTURES = {"dom0": XENSTORED, "ox_dom0": OXENSTORED, "no_xenstored": NO_XENSTORED}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.xen)
+
+
+@pytest.fixture(scope="session")
+def testbed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """The session's testbed; starts the boots the selected tests will ask for."""
+    # SIGTERM (CI cancelling a job) then ends pytest as Ctrl-C does: fixtures are torn
+    # down and the machines stopped.  A SIGKILL is covered by PR_SET_PDEATHSIG.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    testbed = Testbed(tmp_path_factory.mktemp("xen"))
+    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    for name, config in BOOT_FIXTURES.items():
+        if name in wanted:
+            testbed.start(config)
+    try:
+        yield testbed
+    finally:
+        testbed.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def dom0(testbed: Testbed) -> Dom0:
+    return testbed.boot(XENSTORED)
+
+
+@pytest.fixture(scope="session")
+def ox_dom0(testbed: Testbed) -> Dom0:
+    return testbed.boot(OXENSTORED)
+
+
+@pytest.fixture(scope="session")
+def no_xenstored(testbed: Testbed) -> Testbed:
+    """The testbed, for a test that boots NO_XENSTORED itself and expects it to fail."""
+    return testbed
