@@ -364,7 +364,10 @@ async def test_effects_that_fail_on_xenstore_are_carried_out_again(
         caplog: pytest.LogCaptureFixture) -> None:
     """A guest's reply and a toolstack's result whose writes time out are written
     again until xenstored answers: no query or check is left unanswered, each
-    fault is one warning line and its end one info line, no trace."""
+    fault is one warning line and its end one info line, no trace.  (The two
+    faults come within FAULT_EPISODE of each other, which would make them one:
+    set to 0 here so that each shows.)"""
+    monkeypatch.setattr(owner_module, "FAULT_EPISODE", 0.0)
     async with daemon_with_domain_1(xs):
         failing = {"reply": 2, "result": 2}
         real_write, real_transaction = xs.write, xs.run_transaction
@@ -400,6 +403,39 @@ async def test_effects_that_fail_on_xenstore_are_carried_out_again(
     assert lines[2][1] == "domain 1: QueryWritten completed after 2 failed attempts"
     assert "domain 1: CheckAsked not completed: ConnectionLost" in lines[3][1]
     assert not [record for record in caplog.records if record.exc_info is not None]
+
+
+async def test_one_fault_is_one_warning_per_domain_whatever_it_made_fail(
+        xs: XenstoreClient, xenstored: XenstoredHandle, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """xenstored stalled: the guest-query listing and then the guest's reply fail
+    (each is retried, and goes through); one warning line for the domain, the rest
+    debug."""
+    failing = {"listing": 1, "reply": 1}
+    real_write, real_directory = xs.write, xs.directory
+
+    async def write(path: str, value: bytes | str) -> None:
+        if "/reply/" in path and failing["reply"]:
+            failing["reply"] -= 1
+            raise XenstoreTimeout(f"no answer to WRITE {path}")
+        await real_write(path, value)
+
+    async def directory(path: str) -> list[str]:
+        if path.endswith("/rmrr/query") and failing["listing"]:
+            failing["listing"] -= 1
+            raise XenstoreTimeout(f"no answer to DIRECTORY {path}")
+        return await real_directory(path)
+
+    monkeypatch.setattr(xs, "write", write)
+    monkeypatch.setattr(xs, "directory", directory)
+    with caplog.at_level(logging.DEBUG, logger="rmrrd"):
+        async with daemon_with_domain_1(xs):
+            async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
+                assert (await guest_query(guest, 1, "q1", "e820")).startswith("ok ")
+    assert failing == {"listing": 0, "reply": 0}
+    faults = [(record.levelno, record.getMessage()) for record in caplog.records
+              if record.getMessage().startswith("domain 1: ") and "XenstoreTimeout" in record.getMessage()]
+    assert [level for level, _ in faults] == [logging.WARNING, logging.DEBUG], faults
 
 
 async def _records(xs: XenstoreClient, domid: int) -> list[str]:

@@ -30,6 +30,12 @@ event's effects again, from the one that failed, after a delay that doubles up t
 is waiting.  Every effect is safe to repeat (a write of the same value, a removal,
 a transaction that reads before it writes).  One warning line per domain when it
 starts failing, one info line when it goes through again.
+
+One fault of xenstored (stopped for a while, say) makes several of a domain's
+operations fail at once, each in its own way: a setup, an effect, the guest-query
+watch.  Their first-failure lines closer together than :data:`FAULT_EPISODE` are
+one fault, and only the first is a warning (:meth:`DomainOwner.fault_line`): a fault
+costs each domain one warning line.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ log = logging.getLogger(__name__)
 FOLLOW_ON = (QueriesListed, QueryWritten, QueriesStopped, RetrySetup, RestartQueries)
 """Events from the guest-query watch and the retries: they concern the domain they
 were meant for, so a release drops those still waiting."""
+FAULT_EPISODE = 30.0
+"""Seconds: a domain's xenstore-failure warnings closer together than this are one
+fault (longer than a request's timeout plus the longest retry delay, so the
+operations a fault caught all fail within it)."""
 WORK = (RequestChanged, Released, Reloaded, AnswerVanished)
 """Events :meth:`Domains.wait_idle` waits for: what a reconcile or a shutdown must
 see finished.  Queries and checks are not (a flooding guest would hold it forever)."""
@@ -94,6 +104,7 @@ class DomainOwner:
         self._running = False
         self._queries: trio.CancelScope | None = None
         self._ended = False
+        self._last_fault = -FAULT_EPISODE
 
     # --- the mailbox -------------------------------------------------------------------
 
@@ -182,9 +193,9 @@ class DomainOwner:
                                  type(event).__name__)
                         return
                     delay = retry_delay(failures)
-                    log.log(logging.WARNING if failures == 1 else logging.DEBUG,
-                            "domain %d: %s not completed: %s: %s; retrying in up to %g s", self.domid,
-                            type(event).__name__, type(exc).__name__, exc, delay)
+                    self.fault_line(logging.WARNING if failures == 1 else logging.DEBUG,
+                                    f"domain {self.domid}: {type(event).__name__} not completed: "
+                                    f"{type(exc).__name__}: {exc}; retrying in up to {delay:g} s")
                     await trio.sleep(delay * random.uniform(0.5, 1.0))
                     continue
                 pending.popleft()
@@ -262,10 +273,20 @@ class DomainOwner:
             case AnswerCheck(check):
                 return await check.answer(self.machine.domain)
             case Log(level, message):
-                log.log(level, "%s", message)
+                self.fault_line(level, message)
             case Later(delay, event):
                 domains.nursery.start_soon(self._later, delay, event)
         return None
+
+    def fault_line(self, level: int, message: str) -> None:
+        """Log ``message``; a warning (only xenstore failures are) within
+        :data:`FAULT_EPISODE` of the last one is the same fault's, and goes at debug."""
+        if level == logging.WARNING:
+            now = trio.current_time()
+            if now - self._last_fault < FAULT_EPISODE:
+                level = logging.DEBUG
+            self._last_fault = now
+        log.log(level, "%s", message)
 
     async def _later(self, delay: float, event: Event) -> None:
         # Spread over 50-100% of the delay, so domains that failed together do not
@@ -325,8 +346,8 @@ class DomainOwner:
                 return None
             except (PeerError, TransportError) as exc:
                 failures += 1
-                log.log(logging.WARNING if failures == 1 else logging.DEBUG,
-                        "domain %d: guest queries not listed: %s: %s; retrying", self.domid, type(exc).__name__, exc)
+                self.fault_line(logging.WARNING if failures == 1 else logging.DEBUG,
+                                f"domain {self.domid}: guest queries not listed: {type(exc).__name__}: {exc}; retrying")
                 await trio.sleep(retry_delay(failures) * random.uniform(0.5, 1.0))
 
 

@@ -227,6 +227,29 @@ class XenstoredProcess:
             _stop(self.process, signal.SIGTERM, WAIT, "rmrrd xenstored")
 
 
+@dataclass
+class GuestFlood:
+    """``support/guest_flood.py`` running: hostile guests in a process of their own."""
+
+    process: subprocess.Popen[bytes]
+    log: LogTail
+
+    def stop(self) -> None:
+        """Kill it (it never exits by itself) and read its last lines."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.log.wait_closed()
+
+
+def start_guest_flood(workdir: Path, xenstore: Path, domids: list[int]) -> GuestFlood:
+    """Guests ``domids`` (introduced already) flooding the xenstored at ``xenstore``,
+    at the lowest CPU priority: on a host a guest's CPU is its own, not dom0's."""
+    command = ["nice", "-n", "19", sys.executable, str(Path(__file__).with_name("guest_flood.py")),
+               str(xenstore), *map(str, domids)]
+    return GuestFlood(*_spawn(command, workdir, "guest-flood", _clean_environment()))
+
+
 # --- rmrrd run ------------------------------------------------------------------------------------
 
 def config_text(workdir: Path, port: int, *, xenstore: Path, embedded: bool = False,
