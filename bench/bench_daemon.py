@@ -307,17 +307,23 @@ async def replay_bare(xs: XenstoreClient, domids: range) -> Row:
     return Row("bare replay (client only)", len(domids), seconds, latencies)
 
 
+async def setup_rows(xs: XenstoreClient, daemon: subprocess.Popen[bytes], batches: list[range], n: int,
+                     in_flight: int, label: str) -> list[Row]:
+    """The burst row on ``batches[0]``, the in-flight row on ``batches[1]``."""
+    await create_domains(xs, batches[0], daemon.pid)
+    burst = await request_domains(xs, batches[0], n, f"{label} burst of {n}")
+    await create_domains(xs, batches[1], daemon.pid)
+    steady = await request_domains(xs, batches[1], in_flight, f"{label} {in_flight} in flight")
+    return [burst, steady]
+
+
 async def measure_setups(socket_path: Path, daemon: subprocess.Popen[bytes], n: int, in_flight: int,
                          label: str) -> list[Row]:
     """The burst and in-flight rows alone (for the ``--persist`` comparison)."""
     async with open_xenstore(str(socket_path)) as xs:
         await wait_ready(xs)
-        batches = [range(k * n + 1, (k + 1) * n + 1) for k in range(2)]
-        await create_domains(xs, batches[0], daemon.pid)
-        burst = await request_domains(xs, batches[0], n, f"{label} burst of {n}")
-        await create_domains(xs, batches[1], daemon.pid)
-        steady = await request_domains(xs, batches[1], in_flight, f"{label} {in_flight} in flight")
-    return [burst, steady]
+        return await setup_rows(xs, daemon, [range(k * n + 1, (k + 1) * n + 1) for k in range(2)], n, in_flight,
+                                label)
 
 
 async def measure(socket_path: Path, daemon: subprocess.Popen[bytes], n: int, in_flight: int,
@@ -325,10 +331,7 @@ async def measure(socket_path: Path, daemon: subprocess.Popen[bytes], n: int, in
     async with open_xenstore(str(socket_path)) as xs:
         await wait_ready(xs)
         batches = [range(k * n + 1, (k + 1) * n + 1) for k in range(4)]
-        await create_domains(xs, batches[0], daemon.pid)
-        burst = await request_domains(xs, batches[0], n, f"daemon burst of {n}")
-        await create_domains(xs, batches[1], daemon.pid)
-        steady = await request_domains(xs, batches[1], in_flight, f"daemon {in_flight} in flight")
+        burst, steady = await setup_rows(xs, daemon, batches, n, in_flight, "daemon")
         await create_domains(xs, batches[2], daemon.pid)
         paced = await request_domains(xs, batches[2], n, f"daemon paced {rate:g}/s", rate)
         checks = await check_requests(xs, batches[2])

@@ -359,6 +359,19 @@ async def test_a_domain_recreated_on_its_domid_starts_afresh(
             assert (await guest_query(guest, 1, "q1", "alloc 0x1000")).startswith(f"ok {HOLE_START}")
 
 
+def fail_reply_writes(xs: XenstoreClient, monkeypatch: pytest.MonkeyPatch, failing: dict[str, int]) -> None:
+    """``xs.write`` of a guest's reply times out ``failing["reply"]`` times."""
+    real_write = xs.write
+
+    async def write(path: str, value: bytes | str) -> None:
+        if "/reply/" in path and failing["reply"]:
+            failing["reply"] -= 1
+            raise XenstoreTimeout(f"no answer to WRITE {path}")
+        await real_write(path, value)
+
+    monkeypatch.setattr(xs, "write", write)
+
+
 async def test_effects_that_fail_on_xenstore_are_carried_out_again(
         xs: XenstoreClient, xenstored: XenstoredHandle, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -370,13 +383,8 @@ async def test_effects_that_fail_on_xenstore_are_carried_out_again(
     monkeypatch.setattr(owner_module, "FAULT_EPISODE", 0.0)
     async with daemon_with_domain_1(xs):
         failing = {"reply": 2, "result": 2}
-        real_write, real_transaction = xs.write, xs.run_transaction
-
-        async def write(path: str, value: bytes | str) -> None:
-            if "/reply/" in path and failing["reply"]:
-                failing["reply"] -= 1
-                raise XenstoreTimeout(f"no answer to WRITE {path}")
-            await real_write(path, value)
+        real_transaction = xs.run_transaction
+        fail_reply_writes(xs, monkeypatch, failing)
 
         async def run_transaction(fn: Any, **kwargs: Any) -> Any:
             if getattr(fn, "__qualname__", "").startswith("ToolstackHandler._answer") and failing["result"]:
@@ -384,7 +392,6 @@ async def test_effects_that_fail_on_xenstore_are_carried_out_again(
                 raise ConnectionLost("xenstored went away")
             return await real_transaction(fn, **kwargs)
 
-        monkeypatch.setattr(xs, "write", write)
         monkeypatch.setattr(xs, "run_transaction", run_transaction)
         with caplog.at_level(logging.DEBUG, logger="rmrrd"):
             async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
@@ -412,13 +419,8 @@ async def test_one_fault_is_one_warning_per_domain_whatever_it_made_fail(
     (each is retried, and goes through); one warning line for the domain, the rest
     debug."""
     failing = {"listing": 1, "reply": 1}
-    real_write, real_directory = xs.write, xs.directory
-
-    async def write(path: str, value: bytes | str) -> None:
-        if "/reply/" in path and failing["reply"]:
-            failing["reply"] -= 1
-            raise XenstoreTimeout(f"no answer to WRITE {path}")
-        await real_write(path, value)
+    real_directory = xs.directory
+    fail_reply_writes(xs, monkeypatch, failing)
 
     async def directory(path: str) -> list[str]:
         if path.endswith("/rmrr/query") and failing["listing"]:
@@ -426,7 +428,6 @@ async def test_one_fault_is_one_warning_per_domain_whatever_it_made_fail(
             raise XenstoreTimeout(f"no answer to DIRECTORY {path}")
         return await real_directory(path)
 
-    monkeypatch.setattr(xs, "write", write)
     monkeypatch.setattr(xs, "directory", directory)
     with caplog.at_level(logging.DEBUG, logger="rmrrd"):
         async with daemon_with_domain_1(xs):

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.processes import XenstoredProcess
-from support.raw_xenstore import call
+from support.raw_xenstore import call, tree_op
 from rmrrd.errors import InputError
 from rmrrd.xenstore import journal
 from rmrrd.xenstore.client import ConnectionLost, Transaction, open_xenstore
@@ -47,12 +47,8 @@ def test_snapshot_and_journal_rebuild_the_live_store(ops: list[tuple[str, list[s
     snapshot, records = dump(store), []
     for kind, parts in ops:
         path = ("/" + "/".join(parts)).encode()
-        if kind == "w":
-            call(store, conn, Op.WRITE, raw=path + b"\0" + path)
-        elif kind == "rm":
-            call(store, conn, Op.RM, path)
-        elif kind == "perm":
-            call(store, conn, Op.SET_PERMS, path, b"r3", b"w4")
+        if tree_op(store, conn, kind, parts):
+            pass
         elif kind == "tx":
             tx = int(call(store, conn, Op.TRANSACTION_START, b"")[1].rstrip(b"\0"))
             call(store, conn, Op.WRITE, raw=path + b"/t\0x", tx=tx)

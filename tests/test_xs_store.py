@@ -12,7 +12,7 @@ from rmrrd.errors import InputError
 from rmrrd.xenstore.store import DomainChange, Quotas, Store
 from rmrrd.xenstore.store_persist import dump, load
 from rmrrd.xenstore.wire import Op, Packet
-from support.raw_xenstore import call, events
+from support.raw_xenstore import call, events, tree_op
 
 pytestmark = pytest.mark.unit
 
@@ -317,13 +317,7 @@ def test_persisted_tree_round_trips(ops: list[tuple[str, list[str]]]) -> None:
     store = Store()
     conn = store.connect(0)
     for kind, parts in ops:
-        path = ("/" + "/".join(parts)).encode()
-        if kind == "w":
-            call(store, conn, Op.WRITE, raw=path + b"\0" + path)
-        elif kind == "rm":
-            call(store, conn, Op.RM, path)
-        else:
-            call(store, conn, Op.SET_PERMS, path, b"r3", b"w4")
+        tree_op(store, conn, kind, parts)
     again = load(dump(store), "test")
     assert dump(again) == dump(store)
     assert again.tree.nodes.keys() == store.tree.nodes.keys()  # a removed /tool stays removed

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from rmrrd.xenstore.wire import Decoder, Op, Packet, encode  # noqa: E402 - after the path fix
+from rmrrd.xenstore.wire import Op, Packet, encode  # noqa: E402 - after the path fix
+from support.raw_xenstore import RawClient  # noqa: E402
 
 TOKEN = b"t" * 1000
 """Watch tokens this long cost the server memory for each watch."""
@@ -46,24 +47,12 @@ PIPELINE = 20
 outstanding-request quota per domain, as the simulated one's)."""
 
 
-class Conn:
+class Conn(RawClient):
     """One guest connection over the bare codec (requests one at a time)."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.decoder = Decoder()
-
-    async def receive(self) -> Packet:
-        while (packet := self.decoder.next_packet()) is None:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise EOFError("closed")
-            self.decoder.feed(data)
-        return packet
-
-    async def call(self, op: Op, *args: bytes, tx: int = 0) -> Packet:
+    async def call(self, op: Op, *args: bytes, tx: int = 0, req: int = 1) -> Packet:
         """The reply to one request (watch events that arrive meanwhile are skipped)."""
-        await self.stream.send_all(encode(Packet(op, 1, tx, b"".join(a + b"\0" for a in args))))
+        await self.stream.send_all(encode(Packet(op, req, tx, b"".join(a + b"\0" for a in args))))
         while (reply := await self.receive()).op is Op.WATCH_EVENT:
             pass
         return reply
