@@ -1,7 +1,7 @@
 """What a guest may ask xenstored, and what it is answered: one table for the
-simulated xenstored (``tests/test_xs_guest_requests.py``) and for C xenstored in
-the real-Xen tier (``tests/xen/test_xen_guest_requests.py``, a PV guest writing the
-same bytes to its ``/dev/xen/xenbus``).
+simulated xenstored (``tests/test_xs_guest_requests.py``) and for C xenstored and
+oxenstored in the real-Xen tier (``tests/xen/test_xen_guest_requests.py``, a PV
+guest writing the same bytes to its ``/dev/xen/xenbus``).
 
 Each request is sent by guest ``G`` (``{g}`` in its arguments) about itself, about
 dom0, or about another guest ``O`` (``{o}``), outside any transaction unless it
@@ -28,14 +28,18 @@ class GuestRequest:
     args: tuple[str, ...]
     expected: str
     tx_id: int = 0
+    oxenstored: str | None = None
+    """What oxenstored answers instead, where it differs (the simulated xenstored
+    follows C)."""
 
     def packet(self, g: int, o: int) -> bytes:
         """The request's bytes on the wire, for guest ``g`` and other domain ``o``."""
         payload = b"".join(arg.format(g=g, o=o).encode() + b"\0" for arg in self.args)
         return encode(Packet(Op(self.op), 1, self.tx_id, payload))
 
-    def outcome(self, g: int, o: int) -> str:
-        return self.expected.format(g=g, o=o)
+    def outcome(self, g: int, o: int, *, oxenstored: bool = False) -> str:
+        expected = self.oxenstored if oxenstored and self.oxenstored is not None else self.expected
+        return expected.format(g=g, o=o)
 
 
 REQUESTS = [
@@ -49,7 +53,8 @@ REQUESTS = [
     GuestRequest("release(self)", Op.RELEASE, ("{g}",), "EACCES"),
     GuestRequest("resume(self)", Op.RESUME, ("{g}",), "EACCES"),
     GuestRequest("set_target", Op.SET_TARGET, ("{g}", "{o}"), "EACCES"),
-    GuestRequest("control", Op.CONTROL, ("print", "hello"), "EACCES"),
+    # oxenstored lets a guest's CONTROL "print" through (it logs the text).
+    GuestRequest("control", Op.CONTROL, ("print", "hello"), "EACCES", oxenstored="CONTROL OK|"),
     # Not privileged: any domain's home path is public knowledge.
     GuestRequest("get_domain_path(other)", Op.GET_DOMAIN_PATH, ("{o}",), "GET_DOMAIN_PATH /local/domain/{o}|"),
     # Types Xen 4.17's xenstored does not know (quotas and features came later).

@@ -1,11 +1,11 @@
-"""What a real guest is answered by C xenstored, request for request, against the
-table the simulated xenstored is held to (``support.guest_requests``,
-``tests/test_xs_guest_requests.py``).
+"""What a real guest is answered by C xenstored and oxenstored, request for
+request, against the table the simulated xenstored is held to
+(``support.guest_requests``, ``tests/test_xs_guest_requests.py``).
 
 A PV guest writes each request's bytes to its own ``/dev/xen/xenbus`` (the kernel
 passes them on its ring, as the guest's) and reads the reply back; the other domain
-it asks about is a paused PV domain.  Only C xenstored: it is the one whose
-privileged-request rule and quotas the simulated xenstored follows.
+it asks about is a paused PV domain.  The simulated xenstored follows C; where
+oxenstored differs, the table says what it answers instead.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from xen.testbed import Dom0, Guest
 from rmrrd.xenstore.wire import Decoder, Op
 
 
-@pytest.fixture(scope="module")
-def asker(dom0: Dom0) -> Iterator[tuple[Guest, Guest]]:
-    """A running PV guest that asks, and a paused one it asks about."""
+@pytest.fixture(scope="module", params=["dom0", "ox_dom0"])
+def asker(request: pytest.FixtureRequest) -> Iterator[tuple[Guest, Guest, bool]]:
+    """A running PV guest that asks, a paused one it asks about, and whether the
+    machine runs oxenstored (``ox_dom0``) rather than C xenstored (``dom0``)."""
+    dom0: Dom0 = request.getfixturevalue(request.param)
     other = dom0.create_guest("req-other", kind="pv", paused=True)
     guest = dom0.create_guest("req-asker", kind="pv")
     try:
         guest.wait_ready()
-        yield guest, other
+        yield guest, other, request.param == "ox_dom0"
     finally:
         for name in ("req-asker", "req-other"):
             dom0.run(["xl", "destroy", name], check=False)
@@ -66,8 +68,8 @@ def exchanges(lines: list[str]) -> list[str]:
     return [*scripts, current]
 
 
-def test_a_guest_is_answered_as_the_simulated_xenstored_answers_it(asker: tuple[Guest, Guest]) -> None:
-    guest, other = asker
+def test_a_guest_is_answered_as_the_simulated_xenstored_answers_it(asker: tuple[Guest, Guest, bool]) -> None:
+    guest, other, oxenstored = asker
     g, o = guest.domid, other.domid
     lines = [f"x '{printf_format(request.packet(g, o))}'\n" for request in REQUESTS]
     output = [line for script in exchanges(lines) for line in guest.run(script, timeout=120).text.splitlines()]
@@ -79,4 +81,4 @@ def test_a_guest_is_answered_as_the_simulated_xenstored_answers_it(asker: tuple[
         reply = decoder.next_packet()
         assert reply is not None and reply.op is not Op.WATCH_EVENT, (request.name, line)
         got[request.name] = describe(reply)
-    assert got == {request.name: request.outcome(g, o) for request in REQUESTS}
+    assert got == {request.name: request.outcome(g, o, oxenstored=oxenstored) for request in REQUESTS}
