@@ -25,6 +25,7 @@ from rmrrd.daemon.lifecycle import (
     DomainMachine,
     DomainStateError,
     Effect,
+    GrantAnswer,
     IntroducedSeen,
     Limits,
     Log,
@@ -380,13 +381,17 @@ def test_reload_keeps_allocations_in_memory_once_a_plan_is_known() -> None:
     assert running.domain.allocations.ranges() == mine
 
 
-def test_introduction_is_remembered() -> None:
+def test_introduction_is_remembered_and_grants_the_answer_once() -> None:
     machine = answered()
-    machine.handle(IntroducedSeen(False))
+    assert machine.handle(IntroducedSeen(False)) == []
     assert not machine.domain.introduced
-    machine.handle(IntroducedSeen(True))
+    # C xenstored gave the answer's entry for a domain not yet there nothing: set again.
+    assert machine.handle(IntroducedSeen(True)) == [GrantAnswer()]
+    assert machine.handle(IntroducedSeen(True)) == []
     machine.handle(IntroducedSeen(False))
     assert machine.domain.introduced
+    waiting = DomainMachine(2, LIMITS)
+    assert waiting.handle(IntroducedSeen(True)) == []  # no answer to grant
 
 
 # --- the table ---------------------------------------------------------------------------------

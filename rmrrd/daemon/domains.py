@@ -102,7 +102,7 @@ class Domains:
 
     async def introduced(self) -> None:
         """``@introduceDomain`` fired: tell each answered domain not yet introduced."""
-        pending = [domain for domain in self if not domain.introduced and domain.plan is not None]
+        pending = [domain for domain in self if not domain.introduced and domain.generation is not None]
         alive = await gather(lambda domain: self.xs.is_introduced(domain.domid), pending)
         for domain, up in zip(pending, alive):
             if up:

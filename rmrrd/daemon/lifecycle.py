@@ -304,6 +304,17 @@ class CheckIntroduced:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantAnswer:
+    """Set the answer's permissions again, now that the domain is introduced.
+
+    C xenstored ignores a permission entry naming a domain that did not exist when
+    it was set (``domain_alloc_permrefs``) or that is younger than the node
+    (``domain_adjust_node_perms``), and new nodes inherit the mark: an answer
+    written before its domain was created would stay unreadable to its guest.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveAnswer:
     """Remove the answer, the attachments and the allocations, in one transaction."""
 
@@ -378,7 +389,7 @@ class Log:
     message: str
 
 
-Effect = (RunSetup | StartQueries | StopQueries | CheckIntroduced | RemoveAnswer | RemoveRecords | ReportSetup
+Effect = (RunSetup | StartQueries | StopQueries | CheckIntroduced | GrantAnswer | RemoveAnswer | RemoveRecords | ReportSetup
           | ReadQuery | RecordAllocation | WriteReply | RemoveQuery | RemoveReply | CountQuery | AnswerCheck | Log)
 
 
@@ -463,8 +474,11 @@ class DomainMachine:
                         self.domain.allocations.add(rng)
                 return []
             case IntroducedSeen(up):
-                self.domain.introduced = self.domain.introduced or up
-                return []
+                if not up or self.domain.introduced:
+                    return []
+                self.domain.introduced = True
+                # Introduced now: an answer written before may grant it nothing yet.
+                return [GrantAnswer()] if self.state is State.ANSWERED else []
             case QueriesListed(names):
                 assert names is not None
                 return [effect for name in names for effect in self._query_written(name)]

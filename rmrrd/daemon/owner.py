@@ -43,11 +43,11 @@ from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.lifecycle import (AnswerCheck, AnswerVanished, CheckIntroduced, CountQuery, DomainMachine,
-                                    Effect, Event, IntroducedSeen, Log, QueriesListed, QueriesStopped, QueryRead,
+                                    Effect, Event, GrantAnswer, IntroducedSeen, Log, QueriesListed, QueriesStopped, QueryRead,
                                     QueryWritten, ReadQuery, RecordAllocation, Released, Reloaded, RemoveAnswer,
                                     RemoveQuery, RemoveRecords, RemoveReply, ReportSetup, RequestChanged, RunSetup,
                                     SetupDone, SetupFailed, StartQueries, State, StopQueries, WriteReply)
-from rmrrd.daemon.setup import decide, run_setup
+from rmrrd.daemon.setup import decide, grant_answer, run_setup
 from rmrrd.xenstore.ops import gather, rm_quietly
 
 if TYPE_CHECKING:
@@ -205,6 +205,10 @@ class DomainOwner:
                     self._queries = None
             case CheckIntroduced():
                 return IntroducedSeen(await xs.is_introduced(domid))
+            case GrantAnswer():
+                async with domains.setup_slots:
+                    count = await xs.run_transaction(partial(grant_answer, domid=domid))
+                log.info("domain %d: introduced; permissions of its %d answer nodes set again", domid, count)
             case RemoveAnswer(why):
                 async with domains.setup_slots:
                     await xs.run_transaction(partial(_remove_all, domid=domid))

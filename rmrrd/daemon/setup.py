@@ -22,7 +22,7 @@ from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER
 from rmrrd.xenstore.client import Transaction
 
 from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, setup_kind
-from rmrrd.xenstore.ops import gather, read_list, read_text, rm_quietly
+from rmrrd.xenstore.ops import gather, list_tree, read_list, read_text, rm_quietly
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,22 @@ async def write_answer(tx: Transaction, domid: int, generation: str, outcome: Se
     await gather(lambda path: tx.set_perms(path, dirs[path]), dirs)
     entries = answer_entries(generation, outcome.plan, outcome.error)
     await gather(lambda entry: tx.write(f"{base}/{entry[0]}", entry[1]), entries)
+
+
+async def grant_answer(tx: Transaction, domid: int) -> int:
+    """Set the permissions of every node of the answer again, inside ``tx``; how many.
+
+    For a domain introduced after its answer was written: C xenstored gave its
+    permission entries nothing (see :class:`rmrrd.daemon.lifecycle.GrantAnswer`).
+    The guest's own query nodes are its to keep and are left alone.
+    """
+    base, queries = answer_path(domid), query_path(domid)
+    if not await tx.exists(base):
+        return 0  # gone meanwhile (a release, a re-created domain): nothing to grant
+    nodes = [base] + [f"{base}/{rel}" for rel in await list_tree(tx, base, prune={queries[len(base) + 1:]})]
+    await gather(lambda path: tx.set_perms(path, guest_perms(domid, QUERY_PERMS if path == queries else ANSWER_PERMS)),
+                 nodes)
+    return len(nodes)
 
 
 async def read_answer_generation(tx: Transaction, domid: int) -> str | None:

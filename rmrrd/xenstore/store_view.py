@@ -58,6 +58,7 @@ class Tree:
         node.perms = perms
         self.counts[node.owner] = self.counts.get(node.owner, 0) + 1
         self.touch(path)
+        node.perms_gen = node.gen
 
     def delete(self, path: str) -> None:
         node = self.nodes.pop(path)
@@ -114,6 +115,7 @@ class TxView:
         assert node is not None  # the caller found it before asking
         self._recount(node, None)
         node.perms = perms
+        node.perms_gen = self._tree.gen  # set now: after every domain introduced so far
         self._recount(None, node)
         self._modified[path] = None
 

@@ -40,6 +40,11 @@ NODE_B = "/opt/rmrrd/etc/inventories/node-b.yaml"
 NO_RMRR = "0000:00:1f.0"
 """A device of node-a with no reserved region."""
 NODE_C = "/etc/rmrrd/inventories/node-c.yaml"
+EARLY = "/tool/testbed/early"
+"""A node given to the guests before they existed."""
+EARLY_DOMIDS = range(1, 400)
+"""Domids a guest of this session may take (Xen gives them in turn); the permission
+list fits one xenstore payload."""
 
 
 @dataclass
@@ -176,7 +181,15 @@ def guests(rmrrd: Rmrrd, dom0: Dom0) -> Iterator[list[Guest]]:
     domain exists, as a toolstack must: docs/toolstack.md).  PV, not PVH: under
     emulation a running PVH guest makes the whole machine several times slower (every
     world switch of the emulated SVM flushes QEMU's TLB), and rmrrd meets both kinds
-    only through xenstore."""
+    only through xenstore.
+
+    Before they exist, a node outside their homes is given to the domids they may
+    take, as a toolstack asking rmrrd before it creates a domain gives it its answer
+    (xl wipes ``/local/domain/<domid>`` on create, so an answer cannot be written
+    early here)."""
+    # Every domid the guests may take (no domain holds one now: dom0 is alone).
+    dom0.run(["xenstore-write", EARLY, "granted before the domain existed"])
+    dom0.run(["xenstore-chmod", EARLY, "n0", *(f"r{domid}" for domid in EARLY_DOMIDS)])
     created = [dom0.create_guest("pv-1", kind="pv"), dom0.create_guest("pv-2", kind="pv")]
     with concurrent.futures.ThreadPoolExecutor() as pool:
         list(pool.map(lambda guest: guest.wait_ready(), created))
@@ -240,6 +253,20 @@ def test_a_guest_cannot_touch_what_is_not_its_own(guests: list[Guest]) -> None:
     for (command, message), (rc, output) in zip(denied.items(), results):
         assert rc == 1 and message in output, f"{command}: exit {rc}: {output}"
     assert results[-1] == (0, "ready")  # nothing above changed it
+
+
+def test_c_xenstored_grants_nothing_to_a_domain_younger_than_the_permission(
+        guests: list[Guest], dom0: Dom0, rmrrd: Rmrrd) -> None:
+    # What rmrrd answers for on @introduceDomain (it sets its answer's permissions
+    # again): C xenstored marks an entry for a domain that does not exist to be ignored.
+    guest = guests[0]
+    assert guest.domid in EARLY_DOMIDS
+    assert run_each(guest, [f"xenstore-read {EARLY}"]) == [(1, f"xenstore-read: couldn't read path {EARLY}")]
+    dom0.run(["xenstore-chmod", EARLY, "n0", f"r{guest.domid}"])  # set again, the domain existing
+    assert run_each(guest, [f"xenstore-read {EARLY}"]) == [(0, "granted before the domain existed")]
+    # rmrrd did the same for each guest's answer once it saw the guest introduced.
+    for each in guests:
+        rmrrd.wait_for_log(f"domain {each.domid}: introduced; permissions of its ", timeout=10)
 
 
 def test_rmrrd_follows_guests_as_xl_destroys_them(rmrrd: Rmrrd, guests: list[Guest], dom0: Dom0) -> None:
