@@ -58,6 +58,11 @@ from rmrrd.core.ranges import Range
 from rmrrd.core.rate_limit import TokenBucket
 from rmrrd.protocol import is_valid_id
 
+LEARN_RETRIES = 30
+LEARN_RETRY_SECONDS = 1.0
+"""A domain learned before libxl saved its configuration (written at the end of ``xl
+create``, after the introduction) is learned again this often, this many times, until
+it is read."""
 REPLIES_KEPT = 64
 """Replies kept per domain, oldest removed first: reply nodes are dom0's, outside the
 guest's node quota, so without a bound a guest writing fresh ids would grow the store."""
@@ -106,6 +111,10 @@ class SetupOutcome:
     request: DomainRequest | None
     plan: Plan | None
     error: str | None
+    learned: str | None = None
+    """The guest type of a domain learned from libxl (None: answered from a request)."""
+    saved: bool = False
+    """For a learned domain: whether libxl's saved configuration was read."""
 
     @property
     def status(self) -> str:
@@ -142,6 +151,8 @@ class Domain:
     """Seen introduced to xenstored: only then does ``@releaseDomain`` concern it."""
     replies: deque[str] = field(default_factory=deque)
     """Ids of the replies written, oldest first (at most :data:`REPLIES_KEPT`)."""
+    learn_retries: int = 0
+    """Setups run again for want of libxl's saved configuration (:data:`LEARN_RETRIES`)."""
 
     def devices(self) -> set[Bdf]:
         """Every device this domain holds: statically assigned plus attached."""
@@ -315,6 +326,13 @@ class GrantAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class LearnLater:
+    """Post a RequestChanged after ``seconds``: learn the domain again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveAnswer:
     """Remove the answer, the attachments and the allocations, in one transaction."""
 
@@ -389,8 +407,8 @@ class Log:
     message: str
 
 
-Effect = (RunSetup | StartQueries | StopQueries | CheckIntroduced | GrantAnswer | RemoveAnswer | RemoveRecords | ReportSetup
-          | ReadQuery | RecordAllocation | WriteReply | RemoveQuery | RemoveReply | CountQuery | AnswerCheck | Log)
+Effect = (RunSetup | StartQueries | StopQueries | CheckIntroduced | GrantAnswer | LearnLater | RemoveAnswer
+          | RemoveRecords | ReportSetup | ReadQuery | RecordAllocation | WriteReply | RemoveQuery | RemoveReply | CountQuery | AnswerCheck | Log)
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -522,7 +540,7 @@ class DomainMachine:
             return []
         if result.kind == "current":
             self.state = State.ANSWERED
-            return self._start_queries()
+            return self._start_queries() + self._learn_later(result)
         assert result.outcome is not None and result.generation is not None
         effects: list[Effect] = []
         if result.kind == "written" and domain.plan is not None:
@@ -540,7 +558,17 @@ class DomainMachine:
             effects.append(CheckIntroduced())
         if result.kind in ("written", "rewritten"):
             effects.append(ReportSetup(result.generation, result.outcome, now - self._triggered))
-        return effects
+        return effects + self._learn_later(result)
+
+    def _learn_later(self, result: SetupResult) -> list[Effect]:
+        """Learn again soon, when libxl had not saved the domain's configuration yet."""
+        outcome = result.outcome
+        if outcome is None or outcome.learned is None or outcome.saved:
+            return []
+        if self.domain.learn_retries >= LEARN_RETRIES:
+            return []
+        self.domain.learn_retries += 1
+        return [LearnLater(LEARN_RETRY_SECONDS)]
 
     def _start_queries(self) -> list[Effect]:
         if self.queries_running:

@@ -43,10 +43,12 @@ from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.lifecycle import (AnswerCheck, AnswerVanished, CheckIntroduced, CountQuery, DomainMachine,
-                                    Effect, Event, GrantAnswer, IntroducedSeen, Log, QueriesListed, QueriesStopped, QueryRead,
+                                    Effect, Event, GrantAnswer, IntroducedSeen, LearnLater, Log, QueriesListed,
+                                    QueriesStopped, QueryRead,
                                     QueryWritten, ReadQuery, RecordAllocation, Released, Reloaded, RemoveAnswer,
                                     RemoveQuery, RemoveRecords, RemoveReply, ReportSetup, RequestChanged, RunSetup,
                                     SetupDone, SetupFailed, StartQueries, State, StopQueries, WriteReply)
+from rmrrd.daemon.learn import learn
 from rmrrd.daemon.setup import decide, grant_answer, run_setup
 from rmrrd.xenstore.ops import gather, rm_quietly
 
@@ -205,6 +207,8 @@ class DomainOwner:
                     self._queries = None
             case CheckIntroduced():
                 return IntroducedSeen(await xs.is_introduced(domid))
+            case LearnLater(seconds):
+                domains.nursery.start_soon(self._post_later, seconds, RequestChanged(trio.current_time() + seconds))
             case GrantAnswer():
                 async with domains.setup_slots:
                     count = await xs.run_transaction(partial(grant_answer, domid=domid))
@@ -241,6 +245,10 @@ class DomainOwner:
                 log.log(level, "%s", message)
         return None
 
+    async def _post_later(self, seconds: float, event: Event) -> None:
+        await trio.sleep(seconds)
+        self.post(event)
+
     async def _run_setup(self, known: str | None) -> Event:
         domains = self._domains
         async with domains.setup_slots:
@@ -252,7 +260,9 @@ class DomainOwner:
                 result = await domains.xs.run_transaction(
                     partial(run_setup, domid=self.domid, known=known,
                             decide_for=partial(decide, defaults=settings.defaults, host=settings.host,
-                                               peers=settings.peers)))
+                                               peers=settings.peers),
+                            learn_for=partial(learn, libxl_dir=settings.libxl_dir, defaults=settings.defaults,
+                                              host=settings.host, peers=settings.peers)))
             except (PeerError, TransportError, InputError) as exc:
                 return SetupFailed(f"{type(exc).__name__}: {exc}")
             except Exception as exc:

@@ -21,6 +21,7 @@ from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER
                             reply_path)
 from rmrrd.xenstore.client import Transaction
 
+from rmrrd.daemon.learn import LibxlKeys, read_libxl_keys
 from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, setup_kind
 from rmrrd.xenstore.ops import gather, list_tree, read_list, read_text, rm_quietly
 
@@ -82,7 +83,7 @@ async def write_answer(tx: Transaction, domid: int, generation: str, outcome: Se
     dirs = {query_path(domid): guest_perms(domid, QUERY_PERMS), reply_path(domid): guest_perms(domid, ANSWER_PERMS)}
     await gather(tx.mkdir, dirs)
     await gather(lambda path: tx.set_perms(path, dirs[path]), dirs)
-    entries = answer_entries(generation, outcome.plan, outcome.error)
+    entries = answer_entries(generation, outcome.plan, outcome.error, outcome.learned)
     await gather(lambda entry: tx.write(f"{base}/{entry[0]}", entry[1]), entries)
 
 
@@ -110,25 +111,34 @@ async def read_answer_generation(tx: Transaction, domid: int) -> str | None:
 
 
 async def run_setup(tx: Transaction, domid: int, known: str | None,
-                    decide_for: Callable[[SetupInput], SetupOutcome]) -> SetupResult:
+                    decide_for: Callable[[SetupInput], SetupOutcome],
+                    learn_for: Callable[[LibxlKeys], tuple[str, SetupOutcome]]) -> SetupResult:
     """One setup inside ``tx``: what :func:`setup_kind` says, carried out.
 
     ``known`` is the generation the daemon answered before (None: none);
-    ``decide_for`` plans a request against the inventories of the moment.  May run
-    several times (``run_transaction`` retries it), so it only touches ``tx``.
+    ``decide_for`` plans a request against the inventories of the moment, and
+    ``learn_for`` a domain libxl built without one (:mod:`rmrrd.daemon.learn`).  May
+    run several times (``run_transaction`` retries it), so it only touches ``tx``.
     """
     given = await read_setup_input(tx, domid)
-    if given is None:
-        kind: SetupKind = "waiting" if await tx.exists(f"{LIBXL_ROOT}/{domid}") else "absent"
-        return SetupResult(kind, answer_present=await tx.exists(answer_path(domid)))
+    learned: SetupOutcome | None = None
+    if given is not None:
+        generation = given.generation
+    else:
+        described = await read_libxl_keys(tx, domid)
+        if described is None:
+            kind: SetupKind = "waiting" if await tx.exists(f"{LIBXL_ROOT}/{domid}") else "absent"
+            return SetupResult(kind, answer_present=await tx.exists(answer_path(domid)))
+        generation, learned = learn_for(described)
     answered = await read_answer_generation(tx, domid)
-    kind = setup_kind(given.generation, answered, known)
+    kind = setup_kind(generation, answered, known)
     if kind == "current":
-        return SetupResult(kind, given.generation)
-    outcome = decide_for(given)
+        return SetupResult(kind, generation, learned)
+    outcome = decide_for(given) if given is not None else learned
+    assert outcome is not None  # learned when there is no request
     if kind != "relearned":
-        await write_answer(tx, domid, given.generation, outcome)
+        await write_answer(tx, domid, generation, outcome)
     if kind == "rewritten":
         # A new layout is a new boot: BARs placed in the old one mean nothing.
         await rm_quietly(tx, allocated_path(domid))
-    return SetupResult(kind, given.generation, outcome)
+    return SetupResult(kind, generation, outcome)

@@ -16,7 +16,8 @@ from functools import partial
 
 import trio
 
-from rmrrd.protocol import LIBXL_ROOT, REQUEST_ROOT, classify_libxl_path, is_valid_id, request_path
+from rmrrd.protocol import (LIBXL_ROOT, PCI_BACKEND_ROOT, REQUEST_ROOT, classify_libxl_path, is_valid_id,
+                            pci_backend_domid, request_path)
 from rmrrd.xenstore.client import XenstoreClient
 from rmrrd.xenstore.ops import rm_quietly
 
@@ -63,6 +64,7 @@ class Daemon:
                 async with trio.open_nursery() as watchers:
                     await watchers.start(self._watch_libxl)
                     await watchers.start(self._watch_requests)
+                    await watchers.start(self._watch_backends)
                     await watchers.start(self._watch_special, "@introduceDomain", self.domains.introduced)
                     await watchers.start(self._watch_special, "@releaseDomain", self.domains.released)
                     await self.ready.wait()
@@ -96,6 +98,17 @@ class Daemon:
                     self.ready.set()
                 elif what.request or what.domain_node:
                     self.domains.changed(what.domid)
+
+    async def _watch_backends(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """libxl's PCI backends: a device attached or detached changes a learned domain."""
+        async with self.xs.watch(PCI_BACKEND_ROOT) as events:
+            task_status.started()
+            await self.ready.wait()
+            async for event in events:
+                self.observer.watch_event("backend")
+                domid = pci_backend_domid(event.path)
+                if domid is not None:
+                    self.domains.changed(domid)
 
     async def _watch_requests(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with self.xs.watch(REQUEST_ROOT) as events:

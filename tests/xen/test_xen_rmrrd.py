@@ -2,9 +2,10 @@
 
 One daemon serves the whole module (its tests run in order): the seed scenario played
 through ``xenstore-write`` and ``rmrrd check``, its metrics, PV guests created and
-destroyed with ``xl`` that ask rmrrd from inside through their own xenstore connection, what ``xl create`` does to a domid rmrrd answered, SIGHUP, a restart (C
-xenstored cannot restart, so rmrrd does: the reconcile a reconnect runs is the same),
-and SIGTERM.
+destroyed with ``xl`` that ask rmrrd from inside through their own xenstore
+connection, what ``xl create`` does to a domid rmrrd answered, domains ``xl create``
+makes learned from libxl, SIGHUP, a restart (C xenstored cannot restart, so rmrrd
+does: the reconcile a reconnect runs is the same), and SIGTERM.
 """
 
 from __future__ import annotations
@@ -295,20 +296,48 @@ def test_xl_create_on_a_domid_rmrrd_answered(rmrrd: Rmrrd, dom0: Dom0) -> None:
     guest = dom0.create_guest("reuse-1", memory_mib=256, paused=True)
     assert guest.domid == domid
     try:
-        # xl wiped the request and the answer; rmrrd says so once and drops the old layout.
+        # xl wiped the request and the answer; rmrrd says so once and drops the old
+        # layout, then learns the domain xl built (a PV guest: no layout).
         dom0.wait_until(f"! xenstore-exists /tool/rmrrd/assigned/{domid}", 30)
-        assert dom0.xs_read(f"/local/domain/{domid}/rmrr/status") is None
         rmrrd.wait_for_log(f"domain {domid}: request and answer gone, /libxl/{domid} still there "
                            "(domain re-created on this domid?)")
         assert rmrrd.log().count("re-created on this domid") == 1
+        assert dom0.xs_wait(f"/local/domain/{domid}/rmrr/origin") == "learned"
+        assert dom0.xs_read(f"/local/domain/{domid}/rmrr/type") == "pv"
         refused = check(dom0, "wipe-migrate-1", f"op=migrate domid={domid} target=node-b device={D3}")
-        assert refused["verdict"] == "fail" and "has no rmrrd answer" in refused["reason"], refused
+        assert refused["verdict"] == "fail" and "created without passthrough" in refused["reason"], refused
         # The toolstack asks again for the domain xl built, and gets its own answer.
         answer = write_request(dom0, domid, {"memory": "256", "migrate/0": "node-b"})
-        assert (answer["status"], answer["lowmem_end"]) == ("ready", "0x10000000")
+        assert (answer["status"], answer["lowmem_end"], "origin" in answer) == ("ready", "0x10000000", False)
         assert check(dom0, "wipe-migrate-2", f"op=migrate domid={domid} target=node-b device={D3}")["verdict"] == "ok"
     finally:
         guest.destroy()
+
+
+def test_domains_xl_creates_are_learned_from_libxl(rmrrd: Rmrrd, dom0: Dom0) -> None:
+    # Plain `xl create`, nothing written for rmrrd: learned from libxl's keys and the
+    # configuration it saved under /var/lib/xen.  Paused: rmrrd only needs xenstore.
+    plain = dom0.create_guest("learn-plain", paused=True)
+    open_ = dom0.create_guest("learn-pt", paused=True, config=['passthrough = "enabled"'])
+    try:
+        for guest in (plain, open_):
+            assert dom0.xs_wait(f"{guest.home}/rmrr/origin") == "learned"
+            dom0.run(["sh", "-c", f"ls /var/lib/xen/userdata-d.{guest.domid}.*.libxl-json"])  # where libxl saves
+            rmrrd.wait_for_log(f"domain {guest.domid}: learned from libxl (pv, its saved configuration read) "
+                               "ready: no layout (pv guest")
+        answer = dom0.xs_ls(f"{plain.home}/rmrr")
+        assert (answer["status"], answer["type"], answer["generation"][:8]) == ("ready", "pv", "learned-")
+        # The verdicts of Xen 4.17 for these domains: none for a domain created without
+        # passthrough (EOPNOTSUPP); a PV guest's regions never meet its memory.
+        plain_check = dom0.rmrrd("check", "hotplug", "--domid", str(plain.domid), "--device", D1, check=False)
+        assert plain_check.rc == 1 and "created without passthrough" in plain_check.text, plain_check.describe()
+        pt_check = dom0.rmrrd("check", "hotplug", "--domid", str(open_.domid), "--device", D1, check=False)
+        assert pt_check.rc == 0, pt_check.describe()
+    finally:
+        for guest in (plain, open_):
+            guest.destroy()
+    for guest in (plain, open_):
+        dom0.wait_until(f"! xenstore-exists {guest.home}/rmrr", 30)
 
 
 def test_sighup_reloads_the_configuration(rmrrd: Rmrrd, dom0: Dom0) -> None:
