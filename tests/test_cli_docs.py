@@ -18,7 +18,7 @@ from rmrrd.cli.docs import bash_completion, manpage, subcommands, write_cli_docs
 
 pytestmark = pytest.mark.process  # runs python -m rmrrd and bash
 
-COMMANDS = ["run", "check", "demo", "inventory", "plan", "xenstored"]
+COMMANDS = ["run", "reload", "check", "demo", "inventory", "plan", "xenstored"]
 
 
 def rmrrd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,20 +11,25 @@ import pytest
 import trio
 import trio.testing
 
-from rmrrd.edges.http_server import Route, serve_http
+from rmrrd.edges.http_server import Request, Route, serve_http
 
 HOST = "127.0.0.1"
 
 
-async def hello() -> tuple[int, str, bytes]:
+async def hello(request: Request) -> tuple[int, str, bytes]:
     return 200, "text/plain; charset=utf-8", b"hello\n"
 
 
-async def broken() -> tuple[int, str, bytes]:
+async def broken(request: Request) -> tuple[int, str, bytes]:
     raise RuntimeError("route bug")
 
 
-ROUTES: dict[str, Route] = {"/hello": hello, "/broken": broken}
+async def accept(request: Request) -> tuple[int, str, bytes]:
+    """Echoes what the route was given: method, path and the Accept header."""
+    return 200, "text/plain; charset=utf-8", f"{request.method} {request.path} {request.headers.get('accept')}".encode()
+
+
+ROUTES: dict[str, Route] = {"/hello": hello, "/broken": broken, "/accept": accept}
 
 
 @pytest.fixture
@@ -173,3 +178,10 @@ async def test_connections_beyond_the_limit_get_503(nursery: trio.Nursery) -> No
     await trio.testing.wait_all_tasks_blocked(cushion=0.01)
     answer = await raw(port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 "), "the connection slot was not released"
+
+
+async def test_a_route_sees_method_path_and_headers(port: int) -> None:
+    """Header names in lower case; a repeated header joined with commas, as HTTP reads it."""
+    answer = await raw(port, b"GET /accept?x=1 HTTP/1.1\r\nHost: x\r\nACCEPT: text/plain;q=0.5\r\n"
+                             b"Accept: application/openmetrics-text\r\nConnection: close\r\n\r\n")
+    assert answer.endswith(b"\r\n\r\nGET /accept text/plain;q=0.5,application/openmetrics-text")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,9 +10,9 @@ import pytest
 import trio
 
 from rmrrd import __version__
-from rmrrd.edges.http_server import serve_http
-from rmrrd.edges.metrics import LATENCY_BUCKETS, Metrics
-from support.prometheus import PROMTOOL, PrometheusServer, promtool_check_metrics, tools_available
+from rmrrd.edges.http_server import Request, serve_http
+from rmrrd.edges.metrics import CONTENT_TYPE, LATENCY_BUCKETS, OPENMETRICS_CONTENT_TYPE, Metrics, prefers_openmetrics
+from support.prometheus import PrometheusServer, promtool_check_metrics, tools_available
 
 needs_prometheus = pytest.mark.skipif(not tools_available(), reason="Debian package prometheus not installed")
 
@@ -141,7 +139,7 @@ def test_buckets_are_narrow_from_2_ms_to_5_s() -> None:
         lower, upper = bucket_of(seconds)
         assert upper / lower <= 5 / 3 + 1e-9, (seconds, lower, upper)
         seconds *= 1.03
-    assert {0.02, 5.0} <= set(LATENCY_BUCKETS)  # the alert's threshold and the burst's bound
+    assert {0.02, 0.1, 5.0} <= set(LATENCY_BUCKETS)  # the target, the alert's threshold, the burst's bound
     assert list(LATENCY_BUCKETS) == sorted(set(LATENCY_BUCKETS))
 
 
@@ -152,7 +150,7 @@ def test_promtool_is_clean_on_rendered_output() -> None:
     m.setup_done("ready", 0.001)
     m.set_host_regions("node-a", 2)
     m.guest_query("e820", "ok")
-    assert promtool_check_metrics(m.render()) == []
+    assert promtool_check_metrics(m.render()[1]) == []
 
 
 @pytest.mark.process
@@ -164,38 +162,72 @@ def test_promtool_helper_reports_problems() -> None:
     assert promtool_check_metrics(bad) != []
 
 
-OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+def test_connection_and_reload_metrics() -> None:
+    m = Metrics()
+    assert value(m, "rmrrd_xenstore_connected") == 0  # not before the first connection
+    m.xenstore_connected()
+    assert value(m, "rmrrd_xenstore_connected") == 1
+    m.xenstore_lost()
+    m.xenstore_connect_failed()
+    m.xenstore_connect_failed()
+    assert value(m, "rmrrd_xenstore_connected") == 0
+    m.reconnected()
+    assert value(m, "rmrrd_xenstore_connected") == 1
+    assert value(m, "rmrrd_xenstore_disconnections_total") == 1
+    assert value(m, "rmrrd_xenstore_connect_failures_total") == 2
+    assert value(m, "rmrrd_xenstore_reconnects_total") == 1
+    m.config_loaded(True, 1000.0)
+    m.config_loaded(False, 2000.0)
+    assert value(m, "rmrrd_config_last_reload_successful") == 0
+    assert value(m, "rmrrd_config_last_reload_success_timestamp_seconds") == 1000.0
+    m.config_loaded(True, 3000.0)
+    assert value(m, "rmrrd_config_last_reload_successful") == 1
+    assert value(m, "rmrrd_config_last_reload_success_timestamp_seconds") == 3000.0
 
 
-def alert_rules() -> str:
-    """The rule group docs/operations.md offers operators to paste."""
-    match = re.search(r"```yaml\n(groups:\n.*?)```", OPERATIONS.read_text(), re.S)
-    assert match, f"{OPERATIONS}: no ```yaml block starting with groups:"
-    return match.group(1)
+def test_process_platform_and_gc_metrics_are_served() -> None:
+    _, body = Metrics().render()
+    names = {line.split("{")[0].split(" ")[0] for line in body.decode().splitlines() if not line.startswith("#")}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
+            "process_open_fds", "python_info", "python_gc_collections_total", "rmrrd_gc_frozen_objects"} <= names
 
 
-@needs_prometheus
-@pytest.mark.process
-def test_documented_alert_rules_pass_promtool(tmp_path: Path) -> None:
-    rules = tmp_path / "rmrrd-rules.yaml"
-    rules.write_text(alert_rules())
-    result = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True,
-                            timeout=60, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_no_created_series_in_either_format() -> None:
+    m = Metrics()
+    m.setup_done("ready", 0.002)
+    assert value(m, "rmrrd_setups_created", status="ready") is not None  # client_python keeps them...
+    for accept in ("", "application/openmetrics-text"):
+        content_type, body = m.render(accept)
+        assert b"_created" not in body, content_type  # ...and nothing served carries them
+        assert b'rmrrd_setups_total{status="ready"} 1.0' in body
 
 
-def test_documented_alert_rules_name_metrics_that_exist() -> None:
-    """A renamed metric would leave an alert that never fires: promtool cannot see that."""
-    exposed = {line.split("{")[0].split(" ")[0] for line in Metrics().render().decode().splitlines()
-               if not line.startswith("#")}
-    named = set(re.findall(r"\brmrrd_[a-z_]+", alert_rules()))
-    assert named and named <= exposed, named - exposed
+def test_openmetrics_when_the_scraper_prefers_it() -> None:
+    prometheus_2_42 = "application/openmetrics-text;version=0.0.1;q=0.875,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    content_type, body = Metrics().render(prometheus_2_42)
+    assert content_type == OPENMETRICS_CONTENT_TYPE and content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+    for accept in ("", "*/*", "text/plain", "text/plain;q=0.9, application/openmetrics-text;q=0.5",
+                   "application/openmetrics-text;q=0", "application/openmetrics-text;q=x, text/plain"):
+        content_type, body = Metrics().render(accept)
+        assert content_type == CONTENT_TYPE and b"# EOF" not in body, accept
+    assert prefers_openmetrics("text/plain;q=0.2, APPLICATION/OpenMetrics-Text")
+
+
+#: The Accept header of each scrape of :func:`endpoint`, as the scraper sent it.
+ACCEPTED: list[str] = []
 
 
 @pytest.fixture
 async def endpoint(nursery: trio.Nursery) -> AsyncIterator[tuple[Metrics, int]]:
     metrics = Metrics()
-    port: int = await nursery.start(serve_http, "127.0.0.1", 0, {"/metrics": metrics.http_route})
+
+    async def route(request: Request) -> tuple[int, str, bytes]:
+        ACCEPTED.append(request.headers.get("accept", ""))
+        return await metrics.http_route(request)
+
+    ACCEPTED.clear()
+    port: int = await nursery.start(serve_http, "127.0.0.1", 0, {"/metrics": route})
     yield metrics, port
 
 
@@ -231,3 +263,5 @@ async def test_prometheus_server_sees_the_setup_counter(
         metrics.setup_done("ready", 0.002)
         assert await trio.to_thread.run_sync(prometheus.wait_for_value, query, 2.0) == 2.0
         assert await trio.to_thread.run_sync(prometheus.target_health) == ["up"]
+    # Prometheus asked for OpenMetrics, got it, and read it.
+    assert ACCEPTED and all(prefers_openmetrics(accept) for accept in ACCEPTED)

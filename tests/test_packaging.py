@@ -26,6 +26,7 @@ pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ["share/rmrrd/rmrrd.service", "share/rmrrd/rmrrd.yaml", "share/rmrrd/inventories/node-a.yaml",
+        "share/rmrrd/prometheus/rmrrd.rules.yml", "share/rmrrd/grafana/rmrrd-dashboard.json",
         "share/man/man1/rmrrd.1", "share/bash-completion/completions/rmrrd"]
 MAN_PAGE = "share/man/man1/rmrrd.1"
 
@@ -136,6 +137,7 @@ def test_sdist_carries_unit_config_docs_and_tests(source: Path, tmp_path: Path) 
     with tarfile.open(tmp_path / name) as sdist:
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
     for path in ("systemd/rmrrd.service", "etc/rmrrd.yaml", "etc/inventories/node-b.yaml",
+                 "monitoring/rmrrd.rules.yml", "monitoring/rmrrd.rules.test.yml", "monitoring/rmrrd-dashboard.json",
                  "pyproject.toml", "MANIFEST.in", "rmrrd/py.typed", "tests/test_packaging.py",
                  "tests/data/firmware/README.md", "tests/data/firmware/expected.json",
                  "tests/data/firmware/tables/fwupd_DMAR"):

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from rmrrd.edges.host_inventory import table_inventory
-from rmrrd.edges.http_server import Route, serve_http
+from rmrrd.edges.http_server import Request, Route, serve_http
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.inventory_yaml import dump_inventory_yaml, inventory_to_json, load_inventory_file
 from rmrrd.edges.peers import inventory_url, load_peers
@@ -33,13 +33,13 @@ def write(directory: Path, name: str, text: str) -> Path:
 
 
 def inventory_route(inv: Inventory) -> Route:
-    async def route() -> tuple[int, str, bytes]:
+    async def route(request: Request) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(inventory_to_json(inv)).encode()
     return route
 
 
 def body_route(body: bytes) -> Route:
-    async def route() -> tuple[int, str, bytes]:
+    async def route(request: Request) -> tuple[int, str, bytes]:
         return 200, "application/json", body
     return route
 

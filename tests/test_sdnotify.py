@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +118,13 @@ async def test_watchdog_loop_pings_at_half_interval(
 async def test_watchdog_loop_returns_when_disabled(systemd: FakeSystemd) -> None:
     await watchdog_loop(Notifier(systemd.env_value))
     assert systemd.messages() == []
+
+
+def test_reloading_carries_the_monotonic_time(systemd: FakeSystemd) -> None:
+    """RELOADING=1 with MONOTONIC_USEC on CLOCK_MONOTONIC, as systemd >= 253 insists."""
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": systemd.env_value})
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    sent = notifier.reloading("reloading")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert before <= sent <= after
+    assert systemd.messages() == [f"RELOADING=1\nMONOTONIC_USEC={sent}\nSTATUS=reloading"]

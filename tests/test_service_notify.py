@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 import pytest
 
-from support.processes import Daemon, XenstoredProcess, read_key, start_daemon
+from support import WAIT
+from support.processes import Daemon, NotifySocket, XenstoredProcess, read_key, setup_domain, start_daemon
 from rmrrd.app.demo import SEED_DOMAIN
 from rmrrd.app.toolstack import write_request
 from rmrrd.protocol import STATUS_KEY, answer_path
-from rmrrd.xenstore.client import open_xenstore
+from rmrrd.xenstore.client import BACKOFF_MAX, open_xenstore
 
 pytestmark = pytest.mark.process
 
@@ -78,3 +82,63 @@ def test_without_notify_socket_the_daemon_runs_and_stops(workdir: Path, daemons:
     assert daemon.stop(signal.SIGINT) == 0
     assert "signal SIGINT: stopping" in daemon.log()
     assert "rmrrd stopped" in daemon.log_lines()[-1]
+
+
+def test_xenstored_killed_and_back(workdir: Path, daemons: list[Daemon], xenstored_process: XenstoredProcess) -> None:
+    """Readiness, the connected gauge and STATUS= follow xenstored away and back;
+    liveness (/livez, the watchdog) does not, since the loop is alive throughout."""
+    xenstored = xenstored_process
+    daemon = start_daemon(workdir, xenstore=xenstored.path, set_watchdog_pid=True, env={"WATCHDOG_USEC": "2000000"})
+    daemons.append(daemon)
+    notify = daemon.notify
+    assert notify is not None
+    assert daemon.metric("rmrrd_xenstore_connected") == 1
+
+    xenstored.process.kill()
+    xenstored.process.wait()
+    killed = time.monotonic()
+    # The connection's end is seen at once: well within the client's longest wait
+    # between reconnect attempts.
+    while (health := daemon.get("/healthz"))[0] != 503:
+        assert time.monotonic() - killed < BACKOFF_MAX, health
+        time.sleep(0.02)
+    assert re.fullmatch(rb"xenstore unreachable since [\d:]{8}(, \d+ reconnect attempts failed)?, nothing is "
+                        rb"answered until it is back: connection lost: .*\n", health[2]), health
+    assert daemon.metric("rmrrd_xenstore_connected") == 0
+    assert daemon.metric("rmrrd_xenstore_disconnections_total") == 1
+    status = _next_status(notify, lambda text: text.startswith("xenstore unreachable since "))
+    assert "nothing is answered until it is back: connection lost" in status
+    # The socket is still there, with nobody listening: attempts fail and are counted.
+    _wait(lambda: daemon.metric("rmrrd_xenstore_connect_failures_total") >= 2, daemon)
+    assert daemon.get("/livez")[:3:2] == (200, b"alive; serving\n")
+    assert "WATCHDOG=1" in notify.wait_for("WATCHDOG=1")  # the loop is alive: no restart wanted
+
+    again = XenstoredProcess(xenstored.path)
+    try:
+        _wait(lambda: daemon.get("/healthz")[:3:2] == (200, b"ok\n"), daemon)
+        assert daemon.metric("rmrrd_xenstore_connected") == 1
+        assert daemon.metric("rmrrd_xenstore_reconnects_total") == 1
+        assert _next_status(notify, lambda text: text.startswith("serving ")) == \
+            "serving 0 domains; host node-a with 2 regions, 1 peers"
+        # The new xenstored is empty: the reconcile after the reconnect serves it.
+        assert setup_domain(again.path, 1).status == "ready"
+        assert daemon.stop() == 0
+    finally:
+        again.stop()
+
+
+def _next_status(notify: NotifySocket, wanted: Callable[[str], bool]) -> str:
+    """The text of the next STATUS= that ``wanted`` accepts (other messages skipped)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for line in notify.next_message(deadline - time.monotonic()).splitlines():
+            if line.startswith("STATUS=") and wanted(line[len("STATUS="):]):
+                return line[len("STATUS="):]
+    raise AssertionError(f"no such STATUS= within {WAIT} s; got {notify.received}")
+
+
+def _wait(condition: Callable[[], bool], daemon: Daemon) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)

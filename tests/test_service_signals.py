@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 
-from support.processes import Daemon, XenstoredProcess, read_key, setup_domain, start_daemon
+from support import WAIT
+from support.processes import Daemon, XenstoredProcess, read_key, rmrrd_argv, setup_domain, start_daemon
 from rmrrd.xenstore.ops import read_text
 from rmrrd.app.demo import SEED_DOMAIN
 from rmrrd.app.toolstack import write_request
@@ -82,33 +85,87 @@ def test_sighup_uses_a_changed_inventory_for_the_next_setup(workdir: Path, daemo
 
 
 def test_sighup_with_an_invalid_config_keeps_the_old_one(workdir: Path, daemons: list[Daemon]) -> None:
-    daemon = start_daemon(workdir)
+    """systemd sees RELOADING=1, then READY=1 with the failure in STATUS=; the reload
+    metric reads 0 and /healthz 503; the old configuration keeps serving; ``rmrrd
+    reload`` (the unit's ExecReload=) exits 1.  A good file afterwards clears it all."""
+    daemon = start_daemon(workdir, env={"RUNTIME_DIRECTORY": str(workdir)})
     daemons.append(daemon)
+    notify = daemon.notify
+    assert notify is not None
+    loaded_at = daemon.metric("rmrrd_config_last_reload_success_timestamp_seconds")
     good = daemon.config.read_text()
     daemon.config.write_text(good + "limits:\n  query_rat: 5\n")
     mark = len(daemon.log_lines())
     daemon.process.send_signal(signal.SIGHUP)
+    reloading, *_, ready = notify.wait_for("READY=1")
+    assert re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+\nSTATUS=reloading configuration and inventories",
+                        reloading)
+    assert re.fullmatch(r"READY=1\nSTATUS=reload failed at [\d:]{8}, running the configuration loaded before: "
+                        r".*rmrrd\.yaml:\d+: limits\.query_rat: unknown key.*\.\.\.; serving 0 domains; "
+                        r"host node-a with 2 regions, 1 peers", ready)
     line = daemon.wait_for_log("reload failed", after=mark)
     assert re.search(rf"{re.escape(str(daemon.config))}:\d+: limits\.query_rat: unknown key", line)
     assert line.startswith(tuple("0123456789")) and " ERROR " in line
+    assert daemon.metric("rmrrd_config_last_reload_successful") == 0
+    assert daemon.metric("rmrrd_config_last_reload_success_timestamp_seconds") == loaded_at
+    status, _, body = daemon.get("/healthz")
+    assert status == 503 and b"reload failed at " in body and b"limits.query_rat: unknown key" in body
+    assert body.count(b"\n") == 1 and b"..." not in body  # all of it, on one line
+    assert daemon.get("/livez")[0] == 200
     # Still serving, on the old configuration.
     assert setup_domain(daemon.xenstore, 1).status == "ready"
-    assert daemon.get("/healthz")[0] == 200
 
-    # A valid change afterwards applies and is named key by key.
+    # The unit's ExecReload= reports the same failure, with the key, and exits 1.
+    refused = reload_command(daemon, workdir)
+    assert refused.returncode == 1
+    assert "failed, the running configuration is kept" in refused.stderr and "query_rat" in refused.stderr
+
+    # A valid change afterwards applies, is named key by key, and clears the failure.
     daemon.config.write_text(good + "limits:\n  results_kept: 10\n  query_rate: 5\nlog:\n  level: debug\n")
     mark = len(daemon.log_lines())
-    daemon.process.send_signal(signal.SIGHUP)
+    applied = reload_command(daemon, workdir)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.startswith("rmrrd reload: done; serving 1 domains; host node-a")
     daemon.wait_for_log("reload done", after=mark)
     log = "\n".join(daemon.log_lines()[mark:])
     assert "reload: limits.results_kept: 256 -> 10" in log
     assert "limits.query_rate: 20 -> 5 (takes effect at the next restart)" in log
     assert "log.level: info -> debug" in log
+    assert daemon.get("/healthz")[:3:2] == (200, b"ok\n")
+    assert daemon.metric("rmrrd_config_last_reload_successful") == 1
+    assert daemon.metric("rmrrd_config_last_reload_success_timestamp_seconds") > loaded_at
+    assert "reload failed" in notify.wait_for("READY=1")[-1]  # the refused `rmrrd reload`
+    assert notify.wait_for("READY=1")[-1].startswith("READY=1\nSTATUS=serving 1 domains; host node-a")
     # log.level took effect: debug lines appear from now on.
     mark = len(daemon.log_lines())
     setup_domain(daemon.xenstore, 2)
     daemon.stop()
     assert any(" DEBUG " in line for line in daemon.log_lines()[mark:])
+
+
+def test_reload_command_without_a_daemon_outcome(workdir: Path, daemons: list[Daemon]) -> None:
+    """``rmrrd reload`` needs RUNTIME_DIRECTORY, a live process, and an answer in time."""
+    daemon = start_daemon(workdir)  # no RUNTIME_DIRECTORY: it records no outcome
+    daemons.append(daemon)
+    unset = subprocess.run(rmrrd_argv("reload", "--pid", str(daemon.process.pid)), capture_output=True, text=True,
+                           timeout=WAIT, env=_without("RUNTIME_DIRECTORY"))
+    assert (unset.returncode, unset.stderr.count("\n")) == (2, 1) and "RUNTIME_DIRECTORY is unset" in unset.stderr
+    silent = reload_command(daemon, workdir, "--timeout", "1")
+    assert silent.returncode == 1 and "no outcome from process" in silent.stderr
+    daemon.stop()
+    gone = reload_command(daemon, workdir)
+    assert gone.returncode == 2 and f"no process {daemon.process.pid}" in gone.stderr
+
+
+def reload_command(daemon: Daemon, runtime_directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``rmrrd reload --pid`` as the unit's ExecReload= runs it, with the unit's RUNTIME_DIRECTORY."""
+    return subprocess.run(rmrrd_argv("reload", "--pid", str(daemon.process.pid), *args), capture_output=True,
+                          text=True, timeout=WAIT + 60,
+                          env={**_without("RUNTIME_DIRECTORY"), "RUNTIME_DIRECTORY": str(runtime_directory)})
+
+
+def _without(name: str) -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key != name}
 
 
 def test_log_level_on_the_command_line_outranks_the_file_on_reload(workdir: Path, daemons: list[Daemon]) -> None:

@@ -1,7 +1,7 @@
-"""What the toolstack's short paths import: not the daemon's machinery.
+"""What the short paths import: not the daemon's machinery.
 
-``rmrrd check`` and the hooks run once per toolstack operation, so each must import
-only what its check uses.  Each case runs the entry point in a fresh interpreter
+``rmrrd check`` and the hooks run once per toolstack operation, and ``rmrrd reload``
+once per ``systemctl reload``, so each must import only what its work uses.  Each case runs the entry point in a fresh interpreter
 and lists ``sys.modules`` at the end; timing is measured in bench/bench_hooks.py,
 not here.
 """
@@ -26,6 +26,8 @@ DAEMON_MACHINERY = {"trio", "yaml", "prometheus_client", "h11", "outcome", "attr
 """Never on a short path: the event loop, YAML, metrics, HTTP, the daemon and its client."""
 PLANNING = {"rmrrd.core.planner", "rmrrd.core.libxl_domain", "rmrrd.edges.host_inventory", "xml.etree.ElementTree"}
 """Not where nothing is planned."""
+HELP_TEXT = {"shutil", "textwrap"}
+"""What argparse needs only to print help (the terminal's width, wrapping)."""
 
 RUNNER = """
 import json, sys
@@ -51,6 +53,14 @@ def test_rmrrd_check(tmp_path: Path) -> None:
     modules = imported("rmrrd.cli", ["check", "hotplug", "--domid", "1", "--device", "00:02.0",
                                      "--xenstore", str(tmp_path / "none")])
     assert "rmrrd.xenstore.blocking" in modules
+    never = DAEMON_MACHINERY | PLANNING | HELP_TEXT
+    assert modules.isdisjoint(never), modules & never
+
+
+def test_rmrrd_reload(tmp_path: Path) -> None:
+    """The unit's ExecReload= (no such process here: it fails after its imports are done)."""
+    modules = imported("rmrrd.cli", ["reload", "--pid", "999999999"], env={"RUNTIME_DIRECTORY": str(tmp_path)})
+    assert "rmrrd.edges.reload_status" in modules
     assert modules.isdisjoint(DAEMON_MACHINERY | PLANNING), modules & (DAEMON_MACHINERY | PLANNING)
 
 

@@ -166,6 +166,36 @@ async def test_drop_fails_in_flight_at_once_then_backoff_restores_watches(
         assert len(reconnects) == 1 and xs.generation == 1
 
 
+async def test_lost_failed_and_back_are_told_as_they_happen(autojump_clock: trio.testing.MockClock) -> None:
+    """``on_lost`` once per connection that served; ``on_connect_failed`` for each refused
+    attempt and for a connection that dropped before its watches were back."""
+    connector = Connector()
+    told: list[str] = []
+
+    async def on_reconnect() -> None:
+        told.append("back")
+
+    async with open_xenstore(connect=connector, timeout=100, on_reconnect=on_reconnect,
+                             on_lost=lambda why: told.append(f"lost: {why}"),
+                             on_connect_failed=lambda why: told.append(f"failed: {why}")) as xs:
+        server = await connector.accepted.receive()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_until_two_events, xs)
+            await server.answer(await server.receive())
+            await server.send(Packet(Op.WATCH_EVENT, 0, 0, b"/w\0tok\0"))
+            connector.failures = 2
+            await server.stream.aclose()
+            server = await connector.accepted.receive()
+            await server.receive()  # the watch again, never answered: this one dies young
+            await server.stream.aclose()
+            server = await connector.accepted.receive()
+            await server.answer(await server.receive())
+            await server.send(Packet(Op.WATCH_EVENT, 0, 0, b"/w\0tok\0"))
+    assert [entry.split(":")[0] for entry in told] == ["lost", "failed", "failed", "failed", "back"]
+    assert told[0] == "lost: connection lost: xenstored closed the connection"
+    assert told[3] == "failed: connection lost: xenstored closed the connection"
+
+
 async def _watch_until_two_events(xs: XenstoreClient) -> None:
     async with xs.watch("/w", "tok") as events:
         for _ in range(2):

@@ -3,18 +3,22 @@
 Start-up order matters to systemd and to tests: inventories are loaded, the
 embedded xenstored (if any) and the HTTP listener are bound, xenstore is connected,
 watches are registered and a first reconciliation has answered everything pending;
-only then is READY=1 sent and ``task_status.started`` called.  SIGTERM/SIGINT stop
+only then is READY=1 sent and ``task_status.started`` called.  From then on
+:class:`rmrrd.app.health.Health` keeps ``STATUS=``, ``/healthz`` and the
+connection and reload metrics true to what happens.  SIGTERM/SIGINT stop
 the watches and let in-flight handlers and setups finish, all within one deadline
 ``limits.shutdown_grace_seconds`` after the signal (plus 1 s to write ``status =
 stopped``), and return; SIGHUP reloads the configuration and inventories, keeping
 the old ones if the new ones are invalid and logging each change
-(:mod:`rmrrd.app.reload`).  docs/operations.md describes all of it.
+(:mod:`rmrrd.app.reload`), inside systemd's ``RELOADING=1`` ... ``READY=1``.
+docs/operations.md describes all of it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from functools import partial
@@ -27,10 +31,11 @@ from rmrrd.core.inventory import Inventory
 from rmrrd.core.inventory_yaml import inventory_to_json
 from rmrrd.edges.config import Config, load_config
 from rmrrd.edges.host_inventory import load_host
-from rmrrd.edges.http_server import serve_http
+from rmrrd.edges.http_server import Request, serve_http
 from rmrrd.edges.logs import setup_logging
 from rmrrd.edges.metrics import Metrics
 from rmrrd.edges.peers import load_peers
+from rmrrd.edges.reload_status import result_path
 from rmrrd.edges.sdnotify import Notifier, watchdog_loop
 from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.protocol import STATUS_KEY, STOPPED
@@ -41,6 +46,7 @@ from rmrrd.daemon.lifecycle import Limits
 from rmrrd.daemon.settings import Settings
 from rmrrd.daemon.watches import Daemon
 
+from rmrrd.app.health import Health
 from rmrrd.app.reload import config_changes, inventory_changes, peer_changes
 
 log = logging.getLogger(__name__)
@@ -97,14 +103,15 @@ class Running:
 
 
 async def reload(ctx: Running, config_path: Path | None, log_level: str | None = None,
-                 simulate: bool = False) -> bool:
+                 simulate: bool = False) -> str | None:
     """SIGHUP: read the configuration and inventories again; keep the old on error.
 
     Nothing is half-applied: the new configuration, host inventory and peers are all
     read first and swapped in together, or none is.  ``log_level`` is the command
     line's ``--log-level``, which outranks ``log.level`` in the file, and ``simulate``
     its ``--simulate``, which outranks ``xenstore.embedded``.  One log line
-    per change says what the reload did.  Returns whether it applied.
+    per change says what the reload did.  Returns why it was refused, or None when
+    it applied.
     """
     try:
         config = load_config(config_path, embedded=simulate) if config_path is not None else ctx.config
@@ -112,8 +119,9 @@ async def reload(ctx: Running, config_path: Path | None, log_level: str | None =
         peers = await load_peer_inventories(config, ctx.peers)
     except InputError as exc:
         # ConfigError lists one problem per line; the journal wants one line.
-        log.error("reload failed, keeping the running configuration: %s", str(exc).replace("\n", "; "))
-        return False
+        error = str(exc).replace("\n", "; ")
+        log.error("reload failed, keeping the running configuration: %s", error)
+        return error
     changes = [str(change) for change in config_changes(ctx.config, config)]
     changes += [f"host {host.host}: {line}" for line in inventory_changes(ctx.host, host)]
     changes += peer_changes(ctx.peers, peers)
@@ -129,7 +137,7 @@ async def reload(ctx: Running, config_path: Path | None, log_level: str | None =
     ctx.config, ctx.host, ctx.peers = config, host, peers
     ctx.apply()
     _count_regions(ctx)
-    return True
+    return None
 
 
 def _count_regions(ctx: Running) -> None:
@@ -152,24 +160,20 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
     host = load_host(config)
     peers = await load_peer_inventories(config, {})
     metrics = Metrics()
+    health = Health(notifier, metrics, reload_result=result_path(os.environ))
     ctx_box: list[Running] = []
-    daemon_box: list[Daemon] = []
 
-    async def inventory_route() -> tuple[int, str, bytes]:
+    async def inventory_route(request: Request) -> tuple[int, str, bytes]:
         current = ctx_box[0].host if ctx_box else host
         return 200, "application/json", json.dumps(inventory_to_json(current)).encode() + b"\n"
-
-    async def health_route() -> tuple[int, str, bytes]:
-        if daemon_box and daemon_box[0].ready.is_set():
-            return 200, "text/plain; charset=utf-8", b"ok\n"
-        return 503, "text/plain; charset=utf-8", b"starting\n"
 
     async def on_reconnect() -> None:
         # The client logs the reconnect itself; the reconcile follows from the
         # watches' initial events, which it re-registers.
-        metrics.reconnected()
+        health.xenstore_back()
 
-    routes = {"/metrics": metrics.http_route, "/inventory": inventory_route, "/healthz": health_route}
+    routes = {"/metrics": metrics.http_route, "/inventory": inventory_route,
+              "/healthz": health.readiness_route, "/livez": health.liveness_route}
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if install_signals \
             else _no_signals() as signals:
         async with trio.open_nursery() as root:
@@ -177,29 +181,28 @@ async def run_service(config: Config, *, simulate: bool = False, config_path: Pa
             if config.xenstore.embedded:
                 await root.start(partial(serve_xenstored, xs_path, persist=config.xenstore.persist))
             port = await root.start(partial(serve_http, config.metrics.host, config.metrics.port, routes))
-            async with open_xenstore(str(xs_path), on_reconnect=on_reconnect) as xs:
+            async with open_xenstore(str(xs_path), on_reconnect=on_reconnect, on_lost=health.xenstore_lost,
+                                     on_connect_failed=health.xenstore_attempt_failed) as xs:
                 daemon = Daemon(xs, settings_from(config, host, peers), limits_from(config), metrics)
                 ctx = Running(config, host, peers, metrics, daemon)
                 ctx_box.append(ctx)
                 _count_regions(ctx)
-                daemon_box.append(daemon)
                 async with trio.open_nursery() as serving:
                     await serving.start(daemon.serve)
-                    notifier.ready(_status_line(ctx))
+                    health.serving(partial(_status_line, ctx))
                     root.start_soon(watchdog_loop, notifier)
+                    root.start_soon(health.refresh_loop)
                     log.info("rmrrd %s ready: %s", __version__, _status_line(ctx))
                     task_status.started(ServiceHandle(port, Path(xs_path)))
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            notifier.status("reloading configuration and inventories")
-                            await reload(ctx, config_path, log_level, simulate)
-                            notifier.status(_status_line(ctx))
+                            began = health.reload_begins()
+                            health.reload_done(began, await reload(ctx, config_path, log_level, simulate))
                             continue
                         log.info("signal %s: stopping within %.1f s", signal.Signals(signum).name,
                                  ctx.config.limits.shutdown_grace_seconds)
                         break
-                    notifier.stopping()
-                    notifier.status("stopping: finishing in-flight answers")
+                    health.stopping()
                     daemon.stop()
                 await _mark_stopped(xs)
             root.cancel_scope.cancel()

@@ -16,7 +16,6 @@ import argparse
 import importlib
 import os
 import sys
-import textwrap
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -27,24 +26,48 @@ from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.cli.exits import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, sole_cause
 
 
-COMMANDS = ("run", "check", "demo", "inventory", "plan", "xenstored")
+COMMANDS = ("run", "reload", "check", "demo", "inventory", "plan", "xenstored")
 
 
 def _commands(argv: Sequence[str] | None = None) -> list[ModuleType]:
     """The subcommand modules to register: only the one ``argv`` names, if it names one.
 
-    A toolstack hook runs ``rmrrd check`` for every operation it checks; importing the
-    daemon's modules (trio, YAML, Prometheus) for that would cost more than the check
-    itself.  ``rmrrd --help``, the man page and a mistyped command see every subcommand.
+    A toolstack hook runs ``rmrrd check`` for every operation it checks, and systemd
+    ``rmrrd reload`` for every reload; importing the daemon's modules (trio, YAML,
+    Prometheus) for that would cost more than the work itself.  ``rmrrd --help``, the man page and a mistyped command see every subcommand.
     """
     names = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
     return [importlib.import_module(f"rmrrd.cli.{name}") for name in names]
 
 
+def _terminal_columns() -> int:
+    """The width argparse would wrap to: ``$COLUMNS``, else the terminal's, else 80.
+
+    What ``shutil.get_terminal_size`` answers, without importing ``shutil`` (and with it
+    ``bz2`` and ``lzma``): argparse builds a formatter for every ``add_argument``, also
+    on a toolstack hook's ``rmrrd check`` that never prints help, and that import was
+    2.5 ms of the check's start-up (docs/performance.md).
+    """
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80 if sys.__stdout__ else 80
+    except (OSError, ValueError):
+        return 80
+
+
 class _Formatter(argparse.HelpFormatter):
     """argparse's wrapping, except that lines indented by two spaces stay lines."""
 
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _terminal_columns() - 2)
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap  # only when help is printed: see _terminal_columns
+
         paragraphs = []
         for block in text.split("\n"):
             if block.startswith("  "):

@@ -596,10 +596,8 @@ class DomainMachine:
     # --- guest queries ---------------------------------------------------------------------
 
     def _query_written(self, name: str) -> list[Effect]:
-        if not is_valid_id(name):
-            # No reply can be named after it; removing it is the answer.
-            return [RemoveQuery(name), CountQuery("other", "rejected"),
-                    Log(logging.DEBUG, f"domain {self.domid}: query node {name[:40]!r} has an invalid id: removed")]
+        # Read first, whatever the name: the removal of a node fires the watch too,
+        # and only a node still there is a query to answer (or to count as rejected).
         return [ReadQuery(name)]
 
     def _answer_query(self, name: str, raw: bytes | None, now: float, max_length: int) -> list[Effect]:
@@ -614,6 +612,10 @@ class DomainMachine:
         """
         if raw is None:
             return []  # answered already: our own removal fires the watch as well
+        if not is_valid_id(name):
+            # No reply can be named after it; removing it is the answer.
+            return [RemoveQuery(name), CountQuery("other", "rejected"),
+                    Log(logging.DEBUG, f"domain {self.domid}: query node {name[:40]!r} has an invalid id: removed")]
         domain = self.domain
         if not domain.limiter.take(now):
             result = RATE_LIMITED

@@ -23,14 +23,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import h11
 import trio
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a route may look at: the request's path and headers (names in lower case)."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+
+
 #: A route answers ``(status, content type, body)``; HEAD sends the same headers.
-Route = Callable[[], Awaitable[tuple[int, str, bytes]]]
+Route = Callable[[Request], Awaitable[tuple[int, str, bytes]]]
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -170,8 +181,14 @@ async def _respond(
     if route is None:
         await _send(stream, conn, 404, "text/plain; charset=utf-8", f"no such path: {path}\n".encode())
         return
+    # A repeated header (Accept may come as two lines) is one comma-separated list.
+    headers: dict[str, str] = {}
+    for name, value in request.headers:
+        key = name.decode("ascii", "replace").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]},{text}" if key in headers else text
     try:
-        status, content_type, body = await route()
+        status, content_type, body = await route(Request(method, path, headers))
     except Exception:
         # A bug in a route must not take the listener (or the daemon) down.
         log.exception("HTTP route %s failed", path)

@@ -4,7 +4,7 @@ The protocol is one datagram per message to the unix socket named by
 ``$NOTIFY_SOCKET``: a path, or ``@name`` for the abstract namespace (systemd's
 ``man/notify-selfcontained-example.py`` and sd_notify(3)).  The payload is
 newline-separated ``KEY=VALUE`` assignments: ``READY=1``, ``STATUS=...``,
-``STOPPING=1``, ``WATCHDOG=1``.  When the variable is unset (not under systemd, or
+``RELOADING=1``, ``STOPPING=1``, ``WATCHDOG=1``.  When the variable is unset (not under systemd, or
 a unit that is not ``Type=notify``) every call does nothing, so the daemon calls the
 notifier unconditionally.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 import trio
@@ -76,6 +77,18 @@ class Notifier:
         """Start-up is complete (inventories loaded, xenstore connected)."""
         self.notify("READY=1", _status(status))
 
+    def reloading(self, status: str) -> int:
+        """A reload begins; ``READY=1`` (:meth:`ready`) says it ended, whatever its outcome.
+
+        ``MONOTONIC_USEC`` is when, on CLOCK_MONOTONIC: systemd >= 253 uses it to
+        tell a reload that began after its own SIGHUP (``Type=notify-reload``) from an
+        older one, and ignores a ``RELOADING=1`` without it.  Returns that time, for
+        whoever else waits for this reload's outcome.
+        """
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", _status(status))
+        return usec
+
     def status(self, text: str) -> None:
         """A one-line status ``systemctl status`` shows."""
         self.notify(_status(text))
@@ -115,8 +128,11 @@ async def watchdog_loop(notifier: Notifier) -> None:
 
     Returns at once when no watchdog is configured, so the daemon can start it in
     its nursery unconditionally.  It runs in the daemon's own trio loop on purpose:
-    a loop that is stuck (a blocking call, a busy task) stops pinging, and systemd
-    restarts the service, which is what the watchdog is for.
+    a loop that is stuck (a blocking call, a task that never yields, a stopped
+    process) stops pinging, and systemd kills and restarts the service, which is
+    what the watchdog is for.  It says nothing about xenstore: while xenstored is
+    away the loop is alive and reconnecting, a restart would not bring xenstored
+    back, and readiness (``/healthz``, ``STATUS=``, the metrics) says what is wrong.
     """
     interval = notifier.watchdog_interval()
     if interval is None:

@@ -24,7 +24,8 @@ Behaviour worth knowing:
 * When the connection drops, requests in flight fail at once with
   ``ConnectionLost``; the client reconnects with exponential backoff and jitter,
   re-registers its watches (each fires its initial event again), then calls
-  ``on_reconnect`` so the user can reconcile.  Requests made while it is down wait
+  ``on_reconnect`` so the user can reconcile; ``on_lost`` and ``on_connect_failed``
+  tell it when the connection dropped and each attempt that failed.  Requests made while it is down wait
   for the new connection within their timeout.  Transactions do not survive a
   reconnect (xenstored forgets them): using one afterwards raises ConnectionLost,
   and ``run_transaction`` starts over.
@@ -246,11 +247,15 @@ class XenstoreClient(_Operations):
         *,
         timeout: float,
         on_reconnect: Callable[[], Awaitable[None]] | None,
+        on_lost: Callable[[str], None] | None = None,
+        on_connect_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._connect = connect
         self.name = name
         self.timeout = timeout
         self._on_reconnect = on_reconnect
+        self._on_lost = on_lost
+        self._on_connect_failed = on_connect_failed
         self._conn: Connection | None = None
         self._up = trio.Event()
         self._watches: dict[str, Watch] = {}
@@ -258,6 +263,7 @@ class XenstoreClient(_Operations):
         self._next_token = 0
         self.generation = -1
         """How many times the client has reconnected (0 on the first connection)."""
+        self._restored = -1  # the last generation whose watches were all restored
 
     # -- requests --------------------------------------------------------------------
 
@@ -450,6 +456,8 @@ class XenstoreClient(_Operations):
                     stream = await self._connect()
             except ConnectionLost as exc:
                 log.warning("%s: reconnect failed (%s); next try in %.2f s", self.name, exc, delay)
+                if self._on_connect_failed is not None:
+                    self._on_connect_failed(str(exc))
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
@@ -463,10 +471,16 @@ class XenstoreClient(_Operations):
                 self._up.set()
                 if self.generation == 0:
                     log.info("%s: connected", self.name)
+                    self._restored = 0
                     task_status.started()
                 else:
                     nursery.start_soon(self._restore, self.generation)
             log.warning("%s: connection lost (%s); reconnecting", self.name, conn.closed)
+            # A connection dropped before its watches were back (xenstored dying as it
+            # accepted it) never served: for the user that was a failed attempt.
+            callback = self._on_lost if self._restored == self.generation else self._on_connect_failed
+            if callback is not None:
+                callback(f"connection lost: {conn.closed}")
 
     async def _serve(self, conn: Connection, scope: trio.CancelScope) -> None:
         try:
@@ -490,6 +504,7 @@ class XenstoreClient(_Operations):
                 self._watches.pop(watch.token, None)
                 watch.end(exc)
         log.info("%s: reconnected (#%d), %d watches restored", self.name, generation, len(self._watches))
+        self._restored = generation
         if self._on_reconnect is not None:
             await self._on_reconnect()
 
@@ -500,14 +515,19 @@ async def open_xenstore(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    on_lost: Callable[[str], None] | None = None,
+    on_connect_failed: Callable[[str], None] | None = None,
     connect: Connector | None = None,
 ) -> AsyncIterator[XenstoreClient]:
     """A connected client, kept connected until the block ends.
 
     ``path``: see ``locate_xenstore``.  ``timeout``: seconds per request.
     ``on_reconnect``: awaited (in the client's background task) after each
-    reconnect, once the watches are back.  ``connect``: a stream factory replacing
-    the path (tests use in-memory streams).  Raises ConnectionLost if the first
+    reconnect, once the watches are back.  ``on_lost``: called with the reason when a
+    connection that served (the first, or one whose watches were restored) drops;
+    ``on_connect_failed``: when an attempt to get it back fails, or drops before its
+    watches are back.  ``connect``: a stream factory replacing the path (tests use
+    in-memory streams).  Raises ConnectionLost if the first
     connection cannot be made.
     """
     if connect is None:
@@ -515,7 +535,8 @@ async def open_xenstore(
         connect = partial(_open_path, where)
     else:
         where = "custom stream"
-    client = XenstoreClient(connect, f"xenstore {where}", timeout=timeout, on_reconnect=on_reconnect)
+    client = XenstoreClient(connect, f"xenstore {where}", timeout=timeout, on_reconnect=on_reconnect,
+                            on_lost=on_lost, on_connect_failed=on_connect_failed)
     # The body's exception is raised outside the nursery, so callers see it as it
     # is, not wrapped in an ExceptionGroup with the background task.
     body_error: BaseException | None = None

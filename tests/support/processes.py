@@ -296,6 +296,14 @@ class Daemon:
         except urllib.error.HTTPError as error:
             return error.code, error.headers["Content-Type"], error.read()
 
+    def metric(self, name: str) -> float:
+        """One unlabelled sample of the daemon's ``/metrics``, e.g. ``rmrrd_domains``."""
+        for line in self.get("/metrics")[2].decode().splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == name:
+                return float(value)
+        raise AssertionError(f"no {name} on /metrics")
+
     def stop(self, signum: int = signal.SIGTERM, timeout: float = WAIT) -> int:
         """Send ``signum`` and return the exit status (see :meth:`wait_exit`)."""
         self.process.send_signal(signum)

@@ -11,6 +11,7 @@ name the fixture in ``BOOT_FIXTURES`` so it is started early as well.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,11 @@ OXENSTORED = BootConfig(name="oxenstored", xenstored="oxenstored", acpi_tables=(
 """oxenstored, and a real firmware DMAR beside QEMU's (which Xen takes for its VT-d)."""
 NO_XENSTORED = BootConfig(name="no-xenstored", xenstored=None)
 """The harness's own failure: a dom0 where nobody starts xenstored."""
+SYSTEMD = BootConfig(name="systemd", systemd=True, xenstored=None, memory_mib=3072, dom0_memory_mib=1536)
+"""Debian 12 booted by systemd, Debian's xen.service, rmrrd installed from the wheel and
+enabled (``systemd_dom0.py``); its root lives in dom0's memory, hence the larger sizes."""
 
-BOOT_FIXTURES = {"dom0": XENSTORED, "ox_dom0": OXENSTORED, "no_xenstored": NO_XENSTORED}
+BOOT_FIXTURES = {"dom0": XENSTORED, "ox_dom0": OXENSTORED, "no_xenstored": NO_XENSTORED, "systemd_dom0": SYSTEMD}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
@@ -40,6 +44,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.xen)
+    # The systemd dom0 comes up last (a Debian root to build, a whole system to boot):
+    # its tests go after the others, which run while it boots.
+    items.sort(key=lambda item: "systemd_dom0" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +81,10 @@ def ox_dom0(testbed: Testbed) -> Dom0:
 def no_xenstored(testbed: Testbed) -> Testbed:
     """The testbed, for a test that boots NO_XENSTORED itself and expects it to fail."""
     return testbed
+
+
+@pytest.fixture(scope="session")
+def systemd_dom0(testbed: Testbed) -> Dom0:
+    if os.geteuid() != 0:
+        pytest.skip("the systemd dom0 is made with debootstrap and chroot, which need root")
+    return testbed.boot(SYSTEMD)

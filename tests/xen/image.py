@@ -62,33 +62,42 @@ def _pad(n: int) -> bytes:
 
 
 class Cpio:
-    """A newc archive written entry by entry (what ``cpio -H newc`` makes)."""
+    """A newc archive written entry by entry (what ``cpio -H newc`` makes).
 
-    def __init__(self, path: Path) -> None:
+    Every entry belongs to root, unless ``owners``: then each keeps its owner and group
+    (a whole Debian system, ``systemd_dom0.py``, has files of other users)."""
+
+    def __init__(self, path: Path, *, owners: bool = False) -> None:
         self._file = open(path, "wb")
         self._ino = 0
+        self._owners = owners
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", mtime: int = 0) -> None:
+    def _entry(self, name: str, mode: int, data: bytes = b"", mtime: int = 0, *, uid: int = 0, gid: int = 0,
+               rdev: int = 0) -> None:
         self._ino += 1
         encoded = name.encode() + b"\0"
-        fields = (self._ino, mode, 0, 0, 1, mtime, len(data), 0, 0, 0, 0, len(encoded), 0)
+        fields = (self._ino, mode, uid, gid, 1, mtime, len(data), 0, 0, os.major(rdev), os.minor(rdev),
+                  len(encoded), 0)
         header = b"070701" + b"".join(b"%08X" % value for value in fields)
         self._file.write(header + encoded + _pad(len(header) + len(encoded)) + data + _pad(len(data)))
 
     def add_tree(self, root: Path) -> None:
-        """Every file, directory and symlink under ``root``, named relative to it."""
+        """Every file, directory, symlink and device node under ``root``, named relative to it."""
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in [*sorted(dirnames), *sorted(filenames)]:
                 path = Path(dirpath, name)
                 info = path.lstat()
                 rel = str(path.relative_to(root))
+                uid, gid = (info.st_uid, info.st_gid) if self._owners else (0, 0)
                 if stat.S_ISLNK(info.st_mode):
-                    self._entry(rel, info.st_mode, os.readlink(path).encode())
+                    self._entry(rel, info.st_mode, os.readlink(path).encode(), uid=uid, gid=gid)
                 elif stat.S_ISDIR(info.st_mode):
-                    self._entry(rel, info.st_mode)
+                    self._entry(rel, info.st_mode, uid=uid, gid=gid)
                 elif stat.S_ISREG(info.st_mode):
-                    self._entry(rel, info.st_mode, path.read_bytes(), int(info.st_mtime))
+                    self._entry(rel, info.st_mode, path.read_bytes(), int(info.st_mtime), uid=uid, gid=gid)
+                elif stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+                    self._entry(rel, info.st_mode, uid=uid, gid=gid, rdev=info.st_rdev)
 
     def close(self) -> None:
         self._entry("TRAILER!!!", 0)

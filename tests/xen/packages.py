@@ -140,8 +140,8 @@ def unpack(cache: Path, debs: Path) -> Path:
     return root
 
 
-def dom0_requirements() -> list[str]:
-    """rmrrd's dependencies and dom0's test tools with everything they pull in, each
+def dom0_requirements(tools: tuple[str, ...] = DOM0_PYTHON_TOOLS) -> list[str]:
+    """rmrrd's dependencies and dom0's test ``tools`` with everything they pull in, each
     pinned to the version the host's virtualenv runs (markers evaluated for Linux
     CPython 3.11, extras left out)."""
     from packaging.requirements import Requirement  # pytest's own dependency
@@ -149,7 +149,7 @@ def dom0_requirements() -> list[str]:
     environment = {"python_version": "3.11", "sys_platform": "linux", "os_name": "posix",
                    "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
     pending = [Requirement(text) for text in importlib.metadata.requires("rmrrd") or []]
-    pending += [Requirement(name) for name in DOM0_PYTHON_TOOLS]
+    pending += [Requirement(name) for name in tools]
     pinned: dict[str, str] = {}
     while pending:
         requirement = pending.pop()

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xen import image, packages
+from xen import image, packages, systemd_dom0
 from xen.channel import Channel, ChannelClosed
 
 QEMU = "qemu-system-x86_64"
@@ -44,6 +44,11 @@ PORT_NAME = "org.rmrrd.testbed"
 XEN_ARGS = ("console=com1", "com1=115200,8n1", "loglvl=all", "guest_loglvl=all", "iommu=verbose",
             "noreboot", "console_timestamps=boot")
 DOM0_ARGS = ("console=hvc0", "earlyprintk=xen", "rdinit=/init", "quiet", "loglevel=4")
+SYSTEMD_DOM0_ARGS = ("rdinit=/sbin/init",)
+"""A systemd dom0 (``BootConfig.systemd``): its initramfs is the whole root, systemd its init."""
+SYSTEMD_UP_TIMEOUT = 480.0
+"""From the agent's hello to ``systemctl is-system-running`` saying ``running``: under
+emulation rmrrd alone takes half a minute to import and start."""
 BOOT_TIMEOUT = 240.0
 """From QEMU's start to the agent's hello: Xen, the dom0 kernel and unpacking the initramfs."""
 MACHINE_LIFETIME = 1800.0
@@ -59,7 +64,10 @@ class BootConfig:
     Xen then drives; dom0 sees its DMAR table as ``RMAD``.  ``acpi_tables``: extra ACPI
     tables for the firmware (QEMU's ``-acpitable``); a DMAR needs ``iommu`` too, or Xen
     panics on the DMAR's register block.  ``xen_args`` are appended to Xen's command line
-    (e.g. ``rmrr=...``), ``dom0_args`` to dom0's, ``qemu_args`` to QEMU's.
+    (e.g. ``rmrr=...``), ``dom0_args`` to dom0's, ``qemu_args`` to QEMU's.  ``systemd``:
+    dom0 is a Debian 12 system booted by systemd, with rmrrd installed from the wheel
+    and enabled (``systemd_dom0.py``); Debian's ``xen.service`` starts xenstored (its
+    choice: oxenstored), so ``xenstored`` is not used, and there is no warm Python.
     """
 
     name: str = "xenstored"
@@ -70,6 +78,7 @@ class BootConfig:
     dom0_args: tuple[str, ...] = ()
     qemu_args: tuple[str, ...] = ()
     hvm: bool = False
+    systemd: bool = False
     memory_mib: int = 2048
     dom0_memory_mib: int = 1024
     cpus: int = 2
@@ -163,6 +172,7 @@ class Machine:
         self.config = config
         self.images = images
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)  # dom0's initramfs is written there first
         self.console = workdir / "console.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
@@ -171,7 +181,7 @@ class Machine:
     def qemu_argv(self, socket_path: Path, initrd: Path) -> list[str]:
         config = self.config
         xen_args = [*XEN_ARGS, f"dom0_mem={config.dom0_memory_mib}M,max:{config.dom0_memory_mib}M", *config.xen_args]
-        dom0_args = [*DOM0_ARGS, *config.dom0_args]
+        dom0_args = [*DOM0_ARGS, *(SYSTEMD_DOM0_ARGS if config.systemd else ()), *config.dom0_args]
         argv = [QEMU, "-accel", "tcg", "-machine", "q35", "-cpu", "qemu64,+svm,+npt",
                 "-smp", str(config.cpus), "-m", str(config.memory_mib),
                 "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
@@ -187,15 +197,15 @@ class Machine:
             argv += ["-acpitable", f"file={table}"]
         return argv + list(config.qemu_args)
 
-    def start(self) -> Channel:
-        """Start QEMU and wait for dom0's agent; BootFailed with the console if it does not come."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def start(self, initrd: Path) -> Channel:
+        """Start QEMU with dom0's ``initrd`` and wait for dom0's agent; BootFailed with the
+        console if it does not come."""
         socket_path = self.workdir / "agent.sock"
         socket_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(socket_path))
         listener.listen(1)
-        argv = self.qemu_argv(socket_path, self.images.initrd(self.config, self.workdir / "dom0.cpio"))
+        argv = self.qemu_argv(socket_path, initrd)
         (self.workdir / "qemu.argv").write_text(shlex.join(argv) + "\n")
         with open(self.workdir / "qemu.log", "wb") as log:
             self.process = _launcher.spawn(lambda: subprocess.Popen(
@@ -282,6 +292,11 @@ class Step:
 
 def bring_up_steps(config: BootConfig) -> list[Step]:
     """The toolstack's start in dom0, in order, as the host runs it."""
+    if config.systemd:
+        # systemd starts everything; "running" means no unit failed on the way.
+        return [Step("systemd reaches multi-user with no unit failed",
+                     "state=$(systemctl is-system-running --wait); echo $state; systemctl --failed --no-pager;"
+                     " [ $state = running ]", timeout=SYSTEMD_UP_TIMEOUT)]
     steps = []
     if config.xenstored == "xenstored":
         steps.append(Step("start C xenstored", "xenstored --pid-file /run/xenstored.pid"))
@@ -461,6 +476,8 @@ class Testbed:
         self._boots: dict[BootConfig, Future[Dom0]] = {}
         self._lock = threading.Lock()
         self._images_lock = threading.Lock()
+        self._systemd_lock = threading.Lock()
+        self._systemd_initrd: Path | None = None
 
     def images(self) -> Images:
         """Download, unpack and build everything a machine boots (cached across sessions)."""
@@ -476,6 +493,17 @@ class Testbed:
                 overlay = image.build_overlay(self.workdir, root)
                 self._images = Images(parts["xen"], parts["vmlinux"], parts["base"], parts["hvm"], overlay)
             return self._images
+
+    def systemd_initrd(self) -> Path:
+        """The systemd dom0's initramfs (``systemd_dom0.py``), built once per session
+        (minutes the first time: a lock of its own, so other machines boot meanwhile)."""
+        with self._systemd_lock:
+            if self._systemd_initrd is None:
+                cache = packages.cache_dir()
+                root = packages.unpack(cache, packages.download_debs(cache))
+                self._systemd_initrd = systemd_dom0.build(cache, root, image.kernel_release(root),
+                                                          self.workdir / "systemd")
+            return self._systemd_initrd
 
     def start(self, config: BootConfig) -> Future[Dom0]:
         """Boot ``config`` in the background unless it is booting or booted already."""
@@ -494,10 +522,15 @@ class Testbed:
     def _boot(self, config: BootConfig, future: Future[Dom0]) -> None:
         machine: Machine | None = None
         try:
-            machine = Machine(config, self.images(), self.workdir / f"machine-{config.name}")
+            if config.systemd:  # its own downloads, side by side with the shared images'
+                systemd_dom0.fetch(packages.cache_dir())
+            images = self.images()
+            machine = Machine(config, images, self.workdir / f"machine-{config.name}")
+            initrd = (self.systemd_initrd() if config.systemd
+                      else images.initrd(config, machine.workdir / "dom0.cpio"))
             with self._lock:
                 self._machines.append(machine)
-            dom0 = Dom0(machine, machine.start())
+            dom0 = Dom0(machine, machine.start(initrd))
             for step in bring_up_steps(config):
                 result = dom0.run(step.command, timeout=step.timeout, check=False)
                 if not result.ok:
