@@ -8,6 +8,7 @@ in their order: the owner carries them out in exactly that order.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from rmrrd.daemon.lifecycle import (
     DomainStateError,
     Effect,
     GrantAnswer,
+    LEARN_RETRIES,
+    LearnLater,
     IntroducedSeen,
     Limits,
     Log,
@@ -421,3 +424,25 @@ def test_released_takes_nothing_but_release() -> None:
     machine.handle(Released("released"))
     with pytest.raises(DomainStateError, match="in state released"):
         machine.handle(RequestChanged(1.0))
+
+
+def test_a_domain_learned_before_libxl_saved_its_configuration_is_learned_again_with_backoff() -> None:
+    machine = DomainMachine(1, LIMITS)
+    unsaved = replace(SEED, learned="hvm", saved=False)
+    delays = []
+    kind = "written"
+    for generation in range(LEARN_RETRIES + 2):
+        assert machine.handle(RequestChanged(0.0)) == [RunSetup(machine.domain.generation)]
+        effects = machine.handle(SetupDone(SetupResult(kind, "learned-x", unsaved), 0.5))
+        delays += [effect.seconds for effect in effects if isinstance(effect, LearnLater)]
+        kind = "current"
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] + [60.0] * (LEARN_RETRIES - 6)
+    # Once read, no more.
+    assert machine.handle(RequestChanged(0.0)) == [RunSetup("learned-x")]
+    saved = machine.handle(SetupDone(SetupResult("rewritten", "learned-y", replace(SEED, learned="hvm", saved=True)),
+                                     0.5))
+    assert not any(isinstance(effect, LearnLater) for effect in saved)
+    fresh = DomainMachine(2, LIMITS)
+    fresh.handle(RequestChanged(0.0))
+    effects = fresh.handle(SetupDone(SetupResult("written", "1", SEED), 0.5))
+    assert not any(isinstance(effect, LearnLater) for effect in effects)

@@ -58,11 +58,13 @@ from rmrrd.core.ranges import Range
 from rmrrd.core.rate_limit import TokenBucket
 from rmrrd.protocol import is_valid_id
 
-LEARN_RETRIES = 30
+LEARN_RETRIES = 12
 LEARN_RETRY_SECONDS = 1.0
+LEARN_RETRY_MAX_SECONDS = 60.0
 """A domain learned before libxl saved its configuration (written at the end of ``xl
-create``, after the introduction) is learned again this often, this many times, until
-it is read."""
+create``, after the introduction: seconds, or tens of them for a slow device model) is
+learned again after 1 s, then after twice as long each time up to a minute, at most
+12 times (about seven minutes), until it is read."""
 REPLIES_KEPT = 64
 """Replies kept per domain, oldest removed first: reply nodes are dom0's, outside the
 guest's node quota, so without a bound a guest writing fresh ids would grow the store."""
@@ -567,8 +569,9 @@ class DomainMachine:
             return []
         if self.domain.learn_retries >= LEARN_RETRIES:
             return []
+        delay = min(LEARN_RETRY_SECONDS * 2 ** self.domain.learn_retries, LEARN_RETRY_MAX_SECONDS)
         self.domain.learn_retries += 1
-        return [LearnLater(LEARN_RETRY_SECONDS)]
+        return [LearnLater(delay)]
 
     def _start_queries(self) -> list[Effect]:
         if self.queries_running:
