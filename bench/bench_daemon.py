@@ -28,10 +28,19 @@ request in one transaction, on fresh domids, with a watch on the answer's
   with the answer planned once beforehand.  ``vs bare`` is the daemon row's wall
   time over this one: what watches, planning and the second process cost.
 
+``--persist`` measures the durable store's cost instead: the burst and in-flight
+rows against a xenstored without and with ``--persist`` (every change fsynced to
+its journal before it is acknowledged, :mod:`rmrrd.xenstore.journal`), the two
+alternating ``--repeats`` times so that the machine's load falls on both alike,
+each on fresh processes, in a directory on the disk (``--dir``, default the
+system's temporary directory: make sure it is not a tmpfs, where fsync costs
+nothing).  It prints each run and the ratio of the best times.
+
 Aims: N=1000 answered within 5 s on 2 cores, p99 under 20 ms at 200 in
-flight, ratio under 1.5.  ``--profile DIR`` also records a py-spy profile of the
-daemon (and of the xenstored) during the burst, if py-spy is on PATH.  The numbers
-go to docs/performance.md.
+flight, ratio under 1.5; ``--persist`` costs at most 1.5x setups per second.
+``--profile DIR`` also records a py-spy profile of the daemon (and of the
+xenstored) during the burst, if py-spy is on PATH.  The numbers go to
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -81,6 +90,12 @@ class Row:
     seconds: float
     latencies: list[float]
 
+    def line(self, last: str) -> str:
+        """The row as the tables print it, ``last`` in the final column."""
+        return (f"{self.name:<32}{self.domains:>8}{self.seconds:>9.2f}{self.domains / self.seconds:>8.0f}"
+                f"{self.percentile(0.5) * 1000:>9.1f}{self.percentile(0.99) * 1000:>9.1f}"
+                f"{max(self.latencies) * 1000:>9.1f}{last:>9}")
+
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, math.ceil(len(ordered) * q) - 1)] if ordered else math.nan
@@ -112,11 +127,14 @@ def rmrrd_process(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def services(workdir: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
-    """xenstored and the daemon, each in its own process; stopped on the way out."""
+def services(workdir: Path, *, persist: bool = False
+             ) -> Iterator[tuple[Path, subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """xenstored (``--persist`` in ``workdir`` if asked) and the daemon, each in its
+    own process; stopped on the way out."""
     socket_path = workdir / "xs.sock"
     config = write_config(workdir, socket_path)
-    xenstored = rmrrd_process("xenstored", "--socket", str(socket_path), log=workdir / "xenstored.log")
+    extra = ["--persist", str(workdir / "tree")] if persist else []
+    xenstored = rmrrd_process("xenstored", "--socket", str(socket_path), *extra, log=workdir / "xenstored.log")
     daemon: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 20
@@ -289,15 +307,31 @@ async def replay_bare(xs: XenstoreClient, domids: range) -> Row:
     return Row("bare replay (client only)", len(domids), seconds, latencies)
 
 
+async def setup_rows(xs: XenstoreClient, daemon: subprocess.Popen[bytes], batches: list[range], n: int,
+                     in_flight: int, label: str) -> list[Row]:
+    """The burst row on ``batches[0]``, the in-flight row on ``batches[1]``."""
+    await create_domains(xs, batches[0], daemon.pid)
+    burst = await request_domains(xs, batches[0], n, f"{label} burst of {n}")
+    await create_domains(xs, batches[1], daemon.pid)
+    steady = await request_domains(xs, batches[1], in_flight, f"{label} {in_flight} in flight")
+    return [burst, steady]
+
+
+async def measure_setups(socket_path: Path, daemon: subprocess.Popen[bytes], n: int, in_flight: int,
+                         label: str) -> list[Row]:
+    """The burst and in-flight rows alone (for the ``--persist`` comparison)."""
+    async with open_xenstore(str(socket_path)) as xs:
+        await wait_ready(xs)
+        return await setup_rows(xs, daemon, [range(k * n + 1, (k + 1) * n + 1) for k in range(2)], n, in_flight,
+                                label)
+
+
 async def measure(socket_path: Path, daemon: subprocess.Popen[bytes], n: int, in_flight: int,
                   rate: float) -> list[Row]:
     async with open_xenstore(str(socket_path)) as xs:
         await wait_ready(xs)
         batches = [range(k * n + 1, (k + 1) * n + 1) for k in range(4)]
-        await create_domains(xs, batches[0], daemon.pid)
-        burst = await request_domains(xs, batches[0], n, f"daemon burst of {n}")
-        await create_domains(xs, batches[1], daemon.pid)
-        steady = await request_domains(xs, batches[1], in_flight, f"daemon {in_flight} in flight")
+        burst, steady = await setup_rows(xs, daemon, batches, n, in_flight, "daemon")
         await create_domains(xs, batches[2], daemon.pid)
         paced = await request_domains(xs, batches[2], n, f"daemon paced {rate:g}/s", rate)
         checks = await check_requests(xs, batches[2])
@@ -307,6 +341,29 @@ async def measure(socket_path: Path, daemon: subprocess.Popen[bytes], n: int, in
         await create_domains(xs, batches[3], None)
         bare = await replay_bare(xs, batches[3])
     return [burst, steady, paced, checks, bare]
+
+
+def compare_persist(n: int, in_flight: int, repeats: int, directory: Path | None) -> None:
+    """Setups per second without and with ``--persist``, alternating, each on fresh
+    processes and a fresh store; prints every run and the ratio of the best times."""
+    runs: dict[str, list[list[Row]]] = {"plain": [], "--persist": []}
+    for _ in range(repeats):
+        for label in runs:
+            with tempfile.TemporaryDirectory(prefix="rmrrd-bench-", dir=directory) as tmp:
+                with services(Path(tmp), persist=label == "--persist") as (socket_path, _, daemon):
+                    runs[label].append(trio.run(measure_setups, socket_path, daemon, n, in_flight, label))
+    print(f"{'row':<32}{'domains':>8}{'wall s':>9}{'per s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'run':>9}")
+    for label, rounds in runs.items():
+        for k, rows in enumerate(rounds, 1):
+            for row in rows:
+                print(row.line(str(k)))
+    for index in range(2):
+        plain = min(rows[index].seconds for rows in runs["plain"])
+        durable = min(rows[index].seconds for rows in runs["--persist"])
+        kind = runs["plain"][0][index].name.split(" ", 1)[1]
+        print(f"{kind}: best {n / plain:.0f} setups/s without --persist, {n / durable:.0f} with: "
+              f"{durable / plain:.2f}x the time")
+    print(f"({os.cpu_count()} cores; store in {directory or tempfile.gettempdir()})")
 
 
 @contextmanager
@@ -336,20 +393,25 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=200, help="unanswered requests at most (default 200)")
     parser.add_argument("--rate", type=float, default=200, help="requests per second of the paced row (default 200)")
     parser.add_argument("--profile", type=Path, help="write py-spy raw profiles of the daemon and xenstored here")
+    parser.add_argument("--persist", action="store_true",
+                        help="also run the setup rows against a xenstored with --persist, and compare")
+    parser.add_argument("--dir", type=Path, help="where the xenstored's files go (default: the temporary directory)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side with --persist (default 3)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rmrrd-bench-") as tmp:
+    if args.persist:
+        compare_persist(args.n, args.in_flight, args.repeats, args.dir)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="rmrrd-bench-", dir=args.dir) as tmp:
         with services(Path(tmp)) as (socket_path, xenstored, daemon):
             with profiling(args.profile, {"daemon": daemon.pid, "xenstored": xenstored.pid}):
                 rows = trio.run(measure, socket_path, daemon, args.n, args.in_flight, args.rate)
     paced, checks, bare = rows[2:]
-    print(f"{'row':<28}{'domains':>8}{'wall s':>9}{'per s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'vs bare':>9}")
+    print(f"{'row':<32}{'domains':>8}{'wall s':>9}{'per s':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'vs bare':>9}")
     for row in rows:
         # The paced row's wall time is set by its rate, and checks are not setups:
         # no ratio for them.
         ratio = "-" if row in (paced, checks) else f"{row.seconds / bare.seconds:.2f}"
-        print(f"{row.name:<28}{row.domains:>8}{row.seconds:>9.2f}{row.domains / row.seconds:>8.0f}"
-              f"{row.percentile(0.5) * 1000:>9.1f}{row.percentile(0.99) * 1000:>9.1f}"
-              f"{max(row.latencies) * 1000:>9.1f}{ratio:>9}")
+        print(row.line(ratio))
     print(f"({os.cpu_count()} cores; latency: request commit sent -> answer generation event; "
           "checks: request written -> verdict event; "
           "bare replay latency: request commit sent -> its replayed setup done)")

@@ -6,7 +6,8 @@ draws the same map.
 
 - ``errors``: the error family, three roots: ``InputError`` (the user's to fix),
   ``PeerError`` (xenstored or a peer said no), ``TransportError`` (connection
-  lost, timeout).
+  lost, timeout).  ``inputs``: every input file read within bounds (size, nesting,
+  YAML aliases), refused with one ``InputError`` naming the file.
 - ``core/`` (pure: no I/O, no clock): ``ranges``, ``pci``; ``inventory`` and its
   ``inventory_yaml`` forms; the firmware tables ``acpi``, ``dmar``, ``ivrs``;
   ``xlcfg`` (xl.cfg ``rdm=`` and ``pci=``), ``xlcfg_file`` (the xl.cfg file format as

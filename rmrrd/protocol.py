@@ -189,6 +189,26 @@ DEVICE_LISTS = ("pci", "hotplug", "migrate", "reserve")
 """The numbered lists under :func:`rdm_path`."""
 
 
+def decode_generation(raw: bytes) -> str:
+    """A ``request`` value as rmrrd echoes it in the answer's ``generation``.
+
+    Any bytes, kept byte for byte (what is not UTF-8 as surrogate escapes, which
+    :func:`encode_value` turns back into the same bytes), so a toolstack waiting
+    for its own value always sees it, even one rmrrd answers with an error.
+    """
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_value(text: str) -> bytes:
+    """A value as rmrrd writes it: UTF-8, a generation's escapes back to its bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def shown(text: str) -> str:
+    """``text`` fit for a log line: anything not printable ASCII escaped."""
+    return encode_value(text).decode("ascii", "backslashreplace") if not text.isascii() else text
+
+
 def request_entries(keys: Mapping[str, str], generation: str) -> list[tuple[str, str]]:
     """A setup request as the toolstack writes it, relative to :func:`rdm_path`:
     its keys (``memory``, ``pci/0``...), then ``request`` last."""

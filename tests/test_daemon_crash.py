@@ -160,9 +160,9 @@ async def assert_current(xs: XenstoreClient, domid: int) -> None:
     assert given is not None
     keys = await answer_keys(xs, domid)
     assert_whole(domid, keys)
-    assert keys.get("generation") == given.generation, f"domain {domid}: stale answer {keys.get('generation')}"
+    assert keys.get("generation") == given.generation_text, f"domain {domid}: stale answer {keys.get('generation')}"
     outcome = decide(given, config.defaults, host, peers)
-    assert keys == dict(answer_entries(given.generation, outcome.plan, outcome.error)), f"domain {domid}"
+    assert keys == dict(answer_entries(given.generation_text, outcome.plan, outcome.error)), f"domain {domid}"
 
 
 async def test_sigkill_mid_burst_then_restart_answers_every_domain(

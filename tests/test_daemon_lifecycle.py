@@ -30,6 +30,7 @@ from rmrrd.daemon.lifecycle import (
     LEARN_RETRIES,
     LearnLater,
     IntroducedSeen,
+    Later,
     Limits,
     Log,
     QueriesListed,
@@ -46,6 +47,8 @@ from rmrrd.daemon.lifecycle import (
     RemoveReply,
     ReportSetup,
     RequestChanged,
+    RestartQueries,
+    RetrySetup,
     RunSetup,
     SetupDone,
     SetupFailed,
@@ -55,6 +58,7 @@ from rmrrd.daemon.lifecycle import (
     State,
     StopQueries,
     WriteReply,
+    retry_delay,
     setup_kind,
 )
 from rmrrd.core.inventory_yaml import load_inventory_file
@@ -161,17 +165,51 @@ def test_relearned_answer_is_not_reported_again() -> None:
     assert machine.state is State.ANSWERED
 
 
-def test_a_failed_setup_returns_to_where_it_was() -> None:
+def test_a_failed_setup_returns_to_where_it_was_and_retries_later() -> None:
     machine = answered()
     machine.handle(RequestChanged(1.0))
     effects = machine.handle(SetupFailed("ConnectionLost: xenstored went away"))
     assert machine.state is State.ANSWERED
-    assert [type(effect) for effect in effects] == [Log]
-    assert "ConnectionLost" in effects[0].message  # type: ignore[union-attr]
+    assert effects[1:] == [Later(retry_delay(1), RetrySetup(machine.serial))]
+    assert effects[0] == Log(logging.WARNING, "domain 1: setup failed: ConnectionLost: xenstored went away; "
+                                              "retrying in up to 0.1 s (attempt 1)")
     fresh = DomainMachine(2, LIMITS)
     fresh.handle(RequestChanged(0.0))
     fresh.handle(SetupFailed("Again"))
-    assert fresh.state is State.WAITING
+    assert fresh.state is State.WAITING and not fresh.holds_nothing  # it stays for its retry
+
+
+def test_retries_back_off_warn_once_and_count_from_the_first_trigger() -> None:
+    machine = DomainMachine(3, LIMITS)
+    machine.handle(RequestChanged(10.0))
+    levels, delays = [], []
+    for _ in range(8):
+        log_line, later = machine.handle(SetupFailed("XenstoreTimeout: no answer"))
+        assert isinstance(log_line, Log) and isinstance(later, Later)
+        levels.append(log_line.level)
+        delays.append(later.delay)
+        assert machine.handle(later.event) == [RunSetup(None)]
+    assert levels == [logging.WARNING] + [logging.DEBUG] * 7
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    effects = machine.handle(SetupDone(SetupResult("written", "1", SEED), 30.0))
+    assert effects[0] == Log(logging.INFO, "domain 3: setup done after 8 failed attempts")
+    assert ReportSetup("1", SEED, 20.0) in effects  # from the trigger at t=10, not the last retry
+
+
+def test_a_retry_that_finds_nothing_left_to_do_does_nothing() -> None:
+    machine = DomainMachine(4, LIMITS)
+    machine.handle(RequestChanged(0.0))
+    later = machine.handle(SetupFailed("x"))[1]
+    assert isinstance(later, Later)
+    machine.handle(RequestChanged(1.0))  # the toolstack asked again meanwhile, and it went through
+    machine.handle(SetupDone(SetupResult("written", "1", SEED), 2.0))
+    assert machine.handle(later.event) == []
+    assert machine.retries_pending == 0
+    other = DomainMachine(4, LIMITS)  # a later domain on the domid ignores the earlier one's retries
+    other.handle(RequestChanged(0.0))
+    own = other.handle(SetupFailed("x"))[1]
+    assert other.handle(later.event) == [] and other.retries_pending == 1
+    assert isinstance(own, Later) and other.handle(own.event) == [RunSetup(None)]
 
 
 def test_absent_from_libxl_releases_what_was_answered() -> None:
@@ -350,10 +388,15 @@ def test_only_the_newest_replies_are_kept() -> None:
     assert machine.domain.replies[-1] == "q5"
 
 
-def test_queries_stopped_are_started_again_by_the_next_setup() -> None:
+def test_queries_stopped_are_started_again_later_or_by_the_next_setup() -> None:
     machine = answered()
-    assert [type(effect) for effect in machine.handle(QueriesStopped("ENOSPC"))] == [Log]
+    log_line, later = machine.handle(QueriesStopped("ENOSPC"))
+    assert isinstance(log_line, Log) and log_line.level == logging.WARNING
+    assert later == Later(retry_delay(1), RestartQueries(machine.serial))
     assert not machine.queries_running
+    assert machine.handle(later.event) == [StartQueries()]
+    assert machine.handle(QueriesListed(())) == [Log(logging.INFO, "domain 1: guest queries watched again")]
+    machine.handle(QueriesStopped("ENOSPC"))
     machine.handle(RequestChanged(1.0))  # a reconcile after the reconnect, say
     assert machine.handle(SetupDone(SetupResult("current", "1"), 1.0)) == [StartQueries()]
     assert machine.queries_running
@@ -416,7 +459,7 @@ def test_planning_takes_only_the_setup_results_and_a_release() -> None:
         with pytest.raises(DomainStateError, match="in state planning"):
             machine.handle(event)
     assert {event for event, states in ACCEPTS.items() if State.PLANNING in states} == {
-        SetupDone, SetupFailed, Released, QueriesStopped}
+        SetupDone, SetupFailed, Released, QueriesStopped, RetrySetup, RestartQueries}
 
 
 def test_released_takes_nothing_but_release() -> None:

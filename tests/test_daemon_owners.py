@@ -28,8 +28,8 @@ from rmrrd.daemon.settings import Settings
 from rmrrd.app.demo import SEED_DOMAIN
 from rmrrd.app.toolstack import create_domain, guest_query, write_request
 from rmrrd.core.inventory_yaml import load_inventory_file
-from rmrrd.protocol import ALLOCATED_ROOT, answer_path
-from rmrrd.xenstore.client import XenstoreClient, open_xenstore
+from rmrrd.protocol import ALLOCATED_ROOT, answer_path, format_request, request_path, result_path
+from rmrrd.xenstore.client import ConnectionLost, XenstoreClient, XenstoreTimeout, open_xenstore
 from rmrrd.xenstore.server import XenstoredHandle
 from rmrrd.xenstore.wire import NoEntry, NoSpace
 
@@ -145,29 +145,34 @@ async def test_setups_of_different_domains_overlap_up_to_the_slots(
     assert len(domains) == 10 and recorder.domains[-1] == 10
 
 
-async def test_a_failed_setup_is_one_log_line_and_the_next_change_retries_it(
+async def test_a_failed_setup_is_one_warning_and_retried_until_it_goes_through(
         domains: Domains, xs: XenstoreClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No later event is needed: the owner retries with backoff by itself."""
     calls: list[int] = []
 
     async def before(domid: int) -> None:
         calls.append(domid)
-        if len(calls) == 1:
+        if len(calls) <= 3:
             raise NoSpace("transaction touches too many nodes")
 
     wrap_setups(monkeypatch, before)
     await write_request(xs, 7, {"memory": "1024"})
-    with caplog.at_level(logging.WARNING, logger="rmrrd"):
-        domains.changed(7)
-        await domains.wait_idle()
-    failed = [record for record in caplog.records if "setup failed" in record.getMessage()]
-    assert len(failed) == 1 and failed[0].exc_info is None
-    assert "domain 7: setup failed: NoSpace: ENOSPC" in failed[0].getMessage()
-    assert not await xs.exists(answer_path(7)) and len(domains) == 0
-    domains.changed(7)
-    await domains.wait_idle()
-    assert calls == [7, 7]
+    with caplog.at_level(logging.DEBUG, logger="rmrrd"):
+        async with xs.watch(f"{answer_path(7)}/status") as events:
+            domains.changed(7)
+            with trio.fail_after(10):
+                async for _ in events:
+                    if await xs.exists(f"{answer_path(7)}/status"):
+                        break
+    assert calls == [7, 7, 7, 7]
     assert await xs.read(f"{answer_path(7)}/status") == b"ready"
+    lines = [(record.levelno, record.getMessage()) for record in caplog.records if record.name.startswith("rmrrd.daemon")
+             and "domain 7: setup" in record.getMessage()]
+    assert [level for level, _ in lines] == [logging.WARNING, logging.DEBUG, logging.DEBUG, logging.INFO]
+    assert "domain 7: setup failed: NoSpace: ENOSPC" in lines[0][1]
+    assert lines[-1][1] == "domain 7: setup done after 3 failed attempts"
+    assert not [record for record in caplog.records if record.exc_info is not None]
 
 
 async def test_a_bug_in_one_domains_setup_is_contained_and_logged_with_its_trace(
@@ -209,6 +214,22 @@ async def test_the_devices_of_other_domains_follow_setups_and_releases(domains: 
     domains.post(1, Released("released"))
     await domains.wait_idle()
     assert domains.devices_elsewhere(2) == {} and domains.devices_elsewhere(3) == {d2: 2}
+
+
+async def test_a_domain_refused_at_setup_holds_no_devices(domains: Domains, xs: XenstoreClient) -> None:
+    """Refused (status=error), the domain is never built: its pci devices are free
+    for the others' checks, and taken again once a request of it is ready."""
+    d2 = Bdf.parse(SEED_DOMAIN["pci/0"])
+    await write_request(xs, 2, {**SEED_DOMAIN, "mem_boundary": "4096"})  # strict D2 below the boundary
+    domains.changed(2)
+    await domains.wait_idle()
+    assert await xs.read(f"{answer_path(2)}/status") == b"error"
+    assert domains.devices_elsewhere(1) == {}
+    await xs.rm("/libxl/2/rdm/mem_boundary")
+    await write_request(xs, 2, SEED_DOMAIN, generation="2")
+    domains.changed(2)
+    await domains.wait_idle()
+    assert domains.devices_elsewhere(1) == {d2: 2}
 
 
 async def test_wait_idle_returns_at_once_when_nothing_was_posted(domains: Domains) -> None:
@@ -336,6 +357,86 @@ async def test_a_domain_recreated_on_its_domid_starts_afresh(
         async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
             # The new domain's first BAR goes where the old domain's was.
             assert (await guest_query(guest, 1, "q1", "alloc 0x1000")).startswith(f"ok {HOLE_START}")
+
+
+def fail_reply_writes(xs: XenstoreClient, monkeypatch: pytest.MonkeyPatch, failing: dict[str, int]) -> None:
+    """``xs.write`` of a guest's reply times out ``failing["reply"]`` times."""
+    real_write = xs.write
+
+    async def write(path: str, value: bytes | str) -> None:
+        if "/reply/" in path and failing["reply"]:
+            failing["reply"] -= 1
+            raise XenstoreTimeout(f"no answer to WRITE {path}")
+        await real_write(path, value)
+
+    monkeypatch.setattr(xs, "write", write)
+
+
+async def test_effects_that_fail_on_xenstore_are_carried_out_again(
+        xs: XenstoreClient, xenstored: XenstoredHandle, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A guest's reply and a toolstack's result whose writes time out are written
+    again until xenstored answers: no query or check is left unanswered, each
+    fault is one warning line and its end one info line, no trace.  (The two
+    faults come within FAULT_EPISODE of each other, which would make them one:
+    set to 0 here so that each shows.)"""
+    monkeypatch.setattr(owner_module, "FAULT_EPISODE", 0.0)
+    async with daemon_with_domain_1(xs):
+        failing = {"reply": 2, "result": 2}
+        real_transaction = xs.run_transaction
+        fail_reply_writes(xs, monkeypatch, failing)
+
+        async def run_transaction(fn: Any, **kwargs: Any) -> Any:
+            if getattr(fn, "__qualname__", "").startswith("ToolstackHandler._answer") and failing["result"]:
+                failing["result"] -= 1
+                raise ConnectionLost("xenstored went away")
+            return await real_transaction(fn, **kwargs)
+
+        monkeypatch.setattr(xs, "run_transaction", run_transaction)
+        with caplog.at_level(logging.DEBUG, logger="rmrrd"):
+            async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
+                assert (await guest_query(guest, 1, "q1", "e820")).startswith("ok ")
+            async with xs.watch(f"{result_path('c1')}/verdict") as events:
+                await xs.write(request_path("c1"), format_request("assign", 1, (SEED_DOMAIN["pci/0"],)))
+                with trio.fail_after(10):
+                    async for _ in events:
+                        if await xs.exists(f"{result_path('c1')}/verdict"):
+                            break
+        assert await xs.read(f"{result_path('c1')}/verdict") == b"ok" and failing == {"reply": 0, "result": 0}
+    lines = [(record.levelno, record.getMessage()) for record in caplog.records if "not completed" in record.getMessage()
+             or "completed after" in record.getMessage()]
+    assert [level for level, _ in lines] == [logging.WARNING, logging.DEBUG, logging.INFO] * 2
+    assert "domain 1: QueryWritten not completed: XenstoreTimeout" in lines[0][1]
+    assert lines[2][1] == "domain 1: QueryWritten completed after 2 failed attempts"
+    assert "domain 1: CheckAsked not completed: ConnectionLost" in lines[3][1]
+    assert not [record for record in caplog.records if record.exc_info is not None]
+
+
+async def test_one_fault_is_one_warning_per_domain_whatever_it_made_fail(
+        xs: XenstoreClient, xenstored: XenstoredHandle, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """xenstored stalled: the guest-query listing and then the guest's reply fail
+    (each is retried, and goes through); one warning line for the domain, the rest
+    debug."""
+    failing = {"listing": 1, "reply": 1}
+    real_directory = xs.directory
+    fail_reply_writes(xs, monkeypatch, failing)
+
+    async def directory(path: str) -> list[str]:
+        if path.endswith("/rmrr/query") and failing["listing"]:
+            failing["listing"] -= 1
+            raise XenstoreTimeout(f"no answer to DIRECTORY {path}")
+        return await real_directory(path)
+
+    monkeypatch.setattr(xs, "directory", directory)
+    with caplog.at_level(logging.DEBUG, logger="rmrrd"):
+        async with daemon_with_domain_1(xs):
+            async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
+                assert (await guest_query(guest, 1, "q1", "e820")).startswith("ok ")
+    assert failing == {"listing": 0, "reply": 0}
+    faults = [(record.levelno, record.getMessage()) for record in caplog.records
+              if record.getMessage().startswith("domain 1: ") and "XenstoreTimeout" in record.getMessage()]
+    assert [level for level, _ in faults] == [logging.WARNING, logging.DEBUG], faults
 
 
 async def _records(xs: XenstoreClient, domid: int) -> list[str]:

@@ -44,7 +44,7 @@ def test_broken_table_is_an_error_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_yaml_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="cannot read inventory"):
+    with pytest.raises(InputError, match="cannot read the inventory"):
         build_host_inventory("h", [str(tmp_path / "absent.yaml")], acpi_dir=tmp_path)
 
 

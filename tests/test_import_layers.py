@@ -4,7 +4,8 @@ Read from the source (every ``import`` and ``from ... import``, at any depth of 
 module, so an import inside a function counts too), not from what happens to be
 loaded.  The layers, lowest first (``rmrrd/__init__.py`` draws the same map):
 
-- ``rmrrd`` itself and ``errors``: the version and the error family;
+- ``rmrrd`` itself, ``errors`` and ``inputs``: the version, the error family, and
+  reading input files within bounds;
 - ``core``: pure logic (ranges, PCI, inventories, firmware tables, xl.cfg strings,
   the guest layout, the planner, the checks, guest queries);
 - ``xenstore``: the wire codec shared by both ends, rmrrd's client, the simulated
@@ -28,7 +29,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rmrrd"
 
-RANK = {"root": 0, "errors": 0, "core": 1, "xenstore": 1, "protocol": 2, "daemon": 3, "edges": 3, "app": 4, "cli": 5,
+RANK = {"root": 0, "errors": 0, "inputs": 0, "core": 1, "xenstore": 1, "protocol": 2, "daemon": 3, "edges": 3, "app": 4, "cli": 5,
         "hooks": 5}
 """Each layer may import its own and those of a lower rank."""
 APART = {("core", "xenstore"), ("xenstore", "core"), ("daemon", "edges"), ("edges", "daemon"),

@@ -87,7 +87,7 @@ def test_errors_name_file_line_and_key(text: str, fragment: str) -> None:
 
 
 def test_missing_file_is_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="cannot read inventory"):
+    with pytest.raises(InputError, match="cannot read the inventory"):
         load_inventory_file(tmp_path / "absent.yaml")
 
 

@@ -81,7 +81,7 @@ async def test_directory_yaml_syntax_error_names_file_and_line(tmp_path: Path) -
     load = await load_peers([tmp_path])
     assert load.peers == {}
     assert len(load.problems) == 1 and load.problems[0].startswith(f"{tmp_path / 'bad.yaml'}:")
-    assert "invalid YAML" in load.problems[0]
+    assert "not valid YAML" in load.problems[0]
 
 
 async def test_file_source_and_missing_sources(tmp_path: Path) -> None:

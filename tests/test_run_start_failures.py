@@ -115,6 +115,19 @@ def test_bad_config(workdir: Path) -> None:
     assert f"{config}:11: limits.query_rate: expected an integer from 1 to 10000, got 0; {config}:12: " in line
 
 
+@pytest.mark.parametrize(("inventory", "why"), [
+    ("a: &a [x, x]\nb: [*a, *a]\n", ":2: YAML alias *a refused"),
+    ("host: node-a\nregions: " + "[" * 3000 + "]" * 3000 + "\n", ":2: nested deeper than 64 levels"),
+])
+def test_an_inventory_that_expands_or_nests_is_one_line_not_a_crash_loop(workdir: Path, inventory: str,
+                                                                         why: str) -> None:
+    config = seed_config(workdir)
+    (workdir / "node-a.yaml").write_text(inventory)
+    outcome = run_rmrrd(workdir, "--simulate", "--config", str(config))
+    assert outcome.status == EXIT_BAD_INPUT
+    assert f"{workdir / 'node-a.yaml'}{why}" in outcome.only_failure("<3>")
+
+
 def test_unreadable_firmware_table(workdir: Path) -> None:
     tables = workdir / "sys" / "firmware" / "acpi" / "tables"
     tables.mkdir(parents=True)

@@ -168,6 +168,33 @@ def _without(name: str) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != name}
 
 
+def test_sighup_with_files_that_are_not_inputs_keeps_the_old_state(workdir: Path, daemons: list[Daemon]) -> None:
+    """An inventory that expands by YAML aliases, a configuration that is /dev/zero:
+    each reload fails with one line naming the file, and the daemon serves on, on
+    what it had (it used to die of MemoryError or RecursionError)."""
+    daemon = start_daemon(workdir)
+    daemons.append(daemon)
+    inventory, config = workdir / "node-a.yaml", daemon.config
+    good = inventory.read_text()
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + n)}: &{chr(98 + n)} [{', '.join([f'*{chr(97 + n)}'] * 10)}]\n" for n in range(8))
+    inventory.write_text(good + bomb)
+    mark = len(daemon.log_lines())
+    daemon.process.send_signal(signal.SIGHUP)
+    line = daemon.wait_for_log("reload failed", after=mark)
+    assert line.endswith(f"keeping the running configuration: {config}: host.sources: {inventory}:10: YAML alias "
+                         "*a refused: rmrrd's files need none, and aliases can expand without bound")
+    config.rename(workdir / "rmrrd.yaml.good")
+    config.symlink_to("/dev/zero")
+    mark = len(daemon.log_lines())
+    daemon.process.send_signal(signal.SIGHUP)
+    line = daemon.wait_for_log("reload failed", after=mark)
+    assert line.endswith(f"{config}: larger than 1048576 bytes: not a configuration")
+    assert setup_domain(daemon.xenstore, 1).status == "ready"
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log()
+
+
 def test_log_level_on_the_command_line_outranks_the_file_on_reload(workdir: Path, daemons: list[Daemon]) -> None:
     daemon = start_daemon(workdir, args=("--log-level", "warning"), extra_config="log:\n  level: debug\n")
     daemons.append(daemon)

@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import HOST_NAME_RE, Device, HostRegion, Inventory, UnresolvedDevice
 from rmrrd.core.pci import Bdf
@@ -219,17 +220,10 @@ def load_inventory_text(text: str, source: str) -> Inventory:
     """Parse a YAML inventory; ``source`` (usually the file name) prefixes every error.
 
     Raises :class:`InputError` naming the source, the line and the key for YAML syntax
-    errors, unknown or missing keys, and ranges that are not page granular.
+    errors, aliases and nesting :func:`rmrrd.inputs.compose_yaml` refuses, unknown or
+    missing keys, and ranges that are not page granular.
     """
-    import yaml
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
-        raise InputError(f"{source}:{line}: invalid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: invalid YAML: {exc}") from None
+    root = inputs.compose_yaml(text, source)
     if root is None:
         raise InputError(f"{source}: empty inventory: expected host and regions")
     lines: dict[_KeyPath, int] = {}
@@ -238,13 +232,9 @@ def load_inventory_text(text: str, source: str) -> Inventory:
 
 
 def load_inventory_file(path: str | Path) -> Inventory:
-    """Read and parse a YAML inventory file; errors name the file (and line)."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read inventory: {exc}") from None
-    return load_inventory_text(text, str(path))
+    """Read and parse a YAML inventory file (at most :data:`rmrrd.inputs.INVENTORY`
+    bytes); errors name the file (and line)."""
+    return load_inventory_text(inputs.read_text(path, inputs.INVENTORY, "inventory"), str(path))
 
 
 def _quote(text: str) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
+from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.libxl_domain import VIDEORAM_DEFAULTS, DeviceModel, DomainType, LibxlDomain
 from rmrrd.core.pci import Bdf
@@ -39,13 +40,28 @@ _VIDEO_KINDS = {"vga": "stdvga", "xen": "stdvga", "cirrus": "cirrus", "qxl": "qx
 
 
 def parse_domain_xml(text: str) -> ET.Element:
-    """The ``<domain>`` element; :class:`InputError` for anything else."""
+    """The ``<domain>`` element; :class:`InputError` for anything else.
+
+    Within the bounds of every input (:mod:`rmrrd.inputs`): at most
+    :data:`~rmrrd.inputs.SMALL` bytes, elements nested at most
+    :data:`~rmrrd.inputs.MAX_DEPTH` deep, and no DOCTYPE (libvirt writes none, and
+    its entities are how XML expands without bound).
+    """
+    if len(text) > inputs.SMALL:
+        raise InputError(f"domain XML: larger than {inputs.SMALL} bytes")
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise InputError("domain XML: a DOCTYPE or ENTITY declaration (libvirt writes none)")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise InputError(f"domain XML: {exc}") from None
     if root.tag != "domain":
         raise InputError(f"domain XML: the root element is <{root.tag}>, not <domain>")
+    level = [root]
+    for _ in range(inputs.MAX_DEPTH):
+        level = [child for element in level for child in element]
+    if level:
+        raise InputError(f"domain XML: elements nested deeper than {inputs.MAX_DEPTH} levels")
     return root
 
 

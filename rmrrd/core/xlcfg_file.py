@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from rmrrd import inputs
 from rmrrd.errors import InputError
 
 LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
@@ -316,15 +317,9 @@ def parse_xl_config(text: str, source: str = "<xl.cfg>") -> XlConfig:
 
 
 def load_xl_config(path: Path) -> XlConfig:
-    """Read and parse an xl.cfg file; an unreadable or non-text file is an :class:`InputError`."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    """Read and parse an xl.cfg file; an unreadable, non-text or oversized
+    (:data:`rmrrd.inputs.SMALL`) file is an :class:`InputError`."""
+    text = inputs.read_text(path, inputs.SMALL, "xl.cfg file")
     if "\0" in text:
         raise InputError(f"{path}: contains a NUL byte: not an xl.cfg file")
     return parse_xl_config(text, str(path))

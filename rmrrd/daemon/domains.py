@@ -22,7 +22,7 @@ from rmrrd.errors import InputError
 from rmrrd.core.pci import Bdf
 from rmrrd.core.ranges import Range
 from rmrrd.protocol import (ALLOCATED_ROOT, ASSIGNED_ROOT, LIBXL_ROOT, answer_path, decode_allocation, decode_attachment,
-                            parse_domid, status_entries)
+                            parse_domid, shown, status_entries)
 from rmrrd.xenstore.client import XenstoreClient
 from rmrrd.xenstore.wire import NoEntry
 
@@ -30,7 +30,7 @@ from rmrrd.daemon.lifecycle import (Check, CheckAsked, Domain, Event, Introduced
                                     RequestChanged, SetupOutcome, State)
 from rmrrd.daemon.owner import DomainOwner
 from rmrrd.daemon.settings import Observer, Settings
-from rmrrd.xenstore.ops import gather, read_list, rm_quietly
+from rmrrd.xenstore.ops import gather, read_values, rm_quietly
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class Domains:
         observer = self.observer
         observer.setup_done(outcome.status, seconds)
         plan = outcome.plan
+        generation = shown(generation)
         what = f"request {generation}"
         if outcome.learned is not None:
             saved = "" if plan is None else ", its saved configuration read" if outcome.saved else (
@@ -255,7 +256,10 @@ class Domains:
             if domid is None or domid not in live:
                 await rm_quietly(xs, f"{root}/{name}")
             else:
-                records[domid] = await read_list(xs, f"{root}/{name}")
+                # Decoded leniently: a damaged record is one warning (_attached,
+                # _allocations), never a reconcile that fails for every domain.
+                values = await read_values(xs, f"{root}/{name}")
+                records[domid] = {n: raw.decode("ascii", "replace") for n, raw in values.items()}
         return records
 
     async def _drop_orphan_answers(self, live: set[int]) -> None:

@@ -13,16 +13,23 @@ allocations, say).
 
 States (:class:`State`) and what moves them::
 
-    WAITING --RequestChanged--> PLANNING --SetupDone(written, rewritten,
+    WAITING --RequestChanged, RetrySetup--> PLANNING --SetupDone(written, rewritten,
        ^                           |        relearned, current)--> ANSWERED
        |                           |--SetupDone(waiting)--> back where it came from
-       |                           |--SetupFailed--> back where it came from
+       |                           |--SetupFailed--> back where it came from, RetrySetup later
        |                           '--SetupDone(absent)--> RELEASED
        |
-    ANSWERED --RequestChanged, AnswerVanished, QueriesListed(None)--> PLANNING
+    ANSWERED --RequestChanged, RetrySetup, AnswerVanished, QueriesListed(None)--> PLANNING
     PLANNING --SetupDone(written) finding our answer gone, or SetupDone(waiting) finding
        request and answer gone--> (old state dropped) ANSWERED, WAITING
     WAITING, ANSWERED --Released--> RELEASED
+
+Nothing that fails on the xenstore side is left for a later event that may never
+come: a failed setup (:class:`SetupFailed`) schedules a :class:`RetrySetup`, and a
+guest-query watch that stopped a :class:`RestartQueries`, each after a delay that
+doubles from :data:`RETRY_FIRST` to :data:`RETRY_MAX` (:func:`retry_delay`), until
+it succeeds or the domain goes.  The first failure of a run of them is one warning
+line, the next ones debug, the success after them one info line.
 
 Queries, checks, attachments, reloads and introductions are served in WAITING and
 ANSWERED without changing the state.  PLANNING lasts exactly as long as the owner
@@ -45,6 +52,7 @@ whatever request is there now.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -58,6 +66,11 @@ from rmrrd.core.ranges import Range
 from rmrrd.core.rate_limit import TokenBucket
 from rmrrd.protocol import is_valid_id
 
+RETRY_FIRST = 0.1
+"""Seconds before the first retry of a failed setup or a stopped query watch."""
+RETRY_MAX = 5.0
+"""The longest wait between retries (the owner spreads each over 50-100% of it)."""
+
 LEARN_RETRIES = 12
 LEARN_RETRY_SECONDS = 1.0
 LEARN_RETRY_MAX_SECONDS = 60.0
@@ -65,6 +78,7 @@ LEARN_RETRY_MAX_SECONDS = 60.0
 create``, after the introduction: seconds, or tens of them for a slow device model) is
 learned again after 1 s, then after twice as long each time up to a minute, at most
 12 times (about seven minutes), until it is read."""
+
 REPLIES_KEPT = 64
 """Replies kept per domain, oldest removed first: reply nodes are dom0's, outside the
 guest's node quota, so without a bound a guest writing fresh ids would grow the store."""
@@ -75,6 +89,11 @@ NO_ANSWER = QueryResult("error ENODEV this domain has no reserved-memory answer 
 
 class DomainStateError(Exception):
     """An event reached a domain in a state that cannot take it: a bug in rmrrd."""
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before retrying after the ``failures``-th failure in a row."""
+    return min(RETRY_FIRST * 2.0 ** min(max(failures - 1, 0), 16), RETRY_MAX)
 
 
 class State(enum.Enum):
@@ -157,9 +176,14 @@ class Domain:
     """Setups run again for want of libxl's saved configuration (:data:`LEARN_RETRIES`)."""
 
     def devices(self) -> set[Bdf]:
-        """Every device this domain holds: statically assigned plus attached."""
-        static = {spec.bdf for spec in self.request.pci} if self.request else set()
-        return static | set(self.attached)
+        """Every device this domain holds: statically assigned plus attached.
+
+        None while its answer is not ``ready``: a domain refused at setup is never
+        built, so its devices are free for the others' checks.
+        """
+        if self.plan is None or self.plan.status != "ready" or self.request is None:
+            return set()
+        return {spec.bdf for spec in self.request.pci} | set(self.attached)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +221,24 @@ class SetupFailed:
     """The :class:`RunSetup` transaction failed (xenstore trouble); nothing was written."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySetup:
+    """The delay after a failed setup is over: plan again (from the first trigger).
+
+    ``machine`` is the :attr:`DomainMachine.serial` of the machine that asked: a
+    machine of a later domain on the domid ignores it."""
+
+    machine: int
+
+
+@dataclass(frozen=True, slots=True)
+class RestartQueries:
+    """The delay after the guest-query watch stopped is over: watch again (``machine``
+    as for :class:`RetrySetup`)."""
+
+    machine: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +330,9 @@ class DeviceAttached:
     op: str
 
 
-Event = (RequestChanged | SetupDone | SetupFailed | AnswerVanished | Released | Reloaded | IntroducedSeen
-         | QueriesListed | QueriesStopped | QueryWritten | QueryRead | CheckAsked | DeviceAttached)
+Event = (RequestChanged | SetupDone | SetupFailed | RetrySetup | RestartQueries | AnswerVanished | Released
+         | Reloaded | IntroducedSeen | QueriesListed | QueriesStopped | QueryWritten | QueryRead | CheckAsked
+         | DeviceAttached)
 
 
 # --- effects -------------------------------------------------------------------------------
@@ -409,8 +452,17 @@ class Log:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Later:
+    """Feed ``event`` back after ``delay`` seconds (a retry)."""
+
+    delay: float
+    event: RetrySetup | RestartQueries
+
+
 Effect = (RunSetup | StartQueries | StopQueries | CheckIntroduced | GrantAnswer | LearnLater | RemoveAnswer
-          | RemoveRecords | ReportSetup | ReadQuery | RecordAllocation | WriteReply | RemoveQuery | RemoveReply | CountQuery | AnswerCheck | Log)
+          | RemoveRecords | ReportSetup | ReadQuery | RecordAllocation | WriteReply | RemoveQuery | RemoveReply
+          | CountQuery | AnswerCheck | Log | Later)
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -420,6 +472,8 @@ ACCEPTS: dict[type[Event], frozenset[State]] = {
     RequestChanged: _SERVING,
     SetupDone: frozenset({State.PLANNING}),
     SetupFailed: frozenset({State.PLANNING}),
+    RetrySetup: frozenset(State),
+    RestartQueries: frozenset(State),
     AnswerVanished: _SERVING,
     Released: frozenset(State),
     Reloaded: _SERVING,
@@ -433,17 +487,27 @@ ACCEPTS: dict[type[Event], frozenset[State]] = {
 }
 """Which states take which event; :meth:`DomainMachine.handle` refuses the rest.
 (``Released`` is taken everywhere: a second one is a no-op; so is
-``QueriesStopped``, which may race a release.)"""
+``QueriesStopped``, which may race a release, and so are the retries, whose delay
+may end in any state.)"""
 
 
 class DomainMachine:
     """One domain's state and data; :meth:`handle` is the only way to change them."""
 
+    _serials = itertools.count(1)
+
     def __init__(self, domid: int, limits: Limits) -> None:
+        self.serial = next(self._serials)
+        """Tells this machine's retries from those of an earlier one on the domid."""
         self.limits = limits
         self.state = State.WAITING
         self.domain = limits.fresh(domid)
         self.queries_running = False
+        self.setup_failures = 0
+        """Setups failed in a row (xenstore trouble): the next retry's delay grows with it."""
+        self.query_failures = 0
+        self.retries_pending = 0
+        """:class:`Later` effects not yet fed back: the owner must stay for them."""
         self._before_planning = State.WAITING
         self._triggered = 0.0
 
@@ -453,12 +517,12 @@ class DomainMachine:
 
     @property
     def holds_nothing(self) -> bool:
-        """Nothing worth a task: released, or waiting with no plan, record or watch."""
+        """Nothing worth a task: released, or waiting with no plan, record, watch or retry."""
         if self.state is State.RELEASED:
             return True
         domain = self.domain
         return (self.state is State.WAITING and domain.plan is None and not domain.attached
-                and not len(domain.allocations) and not self.queries_running)
+                and not len(domain.allocations) and not self.queries_running and not self.retries_pending)
 
     def handle(self, event: Event) -> list[Effect]:
         """Apply ``event``; the effects to carry out, in order.
@@ -474,8 +538,21 @@ class DomainMachine:
                 return self._setup_done(result, now)
             case SetupFailed(reason):
                 self.state = self._before_planning
-                return [Log(logging.WARNING, f"domain {self.domid}: setup failed: {reason}; "
-                                             "the next change or reconcile retries it")]
+                self.setup_failures += 1
+                delay = retry_delay(self.setup_failures)
+                level = logging.WARNING if self.setup_failures == 1 else logging.DEBUG
+                return [Log(level, f"domain {self.domid}: setup failed: {reason}; retrying in up to {delay:g} s "
+                                   f"(attempt {self.setup_failures})"), self._later(delay, RetrySetup(self.serial))]
+            case RetrySetup(serial) | RestartQueries(serial) if serial != self.serial:
+                return []  # an earlier domain's on this domid
+            case RetrySetup():
+                self.retries_pending -= 1
+                if self.state in _SERVING and self.setup_failures:
+                    return self._plan(self._triggered)  # the latency counts from the first trigger
+                return []  # a setup runs or succeeded meanwhile, or the domain went
+            case RestartQueries():
+                self.retries_pending -= 1
+                return self._start_queries() if self.state is State.ANSWERED else []
             case AnswerVanished() | QueriesListed(None):
                 if self.state is not State.ANSWERED:
                     return []  # nothing of ours was there to vanish
@@ -501,11 +578,20 @@ class DomainMachine:
                 return [GrantAnswer()] if self.state is State.ANSWERED else []
             case QueriesListed(names):
                 assert names is not None
-                return [effect for name in names for effect in self._query_written(name)]
+                listed: list[Effect] = []
+                if self.query_failures:
+                    listed.append(Log(logging.INFO, f"domain {self.domid}: guest queries watched again"))
+                    self.query_failures = 0
+                return listed + [effect for name in names for effect in self._query_written(name)]
             case QueriesStopped(reason):
                 self.queries_running = False
-                return [Log(logging.ERROR, f"domain {self.domid}: guest queries stopped: {reason}; "
-                                           "the next setup starts them again")]
+                if self.state is not State.ANSWERED:
+                    return []
+                self.query_failures += 1
+                delay = retry_delay(self.query_failures)
+                level = logging.WARNING if self.query_failures == 1 else logging.DEBUG
+                return [Log(level, f"domain {self.domid}: guest queries stopped: {reason}; watching again in up "
+                                   f"to {delay:g} s"), self._later(delay, RestartQueries(self.serial))]
             case QueryWritten(name):
                 return self._query_written(name)
             case QueryRead(name, raw, now, max_length):
@@ -525,7 +611,19 @@ class DomainMachine:
         self.state = State.PLANNING
         return [RunSetup(self.domain.generation)]
 
+    def _later(self, delay: float, event: RetrySetup | RestartQueries) -> Later:
+        self.retries_pending += 1
+        return Later(delay, event)
+
     def _setup_done(self, result: SetupResult, now: float) -> list[Effect]:
+        if self.setup_failures:
+            recovered: list[Effect] = [Log(logging.INFO, f"domain {self.domid}: setup done after "
+                                                         f"{self.setup_failures} failed attempts")]
+            self.setup_failures = 0
+            return recovered + self._setup_result(result, now)
+        return self._setup_result(result, now)
+
+    def _setup_result(self, result: SetupResult, now: float) -> list[Effect]:
         domain = self.domain
         if result.kind == "absent":
             if (domain.plan is not None or domain.attached or len(domain.allocations) or result.answer_present

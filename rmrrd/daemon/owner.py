@@ -20,13 +20,28 @@ await :meth:`DomainOwner.call`, so a flooding guest fills its own watch queue
 
 The owner runs a task only while its mailbox holds letters: an idle domain costs no
 task.  An owner ends when its domain holds nothing (released, or waiting with no
-plan and no record) and its mailbox is empty; the next event for that domid starts a
-new one.
+plan, record or retry) and its mailbox is empty; the next event for that domid
+starts a new one.
+
+xenstore trouble never ends an event half done: when an effect fails (xenstored
+gone, a request timed out, a quota), the owner carries out the rest of the
+event's effects again, from the one that failed, after a delay that doubles up to
+:data:`rmrrd.daemon.lifecycle.RETRY_MAX`, until they succeed or the domain's release
+is waiting.  Every effect is safe to repeat (a write of the same value, a removal,
+a transaction that reads before it writes).  One warning line per domain when it
+starts failing, one info line when it goes through again.
+
+One fault of xenstored (stopped for a while, say) makes several of a domain's
+operations fail at once, each in its own way: a setup, an effect, the guest-query
+watch.  Their first-failure lines closer together than :data:`FAULT_EPISODE` are
+one fault, and only the first is a warning (:meth:`DomainOwner.fault_line`): a fault
+costs each domain one warning line.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,11 +58,11 @@ from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.lifecycle import (AnswerCheck, AnswerVanished, CheckIntroduced, CountQuery, DomainMachine,
-                                    Effect, Event, GrantAnswer, IntroducedSeen, LearnLater, Log, QueriesListed,
-                                    QueriesStopped, QueryRead,
-                                    QueryWritten, ReadQuery, RecordAllocation, Released, Reloaded, RemoveAnswer,
-                                    RemoveQuery, RemoveRecords, RemoveReply, ReportSetup, RequestChanged, RunSetup,
-                                    SetupDone, SetupFailed, StartQueries, State, StopQueries, WriteReply)
+                                    Effect, Event, GrantAnswer, IntroducedSeen, Later, LearnLater, Log, QueriesListed,
+                                    QueriesStopped, QueryRead, QueryWritten, ReadQuery, RecordAllocation, Released,
+                                    Reloaded, RemoveAnswer, RemoveQuery, RemoveRecords, RemoveReply, ReportSetup,
+                                    RequestChanged, RestartQueries, RetrySetup, RunSetup, SetupDone, SetupFailed,
+                                    StartQueries, State, StopQueries, WriteReply, retry_delay)
 from rmrrd.daemon.learn import learn
 from rmrrd.daemon.setup import decide, grant_answer, run_setup
 from rmrrd.xenstore.ops import gather, rm_quietly
@@ -57,9 +72,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FOLLOW_ON = (QueriesListed, QueryWritten, QueriesStopped)
-"""Events from the guest-query watch: they concern the domain they were seen for,
-so a release drops those still waiting."""
+FOLLOW_ON = (QueriesListed, QueryWritten, QueriesStopped, RetrySetup, RestartQueries)
+"""Events from the guest-query watch and the retries: they concern the domain they
+were meant for, so a release drops those still waiting."""
+FAULT_EPISODE = 30.0
+"""Seconds: a domain's xenstore-failure warnings closer together than this are one
+fault (longer than a request's timeout plus the longest retry delay, so the
+operations a fault caught all fail within it)."""
 WORK = (RequestChanged, Released, Reloaded, AnswerVanished)
 """Events :meth:`Domains.wait_idle` waits for: what a reconcile or a shutdown must
 see finished.  Queries and checks are not (a flooding guest would hold it forever)."""
@@ -86,6 +105,7 @@ class DomainOwner:
         self._running = False
         self._queries: trio.CancelScope | None = None
         self._ended = False
+        self._last_fault = -FAULT_EPISODE
 
     # --- the mailbox -------------------------------------------------------------------
 
@@ -160,16 +180,31 @@ class DomainOwner:
         """Feed ``event``, carry out its effects, feed back what they found, depth first."""
         before = self.machine.state
         pending: deque[Effect] = deque(self._feed(event))
+        failures = 0
         try:
             while pending:
-                found = await self._carry_out(pending.popleft())
+                try:
+                    found = await self._carry_out(pending[0])
+                except (PeerError, TransportError) as exc:
+                    # Foreseen (xenstore gone or stalled, a quota): the rest of this
+                    # event is carried out again, from the effect that failed.
+                    failures += 1
+                    if self._release_waiting():
+                        log.info("domain %d: %s left undone: the domain is being released", self.domid,
+                                 type(event).__name__)
+                        return
+                    delay = retry_delay(failures)
+                    self.fault_line(logging.WARNING if failures == 1 else logging.DEBUG,
+                                    f"domain {self.domid}: {type(event).__name__} not completed: "
+                                    f"{type(exc).__name__}: {exc}; retrying in up to {delay:g} s")
+                    await trio.sleep(delay * random.uniform(0.5, 1.0))
+                    continue
+                pending.popleft()
                 if found is not None:
                     pending.extendleft(reversed(self._feed(found)))
-        except (PeerError, TransportError) as exc:
-            # Foreseen (xenstore dropped, a quota): the rest of this event's effects
-            # are dropped; the next event or the reconcile after a reconnect redoes it.
-            log.warning("domain %d: %s not completed: %s: %s", self.domid, type(event).__name__,
-                        type(exc).__name__, exc)
+            if failures:
+                log.info("domain %d: %s completed after %d failed attempts", self.domid, type(event).__name__,
+                         failures)
         except Exception:
             # A bug: its trace is what a developer needs.  Contained to this event of
             # this domain, so one domain's bug never stops the others.
@@ -187,6 +222,9 @@ class DomainOwner:
         if after != before:
             self._domains.devices_changed(self.domid, before, after)
         return effects
+
+    def _release_waiting(self) -> bool:
+        return any(isinstance(letter.event, Released) for letter in self._mailbox)
 
     def _devices(self) -> set[Bdf]:
         return set() if self.machine.state is State.RELEASED else self.machine.domain.devices()
@@ -208,7 +246,7 @@ class DomainOwner:
             case CheckIntroduced():
                 return IntroducedSeen(await xs.is_introduced(domid))
             case LearnLater(seconds):
-                domains.nursery.start_soon(self._post_later, seconds, RequestChanged(trio.current_time() + seconds))
+                domains.nursery.start_soon(self._later, seconds, RequestChanged(trio.current_time() + seconds))
             case GrantAnswer():
                 async with domains.setup_slots:
                     count = await xs.run_transaction(partial(grant_answer, domid=domid))
@@ -242,11 +280,25 @@ class DomainOwner:
             case AnswerCheck(check):
                 return await check.answer(self.machine.domain)
             case Log(level, message):
-                log.log(level, "%s", message)
+                self.fault_line(level, message)
+            case Later(delay, event):
+                domains.nursery.start_soon(self._later, delay, event)
         return None
 
-    async def _post_later(self, seconds: float, event: Event) -> None:
-        await trio.sleep(seconds)
+    def fault_line(self, level: int, message: str) -> None:
+        """Log ``message``; a warning (only xenstore failures are) within
+        :data:`FAULT_EPISODE` of the last one is the same fault's, and goes at debug."""
+        if level == logging.WARNING:
+            now = trio.current_time()
+            if now - self._last_fault < FAULT_EPISODE:
+                level = logging.DEBUG
+            self._last_fault = now
+        log.log(level, "%s", message)
+
+    async def _later(self, delay: float, event: Event) -> None:
+        # Spread over 50-100% of the delay, so domains that failed together do not
+        # all retry in the same instant.
+        await trio.sleep(delay * random.uniform(0.5, 1.0))
         self.post(event)
 
     async def _run_setup(self, known: str | None) -> Event:
@@ -283,18 +335,29 @@ class DomainOwner:
                         domains.observer.watch_event("query")
                         if event.path == queries:
                             # The initial event (also after a reconnect), or the node went.
-                            try:
-                                names: tuple[str, ...] | None = tuple(await xs.directory(queries))
-                            except NoEntry:
-                                names = None
-                            except TransportError:
-                                continue  # the watch's initial event after the reconnect lists again
-                            await self.call(QueriesListed(names))
+                            await self.call(QueriesListed(await self._list_queries()))
                         elif event.path.startswith(queries + "/"):
                             await self.call(QueryWritten(event.path[len(queries) + 1:].split("/", 1)[0]))
             except (PeerError, TransportError) as exc:
-                # The watch itself is gone (xenstored refused it after a reconnect).
+                # The watch itself is gone (xenstored refused it, or did not answer):
+                # the machine watches again later.
                 self.post(QueriesStopped(f"{type(exc).__name__}: {exc}"))
+
+    async def _list_queries(self) -> tuple[str, ...] | None:
+        """The names under the query node (None: it is gone), retried until xenstored
+        answers: a query listed in an event that was the last one must not wait forever."""
+        xs, queries = self._domains.xs, query_path(self.domid)
+        failures = 0
+        while True:
+            try:
+                return tuple(await xs.directory(queries))
+            except NoEntry:
+                return None
+            except (PeerError, TransportError) as exc:
+                failures += 1
+                self.fault_line(logging.WARNING if failures == 1 else logging.DEBUG,
+                                f"domain {self.domid}: guest queries not listed: {type(exc).__name__}: {exc}; retrying")
+                await trio.sleep(retry_delay(failures) * random.uniform(0.5, 1.0))
 
 
 async def _remove_all(tx: Transaction, domid: int) -> None:

@@ -17,54 +17,69 @@ from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.planner import RequestDefaults, parse_domain_request, plan
 from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER_KEYS, QUERY_PERMS, REQUEST_KEY,
-                            SCALAR_KEYS, allocated_path, answer_entries, answer_path, guest_perms, query_path, rdm_path,
-                            reply_path)
+                            SCALAR_KEYS, allocated_path, answer_entries, answer_path, decode_generation, encode_value,
+                            guest_perms, query_path, rdm_path, reply_path)
 from rmrrd.xenstore.client import Transaction
 
 from rmrrd.daemon.learn import LibxlKeys, read_libxl_keys
 from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, setup_kind
-from rmrrd.xenstore.ops import gather, list_tree, read_list, read_text, rm_quietly
+from rmrrd.xenstore.ops import gather, list_tree, read_value, read_values, rm_quietly
 
 
 @dataclass(frozen=True, slots=True)
 class SetupInput:
-    """The raw keys of one domain's request, as read in one transaction."""
+    """One domain's request as read in one transaction, values as they are:
+    :func:`decide` decodes them, so a value that is not text is an answer naming
+    its key, never a setup that fails."""
 
-    generation: str
-    memory: str | None
-    mmio_hole: str | None
-    config: str | None
-    mem_boundary: str | None
-    videoram: str | None
-    hap: str | None
-    bios: str | None
-    lists: Mapping[str, Mapping[str, str]]
+    generation: bytes
+    scalars: Mapping[str, bytes]
+    """The keys of :data:`SCALAR_KEYS` present."""
+    lists: Mapping[str, Mapping[str, bytes]]
+    """Each list of :data:`DEVICE_LISTS`, {n: value}."""
+
+    @property
+    def generation_text(self) -> str:
+        return decode_generation(self.generation)
 
 
 async def read_setup_input(tx: Transaction, domid: int) -> SetupInput | None:
     """The domain's request keys, or None when it has written no ``request`` yet."""
     base = rdm_path(domid)
-    generation = await read_text(tx, f"{base}/{REQUEST_KEY}")
+    generation = await read_value(tx, f"{base}/{REQUEST_KEY}")
     if generation is None:
         return None
-    memory, mmio_hole, config, mem_boundary, videoram, hap, bios = await gather(
-        lambda key: read_text(tx, f"{base}/{key}"), SCALAR_KEYS)
-    lists = await gather(lambda key: read_list(tx, f"{base}/{key}"), DEVICE_LISTS)
-    return SetupInput(generation, memory, mmio_hole, config, mem_boundary, videoram, hap, bios,
+    scalars = await gather(lambda key: read_value(tx, f"{base}/{key}"), SCALAR_KEYS)
+    lists = await gather(lambda key: read_values(tx, f"{base}/{key}"), DEVICE_LISTS)
+    return SetupInput(generation, {key: value for key, value in zip(SCALAR_KEYS, scalars) if value is not None},
                       dict(zip(DEVICE_LISTS, lists)))
+
+
+def _text(key: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{key}: not valid UTF-8 (byte {exc.start} of {len(raw)})") from None
 
 
 def decide(given: SetupInput, defaults: RequestDefaults, host: Inventory,
            peers: Mapping[str, Inventory]) -> SetupOutcome:
-    """Plan the domain, or say which key made its request invalid (pure)."""
+    """Plan the domain, or say which key made its request invalid (pure).
+
+    Never raises for anything the toolstack wrote: a value that is not UTF-8 or
+    not in its key's grammar is an outcome whose error starts with the key.
+    """
     try:
-        if given.memory is None:
+        _text(REQUEST_KEY, given.generation)  # echoed as it is, but it must be text
+        text = {key: _text(key, raw) for key, raw in given.scalars.items()}
+        lists = {name: {n: _text(f"{name}/{n}", raw) for n, raw in entries.items()}
+                 for name, entries in given.lists.items()}
+        if "memory" not in text:
             raise InputError("memory: missing (guest RAM in MiB is required)")
         request = parse_domain_request(
-            given.memory, given.mmio_hole, given.config, given.mem_boundary,
-            pci=given.lists["pci"], hotplug=given.lists["hotplug"],
-            migrate=given.lists["migrate"], reserve=given.lists["reserve"], defaults=defaults,
-            videoram=given.videoram, hap=given.hap, bios=given.bios)
+            text["memory"], text.get("mmio_hole"), text.get("config"), text.get("mem_boundary"),
+            pci=lists["pci"], hotplug=lists["hotplug"], migrate=lists["migrate"], reserve=lists["reserve"],
+            defaults=defaults, videoram=text.get("videoram"), hap=text.get("hap"), bios=text.get("bios"))
         return SetupOutcome(request, plan(request, host, peers), None)
     except InputError as exc:
         return SetupOutcome(None, None, str(exc))
@@ -84,7 +99,7 @@ async def write_answer(tx: Transaction, domid: int, generation: str, outcome: Se
     await gather(tx.mkdir, dirs)
     await gather(lambda path: tx.set_perms(path, dirs[path]), dirs)
     entries = answer_entries(generation, outcome.plan, outcome.error, outcome.learned)
-    await gather(lambda entry: tx.write(f"{base}/{entry[0]}", entry[1]), entries)
+    await gather(lambda entry: tx.write(f"{base}/{entry[0]}", encode_value(entry[1])), entries)
 
 
 async def grant_answer(tx: Transaction, domid: int) -> int:
@@ -106,8 +121,8 @@ async def grant_answer(tx: Transaction, domid: int) -> int:
 async def read_answer_generation(tx: Transaction, domid: int) -> str | None:
     """The generation of the complete answer already in xenstore, if any."""
     base = answer_path(domid)
-    generation, status = await gather(lambda key: read_text(tx, f"{base}/{key}"), ("generation", "status"))
-    return generation if status is not None else None
+    generation, status = await gather(lambda key: read_value(tx, f"{base}/{key}"), ("generation", "status"))
+    return decode_generation(generation) if status is not None and generation is not None else None
 
 
 async def run_setup(tx: Transaction, domid: int, known: str | None,
@@ -123,7 +138,7 @@ async def run_setup(tx: Transaction, domid: int, known: str | None,
     given = await read_setup_input(tx, domid)
     learned: SetupOutcome | None = None
     if given is not None:
-        generation = given.generation
+        generation = given.generation_text
     else:
         described = await read_libxl_keys(tx, domid)
         if described is None:

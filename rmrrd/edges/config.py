@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import SafeConstructor
 
+from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.guest_layout import MMIO_HOLE_MAX_MIB, MMIO_HOLE_MIN_MIB, check_seabios_size
 from rmrrd.core.inventory import HOST_NAME_RE
@@ -156,11 +157,12 @@ def load_config(
     path: Path, *, environ: Mapping[str, str] | None = None, hostname: str | None = None,
     embedded: bool = False,
 ) -> Config:
-    """Read and parse ``path``; :class:`ConfigError` if it is unreadable or invalid."""
+    """Read and parse ``path``; :class:`ConfigError` if it is unreadable or invalid
+    (larger than :data:`rmrrd.inputs.SMALL`, not UTF-8, nested too deep, YAML aliases)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read the configuration: {exc}"]) from None
+        text = inputs.read_text(path, inputs.SMALL, "configuration")
+    except InputError as exc:
+        raise ConfigError([str(exc)]) from None
     return parse_config_text(text, path, environ=environ, hostname=hostname, embedded=embedded)
 
 
@@ -430,14 +432,9 @@ class _Reader:
 
     def read(self, text: str) -> dict[str, dict[str, Any]]:
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            line = f":{mark.line + 1}" if mark is not None else ""
-            self.problems.append(f"{self.source}{line}: not valid YAML: {exc.problem}")
-            return {}
-        except yaml.YAMLError as exc:
-            self.problems.append(f"{self.source}: not valid YAML: {exc}")
+            root = inputs.compose_yaml(text, self.source)
+        except InputError as exc:
+            self.problems.append(str(exc))
             return {}
         if root is None:
             return {}

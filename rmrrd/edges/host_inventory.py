@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rmrrd import inputs
 from rmrrd.core.dmar import dmar_inventory, parse_dmar
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import Device, HostRegion, Inventory
@@ -39,11 +40,9 @@ Looked at first: it is the table whose RMRRs Xen enforces."""
 
 
 def read_table(path: Path) -> bytes:
-    """The bytes of a firmware table file; an unreadable file is an :class:`InputError`."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read table: {exc.strerror or exc}") from None
+    """The bytes of a firmware table file; an unreadable one, or one larger than
+    :data:`rmrrd.inputs.TABLE`, is an :class:`InputError`."""
+    return inputs.read_bytes(path, inputs.TABLE, "firmware table")
 
 
 def table_inventory(kind: str, data: bytes, host: str, path: Path, sysfs_root: Path | None) -> Inventory:

@@ -24,7 +24,6 @@ first.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import trio
 
+from rmrrd import inputs
 from rmrrd.edges.config import PeerSource
 from rmrrd.errors import InputError, PeerError, TransportError
 from rmrrd.edges.http_client import http_get
@@ -131,13 +131,7 @@ def _without_names_of_later_hosts(inventory: Inventory, peers: dict[str, Invento
 
 def _decode(body: bytes, source: str) -> Inventory:
     """A peer's JSON answer as an inventory; :class:`InputError` naming ``source``."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and bytes that are not UTF-8/16/32;
-        # RecursionError, arrays nested thousands deep.
-        raise InputError(f"{source}: not valid JSON: {exc}") from None
-    return inventory_from_json(obj, source)
+    return inventory_from_json(inputs.parse_json(body, source), source)
 
 
 async def _load_source(source: PeerSource, timeout: float) -> _Found:

@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any
 
+from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.inventory_yaml import inventory_from_json, inventory_to_json
@@ -60,8 +61,7 @@ def host_inventory(config_path: str | None, runtime_dir: str) -> tuple[Inventory
     cache = os.path.join(runtime_dir, CACHE_NAME)
     config_key = _stat(config_path) if config_path is not None else ["built-in defaults"]
     try:
-        with open(cache, encoding="utf-8") as file:
-            saved = json.load(file)
+        saved = inputs.parse_json(inputs.read_bytes(cache, inputs.INVENTORY, "host cache"), cache)
         if (saved["format"] == FORMAT and saved["config"] == config_key
                 and all(_stat(entry[0]) == entry for entry in saved["depends"])):
             return inventory_from_json(saved["inventory"], cache), int(saved["seabios_size"])

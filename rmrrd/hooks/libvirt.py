@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from rmrrd import inputs
 from rmrrd.errors import InputError
 
 CHECKED_OPERATIONS = ("prepare", "migrate")
@@ -46,8 +47,11 @@ def verdict(xml: str) -> tuple[bool, str | None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """The hook's entry point; returns libvirt's exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    # Read the whole XML whatever the operation: libvirt writes all of it.
-    xml = sys.stdin.read()
+    # Read the whole XML whatever the operation: libvirt writes all of it.  Past
+    # the cap it is drained, not kept (parse_domain_xml refuses it then).
+    xml = sys.stdin.read(inputs.SMALL + 1)
+    while len(xml) > inputs.SMALL and sys.stdin.read(inputs.SMALL):
+        pass
     if len(args) < 2 or args[1] not in CHECKED_OPERATIONS:
         return EXIT_ALLOW
     try:

@@ -112,11 +112,12 @@ def _config_text(args: list[str]) -> tuple[str, str]:
         path, others = others[0], others[1:]
     if path is None or others:
         raise NotChecked("xl create usage not understood")
+    from rmrrd import inputs
+
     try:
-        with open(path, encoding="utf-8") as file:  # /dev/null too: xl reads it as empty
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NotChecked(f"{path}: {exc}") from None
+        text = inputs.read_text(path, inputs.SMALL, "xl.cfg file")  # /dev/null too: xl reads it as empty
+    except InputError as exc:
+        raise NotChecked(str(exc)) from None
     return text + (f"\n{extra}\n" if extra else ""), path
 
 

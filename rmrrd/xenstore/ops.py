@@ -56,31 +56,48 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
-async def read_text(tx: Ops, path: str) -> str | None:
-    """A node's value as ASCII text, or None if it does not exist.
-
-    Raises :class:`InputError` naming the path if the value is not ASCII: the
-    values rmrrd reads are numbers, xl.cfg strings and xenstore paths.
-    """
+async def read_value(tx: Ops, path: str) -> bytes | None:
+    """A node's value as it is, or None if it does not exist."""
     try:
-        raw = await tx.read(path)
+        return await tx.read(path)
     except NoEntry:
         return None
+
+
+def ascii_text(path: str, raw: bytes) -> str:
+    """``raw`` as ASCII text; :class:`InputError` naming ``path`` if it is not."""
     try:
         return raw.decode("ascii")
     except UnicodeDecodeError:
         raise InputError(f"{path}: value is not ASCII") from None
 
 
-async def read_list(tx: Ops, path: str) -> dict[str, str]:
-    """The children of a numbered list node (``pci/0``, ``pci/1``...) as {n: value}, in order."""
+async def read_text(tx: Ops, path: str) -> str | None:
+    """A node's value as ASCII text, or None if it does not exist.
+
+    Raises :class:`InputError` naming the path if the value is not ASCII: the
+    values rmrrd reads are numbers, xl.cfg strings and xenstore paths.
+    """
+    raw = await read_value(tx, path)
+    return None if raw is None else ascii_text(path, raw)
+
+
+async def read_values(tx: Ops, path: str) -> dict[str, bytes]:
+    """The children of a numbered list node (``pci/0``, ``pci/1``...) as {n: value},
+    in order, values as they are (a child gone meanwhile is left out)."""
     try:
         names = await tx.directory(path)
     except NoEntry:
         return {}
     names.sort(key=lambda name: (len(name), name))
-    values = await gather(lambda name: read_text(tx, f"{path}/{name}"), names)
+    values = await gather(lambda name: read_value(tx, f"{path}/{name}"), names)
     return {name: value for name, value in zip(names, values) if value is not None}
+
+
+async def read_list(tx: Ops, path: str) -> dict[str, str]:
+    """:func:`read_values` as ASCII text; :class:`InputError` naming the first child
+    that is not."""
+    return {name: ascii_text(f"{path}/{name}", raw) for name, raw in (await read_values(tx, path)).items()}
 
 
 async def rm_quietly(tx: Ops, path: str) -> None:

@@ -5,14 +5,23 @@ each to the store and sends what the store answers in one ``send_all``.  Watch
 events for other connections go to their output buffer and their writer task sends
 them; events therefore always follow the reply of the request that caused them.
 
+One client can never stop the server for the others: whatever it sends gets an
+answer or a refusal from the store, and a fault while serving it (a bug) is logged
+with its trace and ends that connection only.
+
 Guest identity: after dom0 INTRODUCEs domain N, the server also listens on
 ``<socket>.d/N``; whatever connects there acts as domain N, with its permissions and
 quotas (that is how tests play hvmloader or a guest agent).  RELEASE of N closes that
-socket and every connection made through it.
+socket and every connection made through it.  A guest's quotas hold however many
+connections it opens (:class:`~rmrrd.xenstore.store.Quotas`, per domain): beyond its
+connections, a new one is closed at once; beyond its outstanding replies, the
+server stops reading it until it reads them (C's ``domain_can_read``); beyond its
+memory, events for it are dropped.  Guests together never hold the descriptors dom0
+needs: past :data:`DOM0_RESERVE` below the descriptor limit, their connections are
+refused and dom0's still accepted.
 
-Persistence (``persist=``): after changes, coalesced, the tree is written to the file
-atomically (temporary file, fsync, rename, fsync of the directory), and loaded from
-it at start.
+Persistence (``persist=``): every change is in a write-ahead journal on disk before
+any reply or event showing it is sent (:mod:`rmrrd.xenstore.journal`).
 
 Sockets: the server never takes a socket it does not own.  A socket path where a
 live socket accepts connections (Xen's own xenstored, another rmrrd) is refused with
@@ -26,6 +35,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import socket as stdlib_socket
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,18 +44,21 @@ from pathlib import Path
 import trio
 
 from rmrrd.errors import InputError
-from rmrrd.xenstore import store_persist
-from rmrrd.xenstore.store import Connection, DomainChange, Store
-from rmrrd.xenstore.wire import Decoder, RemoteProtocolError, encode
+from rmrrd.xenstore.journal import Journal
+from rmrrd.xenstore.journal import load as journal_load
+from rmrrd.xenstore.store import Connection, DomainChange, Quotas, Store
+from rmrrd.xenstore.wire import Decoder, Op, Packet, RemoteProtocolError, XenstoreError, encode
 
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 65536
-# A connection that does not read its replies and events is dropped once this much
-# is waiting for it (C xenstored drops watch events after a timeout instead).
+# A dom0 connection that does not read its replies and events is dropped once this
+# much is waiting for it (a guest's events are dropped at its memory quota before).
 OUTPUT_LIMIT = 8 * 1024 * 1024
-# Changes within this many seconds go to the persistence file in one write.
-PERSIST_DELAY = 0.05
+DOM0_RESERVE = 256
+"""Descriptors guests' connections never take: dom0's connections, listeners, files."""
+DESCRIPTORS_WANTED = 65536
+"""The descriptor limit the server raises its soft limit to, when the hard one allows."""
 # How long a probe of an existing socket waits for it to accept: a listener whose
 # backlog is full is alive too, and must not be mistaken for a dead one.
 PROBE_TIMEOUT = 1.0
@@ -66,10 +79,19 @@ class XenstoredHandle:
 
 @dataclass(eq=False)
 class _Peer:
+    """One client's connection and the output waiting for it."""
+
     conn: Connection
     stream: trio.SocketStream
     scope: trio.CancelScope
     out: bytearray = field(default_factory=bytearray)
+    out_gen: int = 0
+    """The store's generation when output was last queued: with a journal, it
+    leaves once that generation is on disk."""
+    held: int = 0
+    """Bytes of ``out`` charged to the domain's memory (guests only)."""
+    replies: int = 0
+    """Replies in ``out`` (the outstanding-request quota counts them)."""
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     wake: trio.Event = field(default_factory=trio.Event)
 
@@ -149,33 +171,44 @@ def _listen(path: Path) -> _Bound:
     return _Bound(path, listener, (info.st_dev, info.st_ino))
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class _Server:
-    def __init__(self, store: Store, nursery: trio.Nursery, guest_dir: Path) -> None:
+    """The sockets of one simulated xenstored around its :class:`Store`."""
+
+    def __init__(self, store: Store, nursery: trio.Nursery, guest_dir: Path, journal: Journal | None) -> None:
         self.store = store
         self.nursery = nursery
         self.guest_dir = guest_dir
+        self.journal = journal
         self.peers: dict[int, _Peer] = {}
         self.guest_scopes: dict[int, trio.CancelScope] = {}
         self.guest_sockets: dict[int, _Bound] = {}
-        self.changed = trio.Event()
+        self.guest_budget = _guest_budget()
+        self._guests = 0
+        self._drained: dict[int, trio.Event] = {}
+        self._warned: set[tuple[int, str]] = set()
+
+    def _warn_once(self, domid: int, what: str, message: str, *args: object) -> None:
+        """One warning per domain and kind of trouble; more of it goes to debug."""
+        key = (domid, what)
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        self._warned.add(key)
+        log.log(level, message, *args)
 
     async def serve_connection(self, domid: int, stream: trio.SocketStream) -> None:
-        conn = self.store.connect(domid)
+        """Serve one client until it goes; never raises (a fault ends this client only)."""
+        if domid != 0 and self._guests >= self.guest_budget:
+            # Guests never take the descriptors dom0 needs to connect.
+            self._warn_once(domid, "descriptors", "dom%d: connection refused: guests hold %d connections, "
+                            "the most this server's descriptor limit allows beside dom0's", domid, self._guests)
+            await _close(stream)
+            return
+        try:
+            conn = self.store.connect(domid)
+        except XenstoreError as exc:
+            self._warn_once(domid, "connections", "dom%d: connection refused: %s", domid, exc)
+            await _close(stream)
+            return
+        self._guests += domid != 0
         log.debug("dom%d conn %d connected", domid, conn.id)
         with trio.CancelScope() as scope:
             peer = _Peer(conn, stream, scope)
@@ -189,11 +222,16 @@ class _Server:
                 # Reader and writer run in one nursery, so a peer that hangs up
                 # while we send arrives wrapped in an ExceptionGroup.
                 log.debug("dom%d conn %d went away while we sent", domid, conn.id)
+            except* Exception:
+                # A bug (in the store, say) while serving this client: it loses its
+                # connection, every other client is served on.
+                log.exception("dom%d conn %d: internal error; this connection is closed", domid, conn.id)
             finally:
                 self.peers.pop(conn.id, None)
+                self._release_output(peer)
                 self.store.disconnect(conn)
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
+                self._guests -= domid != 0
+                await _close(stream)
         log.debug("dom%d conn %d closed", domid, conn.id)
 
     async def _reader(self, peer: _Peer) -> None:
@@ -206,43 +244,113 @@ class _Server:
             if not data:
                 return
             decoder.feed(data)
-            touched: set[int] = set()
-            changes: list[DomainChange] = []
-            try:
-                while (packet := decoder.next_packet()) is not None:
-                    output = self.store.handle(peer.conn, packet)
-                    for target, reply in output.sends:
-                        self._queue(target, encode(reply))
-                        touched.add(target.id)
-                    changes += output.domain_changes
-            except RemoteProtocolError as exc:
-                # Garbage from one client closes that client only.
-                log.warning("dom%d conn %d protocol error, closing: %s", peer.conn.domid, peer.conn.id, exc)
-                await self._flush(peer)
-                return
-            self._after_batch(changes)
-            for conn_id in touched:
-                if conn_id == peer.conn.id:
+            while True:
+                if peer.conn.usage is not None:
+                    await self._room(peer)
+                try:
+                    packet = decoder.next_packet()
+                except RemoteProtocolError as exc:
+                    # Garbage from one client closes that client only.
+                    log.warning("dom%d conn %d protocol error, closing: %s", peer.conn.domid, peer.conn.id, exc)
                     await self._flush(peer)
-                elif (other := self.peers.get(conn_id)) is not None:
-                    other.wake.set()
+                    return
+                if packet is None:
+                    break
+                self._serve(peer, packet)
+            await self._flush(peer)
 
-    def _queue(self, target: Connection, data: bytes) -> None:
+    def _serve(self, peer: _Peer, packet: Packet) -> None:
+        """One request: the store's answer queued, domains opened or closed, other
+        connections woken for their events."""
+        output = self.store.handle(peer.conn, packet)
+        for target, reply in output.sends:
+            if target.id == peer.conn.id and reply.op is not Op.WATCH_EVENT:
+                self._queue_reply(peer, encode(reply))
+            else:
+                self._queue_event(target, encode(reply))
+        # Before the reply goes out: a guest socket exists once INTRODUCE is answered.
+        self._domains_changed(output.domain_changes)
+
+    async def _room(self, peer: _Peer) -> None:
+        """Wait while the guest's domain has its quota of replies unsent (C's
+        ``domain_can_read``): its own are sent first; another connection's, when
+        its client reads them."""
+        usage = peer.conn.usage
+        assert usage is not None
+        while usage.outstanding >= self.store.quotas.outstanding:
+            if peer.replies:
+                await self._flush(peer)
+            else:
+                drained = self._drained.setdefault(peer.conn.domid, trio.Event())
+                await drained.wait()
+
+    def _queue_reply(self, peer: _Peer, data: bytes) -> None:
+        usage = peer.conn.usage
+        if usage is not None:
+            usage.outstanding += 1
+            usage.held += len(data)
+            peer.held += len(data)
+        peer.replies += 1
+        self._append(peer, data)
+
+    def _queue_event(self, target: Connection, data: bytes) -> None:
         peer = self.peers.get(target.id)
         if peer is None:  # closed by a RELEASE in this very batch
             return
-        peer.out += data
+        usage = target.usage
+        if usage is not None:
+            if self.store.memory(target.domid) + len(data) > self.store.quotas.memory:
+                # As C's send_event: over its memory quota, a guest's events are dropped.
+                self._warn_once(target.domid, "memory", "dom%d conn %d: watch events dropped: the domain holds "
+                                "its memory quota (it does not read them)", target.domid, target.id)
+                return
+            usage.held += len(data)
+            peer.held += len(data)
+        self._append(peer, data)
         if len(peer.out) > OUTPUT_LIMIT:
             log.warning("dom%d conn %d reads too slowly, closing", target.domid, target.id)
-            peer.out.clear()
+            self._release_output(peer)
             peer.scope.cancel()
+            return
+        peer.wake.set()
+
+    def _append(self, peer: _Peer, data: bytes) -> None:
+        peer.out += data
+        peer.out_gen = self.store.generation
+
+    def _release_output(self, peer: _Peer) -> None:
+        """Drop the output queued for ``peer`` (it is closing) and what it was charged."""
+        self._give_back(peer.conn, peer.held, peer.replies)
+        peer.out.clear()
+        peer.held = peer.replies = 0
+
+    def _give_back(self, conn: Connection, held: int, replies: int) -> None:
+        usage = conn.usage
+        if usage is None or not (held or replies):
+            return
+        usage.held -= held
+        usage.outstanding -= replies
+        drained = self._drained.pop(conn.domid, None)
+        if drained is not None:
+            drained.set()
 
     async def _flush(self, peer: _Peer) -> None:
         async with peer.send_lock:
-            if peer.out:
-                data = bytes(peer.out)
-                peer.out.clear()
+            if self.journal is not None:
+                # Nothing that shows a change leaves before the change is on disk.
+                while peer.out and self.journal.durable < peer.out_gen:
+                    await self.journal.wait_durable(peer.out_gen)
+            if not peer.out:
+                return
+            data, held, replies = bytes(peer.out), peer.held, peer.replies
+            peer.out.clear()
+            peer.held = peer.replies = 0
+            try:
                 await peer.stream.send_all(data)
+            finally:
+                # Charged until the kernel has it: a client that does not read holds
+                # its domain's quota, and the server stops reading it.
+                self._give_back(peer.conn, held, replies)
 
     async def _writer(self, peer: _Peer) -> None:
         while True:
@@ -250,7 +358,7 @@ class _Server:
             peer.wake = trio.Event()
             await self._flush(peer)
 
-    def _after_batch(self, changes: list[DomainChange]) -> None:
+    def _domains_changed(self, changes: list[DomainChange]) -> None:
         for change in changes:
             if change.introduced:
                 # Bound before the INTRODUCE reply goes out, so the caller can
@@ -267,18 +375,17 @@ class _Server:
                 for peer in list(self.peers.values()):
                     if peer.conn.domid == change.domid:
                         peer.scope.cancel()
-        self.changed.set()
 
     def open_guest(self, domid: int) -> None:
         """Listen on the guest socket of ``domid`` until it is released.
 
-        A path some other live socket holds is left alone: the domain is introduced
-        all the same, only without a guest-identity socket (logged).
+        A path some other live socket holds, or no descriptor left to bind with,
+        leaves the domain introduced all the same, without a guest socket (logged).
         """
         path = self.guest_dir / str(domid)
         try:
             bound = _listen(path)
-        except InputError as exc:
+        except (InputError, OSError) as exc:
             log.error("dom%d: no guest socket: %s", domid, exc)
             return
         scope = trio.CancelScope()
@@ -297,21 +404,27 @@ class _Server:
                 with trio.CancelScope(shield=True):
                     await bound.listener.aclose()
 
-    async def persist(self, path: Path) -> None:
-        """Write the tree after changes, coalesced; once more on the way out."""
-        saved = self.store.generation
-        try:
-            while True:
-                await self.changed.wait()
-                self.changed = trio.Event()
-                await trio.sleep(PERSIST_DELAY)
-                if self.store.generation != saved:
-                    saved = self.store.generation
-                    data = store_persist.dump(self.store)
-                    await trio.to_thread.run_sync(write_atomically, path, data)
-        finally:
-            if self.store.generation != saved:
-                write_atomically(path, store_persist.dump(self.store))
+
+async def _close(stream: trio.SocketStream) -> None:
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+def _guest_budget() -> int:
+    """How many guest connections may be open at once: the descriptor limit (raised
+    to its hard limit when allowed) less :data:`DOM0_RESERVE`, so that dom0 can
+    always connect however many connections guests open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        wanted = min(DESCRIPTORS_WANTED, hard) if hard != resource.RLIM_INFINITY else DESCRIPTORS_WANTED
+        if wanted > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+            except (ValueError, OSError):
+                pass
+    limit = DESCRIPTORS_WANTED if soft == resource.RLIM_INFINITY else soft
+    return max(0, limit - DOM0_RESERVE)
 
 
 async def serve_xenstored(
@@ -319,33 +432,35 @@ async def serve_xenstored(
     *,
     persist: Path | None = None,
     store: Store | None = None,
+    quotas: Quotas | None = None,
     task_status: trio.TaskStatus[XenstoredHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the simulated xenstored on ``socket_path`` until cancelled.
 
     ``persist`` names a file to load the tree from (if it exists) and to keep it
-    in; ``store`` lets an embedding program supply its own (not with ``persist``).
-    Reports an ``XenstoredHandle`` through ``task_status`` once listening; removes
-    the sockets it bound on the way out (see the module's "Sockets").  Raises
-    InputError for an unreadable persist file and for a socket path that is taken.
+    in, every change on disk before it is acknowledged (:mod:`rmrrd.xenstore.journal`);
+    ``store`` lets an embedding program supply its own (not with ``persist``);
+    ``quotas`` those of a new store.  Reports an ``XenstoredHandle`` through
+    ``task_status`` once listening; removes the sockets it bound on the way out
+    (see the module's "Sockets").  Raises InputError for an unreadable persist file
+    and for a socket path that is taken; OSError if the journal cannot be written.
     """
     path = Path(socket_path)
     if store is None:
-        if persist is not None and persist.exists():
-            store = store_persist.load(persist.read_bytes(), str(persist))
-        else:
-            store = Store()
+        store = journal_load(persist, quotas) if persist is not None else Store(quotas)
     main = _listen(path)
     guest_dir = Path(f"{path}.d")
     try:
         guest_dir.mkdir(exist_ok=True)
         log.info("simulated xenstored on %s", path)
         async with trio.open_nursery() as nursery:
-            server = _Server(store, nursery, guest_dir)
+            journal = None
+            if persist is not None:
+                journal = Journal(persist, store)
+                await nursery.start(journal.run)
+            server = _Server(store, nursery, guest_dir, journal)
             for domid in sorted(store.introduced):
                 server.open_guest(domid)
-            if persist is not None:
-                nursery.start_soon(server.persist, persist)
             task_status.started(XenstoredHandle(store, path, guest_dir))
             await trio.serve_listeners(partial(server.serve_connection, 0), [main.listener], handler_nursery=nursery)
     finally:

@@ -13,7 +13,13 @@ Behaviour follows C xenstored (``tools/xenstored/core.c``, ``watch.c``,
 ``transaction.c``, ``domain.c``) and ``docs/misc/xenstore.txt``; docs/xenstore.md
 lists what differs.  Connections of domain 0 are privileged (as a dom0 socket
 connection is): they bypass permissions and quotas.  Any other domain id is a guest
-with its real permissions and quotas.
+with its real permissions and quotas, counted per domain (:class:`Usage`) however
+many connections it opens.
+
+Whatever a client sends, the store answers it or refuses it: every reply and watch
+event is checked against the wire's limits before it is built (an event too large
+for the wire is dropped, as C's ``send_event`` drops it), so one client can never
+make the server fail for the others.
 """
 
 from __future__ import annotations
@@ -51,24 +57,58 @@ _OK = b"OK\0"
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    """Limits applied to unprivileged domains, with C xenstored's defaults
-    (``tools/xenstored/domain.c``, ``hard_quotas``)."""
+    """Limits applied to unprivileged domains, each counted per domain, with C
+    xenstored's defaults (``tools/xenstore/xenstored_core.c``, the ``quota_*``
+    variables of Xen 4.17) where it has one."""
 
-    nodes: int = 1000  # nodes owned per domain            -> ENOSPC
-    watches: int = 128  # watches per connection             -> E2BIG
-    transactions: int = 10  # open transactions per connection -> ENOSPC
+    nodes: int = 1000  # nodes owned per domain                 -> ENOSPC
+    watches: int = 128  # watches per domain                     -> E2BIG
+    transactions: int = 10  # open transactions per domain       -> ENOSPC
     transaction_nodes: int = 1024  # nodes touched per transaction -> ENOSPC
-    node_perms: int = 5  # permission entries per node        -> ENOSPC
-    node_size: int = 2048  # stored record size of a node     -> ENOSPC
+    node_perms: int = 5  # permission entries per node           -> ENOSPC
+    node_size: int = 2048  # stored record size of a node        -> ENOSPC
     path_max: int = REL_PATH_MAX  # path length below the domain's home -> EINVAL
+    memory: int = 2 * 1024 * 1024 + 512 * 1024
+    """Bytes per domain: nodes it owns, its watches, its transactions' copies and
+    the output queued for it (C's hard memory quota) -> ENOMEM, events dropped."""
+    outstanding: int = 20
+    """Requests per domain answered but not yet sent: beyond, the server stops
+    reading the domain's connections until it reads its replies (as C's
+    ``domain_can_read``)."""
+    connections: int = 8
+    """Connections per domain (C has one ring per domain; a guest socket takes
+    more): beyond, a new connection is closed at once."""
+
+
+@dataclass(eq=False, slots=True)
+class Usage:
+    """What one unprivileged domain holds against its :class:`Quotas`."""
+
+    connections: int = 0
+    watches: int = 0
+    transactions: int = 0
+    held: int = 0
+    """Bytes of its watches, its transactions' copies and the output queued for
+    it; the nodes it owns are counted by the tree (:meth:`Store.memory`)."""
+    outstanding: int = 0
+    """Replies queued for it and not yet sent (kept by the server)."""
+
+    @property
+    def idle(self) -> bool:
+        return not (self.connections or self.watches or self.transactions or self.held or self.outstanding)
 
 
 @dataclass(eq=False)
 class Connection:
-    """One client connection: its domain, watches and open transactions."""
+    """One client connection: its domain, watches and open transactions.
+
+    ``usage`` is its domain's, shared by every connection of that domain (None
+    for a privileged connection: nothing is counted).
+    """
 
     id: int
     domid: int
+    usage: Usage | None = None
     watches: dict[tuple[str, bytes], Watch] = field(default_factory=dict)
     transactions: dict[int, Transaction] = field(default_factory=dict)
     next_tx: int = 1
@@ -120,10 +160,34 @@ class Snapshot:
     special: dict[str, tuple[Perm, ...]]
     domains: dict[int, tuple[int, int]]
     targets: dict[int, int]
+    generation: int = 0
+    """:attr:`Store.generation` when it was taken (journal records up to it are in it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in the persistent state since the last :meth:`Store.take_changes`.
+
+    ``nodes`` gives each changed path its state now: (value, permissions, child
+    names in order), or None when it was removed; ``meta`` the domains, targets and
+    special permissions, when any of them changed.  Applied in order on top of a
+    snapshot (:meth:`Store.apply_changes`), a journal of these rebuilds the store.
+    """
+
+    generation: int
+    nodes: tuple[tuple[str, tuple[bytes, tuple[Perm, ...], tuple[str, ...]] | None], ...]
+    meta: tuple[dict[str, tuple[Perm, ...]], dict[int, tuple[int, int]], dict[int, int]] | None
 
 
 _Handler = Callable[["Store", Connection, Packet, Output], bytes]
 _HANDLERS: dict[Op, _Handler] = {}
+_PRIVILEGED = frozenset({Op.CONTROL, Op.INTRODUCE, Op.RELEASE, Op.IS_DOMAIN_INTRODUCED, Op.RESUME, Op.SET_TARGET})
+"""Requests C xenstored answers EACCES to any unprivileged domain before looking at
+them (``XS_FLAG_PRIV`` in ``wire_funcs[]``): a guest may not even ask whether
+another domain is introduced (XSA-115)."""
+_ANY_TRANSACTION = frozenset({Op.WATCH, Op.UNWATCH})
+"""Requests whose tx_id is ignored (``XS_FLAG_NOTID``); every other request names
+an open transaction of its connection or 0, else ENOENT."""
 
 
 def _handles(*ops: Op) -> Callable[[_Handler], _Handler]:
@@ -183,7 +247,8 @@ class Store:
         # As C xenstored's setup_structure: a fresh store holds /tool/xenstored, so
         # ``xenstore-ls /`` shows what it shows against the real daemon.
         for path in INITIAL_NODES:
-            self.tree.nodes[_parent(path)].children[_leaf(path)] = None
+            self.tree.nodes[_parent(path)].add_child(_leaf(path))
+            self.tree.touch(_parent(path))
             self.tree.put(path, Node(b"", (Perm(0, "n"),), 0))
         self.special_perms: dict[str, tuple[Perm, ...]] = {p: (Perm(0, "n"),) for p in SPECIAL_PATHS}
         self.introduced: dict[int, tuple[int, int]] = {}  # domid -> (mfn, event channel)
@@ -196,28 +261,71 @@ class Store:
         and any domid a connection acts as without one is taken as existing."""
         self.targets: dict[int, int] = {}
         self.connections: dict[int, Connection] = {}
+        self.usage: dict[int, Usage] = {}
+        """Each unprivileged domain's, while it holds anything."""
         self._watches = WatchIndex()
         self._next_conn = 1
+        self._meta_changed = False
 
     # -- connections ---------------------------------------------------------------
 
     def connect(self, domid: int = 0) -> Connection:
-        """A new connection acting as ``domid`` (0: privileged, as a dom0 socket)."""
-        conn = Connection(self._next_conn, domid)
+        """A new connection acting as ``domid`` (0: privileged, as a dom0 socket).
+
+        Raises XenstoreError (ENOSPC) when the domain has its quota of connections:
+        the caller closes it.  Privileged connections are never refused.
+        """
+        usage = None
+        if domid != 0:
+            usage = self.usage.setdefault(domid, Usage())
+            if usage.connections >= self.quotas.connections:
+                raise _fail("ENOSPC", f"dom{domid} has {usage.connections} connections")
+            usage.connections += 1
+        conn = Connection(self._next_conn, domid, usage)
         self._next_conn += 1
         self.connections[conn.id] = conn
         return conn
 
     def disconnect(self, conn: Connection) -> None:
-        """Forget a closed connection: its watches and transactions go with it."""
+        """Forget a closed connection: its watches and transactions go with it.
+
+        Costs what the connection holds, not what the whole store holds.
+        """
+        if self.connections.pop(conn.id, None) is None:
+            return
         self._reset(conn)
-        self.connections.pop(conn.id, None)
+        if conn.usage is not None:
+            conn.usage.connections -= 1
+            self._forget_idle(conn)
+
+    def _forget_idle(self, conn: Connection) -> None:
+        if conn.usage is not None and conn.usage.idle and self.usage.get(conn.domid) is conn.usage:
+            del self.usage[conn.domid]
 
     def _reset(self, conn: Connection) -> None:
         for watch in conn.watches.values():
             self._watches.remove(watch)
+            self._charge(conn, -watch.size, check=False)
+        if conn.usage is not None:
+            conn.usage.watches -= len(conn.watches)
         conn.watches.clear()
-        conn.transactions.clear()
+        for tx_id in list(conn.transactions):
+            self._drop_transaction(conn, tx_id)
+
+    def memory(self, domid: int) -> int:
+        """Bytes charged to ``domid``: the nodes it owns and what :class:`Usage` holds."""
+        usage = self.usage.get(domid)
+        return self.tree.memory.get(domid, 0) + (usage.held if usage is not None else 0)
+
+    def _charge(self, conn: Connection, amount: int, *, check: bool) -> None:
+        """Add ``amount`` bytes to the domain of ``conn`` (nothing for a privileged
+        one); with ``check``, ENOMEM instead if that would pass the memory quota."""
+        usage = conn.usage
+        if usage is None:
+            return
+        if check and amount > 0 and self.memory(conn.domid) + amount > self.quotas.memory:
+            raise _fail("ENOMEM", f"dom{conn.domid} would hold more than {self.quotas.memory} bytes")
+        usage.held += amount
 
     # -- the entry point -------------------------------------------------------------
 
@@ -230,12 +338,21 @@ class Store:
         handler = _HANDLERS.get(packet.op)
         out = Output()
         try:
+            # In C xenstored's order (process_message): the type, the privilege,
+            # the transaction.
             if handler is None:
                 raise _fail("ENOSYS", f"{packet.op.name} is not a request this server takes")
+            if packet.op in _PRIVILEGED:
+                self._require_privileged(conn, f"send {packet.op.name}")
+            if packet.tx_id and packet.op not in _ANY_TRANSACTION:
+                self._transaction(conn, packet.tx_id)
             payload = handler(self, conn, packet, out)
+            if len(payload) > PAYLOAD_MAX:  # as C's send_reply
+                raise _fail("E2BIG", f"{packet.op.name} reply of {len(payload)} bytes")
         except XenstoreError as exc:
             log.debug("dom%d conn %d %s failed: %s", conn.domid, conn.id, packet.op.name, exc)
-            return Output([(conn, error_packet(packet.req_id, packet.tx_id, exc.errno_name))])
+            out.sends.insert(0, (conn, error_packet(packet.req_id, packet.tx_id, exc.errno_name)))
+            return out
         out.sends.insert(0, (conn, Packet(packet.op, packet.req_id, packet.tx_id, payload)))
         return out
 
@@ -256,7 +373,59 @@ class Store:
             nodes.append((path, node.value, node.perms))
             prefix = path if path != "/" else ""
             stack.extend(f"{prefix}/{child}" for child in reversed(node.children))
-        return Snapshot(tuple(nodes), dict(self.special_perms), dict(self.introduced), dict(self.targets))
+        return Snapshot(tuple(nodes), dict(self.special_perms), dict(self.introduced), dict(self.targets),
+                        self.generation)
+
+    def track_changes(self) -> None:
+        """Start keeping what :meth:`take_changes` returns (for a journal)."""
+        if self.tree.changed is None:
+            self.tree.changed = {}
+
+    def take_changes(self) -> Changes | None:
+        """What changed since the last call (None: nothing); needs :meth:`track_changes`."""
+        changed = self.tree.changed
+        if not changed and not self._meta_changed:
+            return None
+        nodes = []
+        for path in changed or ():
+            node = self.tree.nodes.get(path)
+            nodes.append((path, None if node is None else (node.value, node.perms, tuple(node.children))))
+        meta = (dict(self.special_perms), dict(self.introduced), dict(self.targets)) if self._meta_changed else None
+        self.tree.changed = {}
+        self._meta_changed = False
+        return Changes(self.generation, tuple(nodes), meta)
+
+    def apply_changes(self, changes: Changes) -> None:
+        """Replay one journal record (from :meth:`take_changes`) on this store.
+
+        Records at or below the store's generation are already in it (a snapshot
+        taken after them) and are skipped.  ValueError if the record leaves a node
+        whose parent or child is missing.
+        """
+        if changes.generation <= self.generation:
+            return
+        tree = self.tree
+        for path, state in changes.nodes:
+            node = None
+            if state is not None:
+                value, perms, children = state
+                node = Node(value, perms, 0)
+                for name in children:
+                    node.add_child(name)
+            tree.restore(path, node)
+        for path, _ in changes.nodes:
+            live = tree.nodes.get(path)
+            if live is None:
+                continue
+            missing = next((name for name in live.children if f"{path.rstrip('/')}/{name}" not in tree.nodes), None)
+            if missing is not None or (path != "/" and _parent(path) not in tree.nodes):
+                raise ValueError(f"record {changes.generation} leaves {path} without its parent or child {missing}")
+        if changes.meta is not None:
+            special, introduced, targets = changes.meta
+            self.special_perms.update((name, perms) for name, perms in special.items() if name in self.special_perms)
+            self.introduced, self.targets = dict(introduced), dict(targets)
+        # Exactly the record's: the next record must not look older than the store.
+        tree.gen = changes.generation
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, quotas: Quotas | None = None) -> Store:
@@ -265,21 +434,26 @@ class Store:
         store = cls(quotas)
         # The saved tree replaces the initial one whole (its /tool may have been removed).
         store.tree = tree = Tree()
+        built: dict[str, Node] = {}
         for path, value, perms in snapshot.nodes:
-            node = Node(value, perms, 0)
+            if path in built:
+                raise ValueError(f"node {path} listed twice")
             if path != "/":
-                parent = tree.nodes.get(_parent(path))
+                parent = built.get(_parent(path))
                 if parent is None:
                     raise ValueError(f"node {path} listed before its parent")
-                parent.children[_leaf(path)] = None
-            tree.put(path, node)
-        if "/" not in tree.nodes:
+                parent.add_child(_leaf(path))
+            built[path] = Node(value, perms, 0)
+        if "/" not in built:
             raise ValueError("no root node")
+        for path, node in built.items():
+            tree.restore(path, node)
         for name, perms in snapshot.special.items():
             if name in store.special_perms:
                 store.special_perms[name] = perms
         store.introduced = dict(snapshot.domains)
         store.targets = dict(snapshot.targets)
+        tree.gen = snapshot.generation
         return store
 
     # -- paths and permissions ---------------------------------------------------------
@@ -354,6 +528,10 @@ class Store:
     def _event(self, out: Output, watch: Watch, path: str) -> None:
         conn = self.connections[watch.conn_id]
         payload = watch.event_path(path).encode() + b"\0" + watch.token + b"\0"
+        if len(payload) > PAYLOAD_MAX:
+            # As C's send_event: an event the wire cannot carry is not sent.
+            log.debug("dom%d conn %d: watch event of %d bytes dropped", conn.domid, conn.id, len(payload))
+            return
         out.sends.append((conn, Packet(Op.WATCH_EVENT, 0, 0, payload)))
 
     def _may_see(self, watch: Watch, perms: tuple[Perm, ...]) -> bool:
@@ -407,16 +585,23 @@ class Store:
             grown = parent.record_size() + len(_leaf(missing[-1])) + 1
             if max(grown, 20 + 8 * len(perms) + len(value)) >= self.quotas.node_size:
                 raise _fail("ENOSPC", f"node under {parent_path} would exceed {self.quotas.node_size} bytes")
+            self._room(conn, len(value) + sum(2 * len(p) + 21 + 8 * len(perms) for p in missing))
             perms = (Perm(conn.domid, perms[0].access), *perms[1:])
         node = parent
         for new_path in reversed(missing):
             node = Node(b"", perms, 0, parent.perms_gen)
-            parent.children[_leaf(new_path)] = None
+            parent.add_child(_leaf(new_path))
             view.touch(parent_path)
             view.put(new_path, node)
             parent, parent_path = node, new_path
         node.value = value
+        view.touch(path)
         return node
+
+    def _room(self, conn: Connection, grow: int) -> None:
+        """ENOMEM unless the domain of ``conn`` may hold ``grow`` more bytes."""
+        self._charge(conn, grow, check=True)
+        self._charge(conn, -grow, check=False)
 
     def _create_missing(self, view: Tree | TxView, conn: Connection, path: str, value: bytes) -> Node:
         """Create ``path``, absent from ``view``, if its nearest ancestor lets ``conn``
@@ -442,26 +627,41 @@ class Store:
         parent_path = _parent(path)
         parent = view.get(parent_path)
         if parent is not None:
-            parent.children.pop(_leaf(path), None)
+            parent.remove_child(_leaf(path))
             view.touch(parent_path)
         return removed
 
     # -- transactions -----------------------------------------------------------------
 
     def start_transaction(self, conn: Connection) -> int:
-        if not conn.privileged and len(conn.transactions) >= self.quotas.transactions:
-            raise _fail("ENOSPC", f"dom{conn.domid} has {len(conn.transactions)} open transactions")
+        usage = conn.usage
+        if usage is not None:
+            if usage.transactions >= self.quotas.transactions:
+                raise _fail("ENOSPC", f"dom{conn.domid} has {usage.transactions} open transactions")
+            usage.transactions += 1
         tx_id = conn.next_tx
         while tx_id == 0 or tx_id in conn.transactions:
             tx_id = (tx_id + 1) & 0xFFFFFFFF
         conn.next_tx = (tx_id + 1) & 0xFFFFFFFF
-        limit = None if conn.privileged else self.quotas.transaction_nodes
-        conn.transactions[tx_id] = Transaction(TxView(self.tree, limit))
+        if usage is None:
+            view = TxView(self.tree, None)
+        else:
+            view = TxView(self.tree, self.quotas.transaction_nodes,
+                          lambda amount, check: self._charge(conn, amount, check=check))
+        conn.transactions[tx_id] = Transaction(view)
         return tx_id
 
+    def _drop_transaction(self, conn: Connection, tx_id: int) -> Transaction:
+        """Forget an open transaction, giving back what it held."""
+        tx = conn.transactions.pop(tx_id)
+        if conn.usage is not None:
+            conn.usage.transactions -= 1
+            self._charge(conn, -tx.view.charged, check=False)
+        return tx
+
     def _end_transaction(self, out: Output, conn: Connection, tx_id: int, commit: bool) -> None:
-        tx = self._transaction(conn, tx_id)
-        del conn.transactions[tx_id]
+        self._transaction(conn, tx_id)
+        tx = self._drop_transaction(conn, tx_id)
         if not commit:
             return
         if tx.view.conflicts():
@@ -497,7 +697,7 @@ class Store:
         out.domain_changes.append(DomainChange(True, domid))
         log.info("dom%d introduced", domid)
         self._fire(out, "@introduceDomain", self.special_perms["@introduceDomain"])
-        self.tree.gen += 1  # persisted state changed
+        self._meta_changed_now()
         self.introduced_at[domid] = self.tree.gen
 
     def _release(self, out: Output, domid: int) -> None:
@@ -517,7 +717,12 @@ class Store:
         out.domain_changes.append(DomainChange(False, domid))
         log.info("dom%d released, %d of its nodes removed", domid, len(owned))
         self._fire(out, "@releaseDomain", self.special_perms["@releaseDomain"])
+        self._meta_changed_now()
+
+    def _meta_changed_now(self) -> None:
+        """The domains, targets or special permissions changed (persisted state)."""
         self.tree.gen += 1
+        self._meta_changed = True
 
     # -- request handlers, one per op: each returns the reply payload or raises XenstoreError
 
@@ -544,6 +749,7 @@ class Store:
             node.value = value
             try:
                 self._check_size(conn, node, path)
+                self._room(conn, len(value) - len(old))
             except XenstoreError:
                 node.value = old
                 raise
@@ -632,7 +838,7 @@ class Store:
         if path in self.special_perms:
             self._require_privileged(conn, f"set permissions of {path}")
             self.special_perms[path] = perms
-            self.tree.gen += 1
+            self._meta_changed_now()
             return _OK
         view = self._view(conn, packet.tx_id)
         node = self._get(view, conn, path, WRITE | OWNER)
@@ -647,14 +853,23 @@ class Store:
     def _op_watch(self, conn: Connection, packet: Packet, out: Output) -> bytes:
         raw, token = _args(packet.payload, 2)
         relative = not raw.startswith((b"/", b"@"))
-        path = raw.decode("ascii", "replace") if raw.startswith(b"@") else self._path(conn, raw)
-        if len(path) > REL_PATH_MAX + len(home(conn.domid)) + 1:
-            raise _fail("EINVAL", "watch path too long")
+        if raw.startswith(b"@"):
+            # Any @name is a watch C xenstored takes (check_watch_path), up to the
+            # relative path limit; only the two special ones ever fire.
+            if len(raw) > REL_PATH_MAX:
+                raise _fail("EINVAL", "watch path too long")
+            path = raw.decode("ascii", "replace")
+        else:
+            path = self._path(conn, raw)
         if (path, token) in conn.watches:
             raise _fail("EEXIST", f"watch {path} {token!r} already set")
-        if not conn.privileged and len(conn.watches) >= self.quotas.watches:
+        usage = conn.usage
+        if usage is not None and usage.watches >= self.quotas.watches:
             raise _fail("E2BIG", f"dom{conn.domid} has {self.quotas.watches} watches")
         watch = Watch(conn.id, path, token, home(conn.domid) if relative else None)
+        self._charge(conn, watch.size, check=True)
+        if usage is not None:
+            usage.watches += 1
         conn.watches[(path, token)] = watch
         self._watches.add(watch)
         self._event(out, watch, path)  # the initial event, after the reply
@@ -668,6 +883,9 @@ class Store:
         if watch is None:
             raise _fail("ENOENT", f"no watch {path} {token!r}")
         self._watches.remove(watch)
+        self._charge(conn, -watch.size, check=False)
+        if conn.usage is not None:
+            conn.usage.watches -= 1
         return _OK
 
     @_handles(Op.RESET_WATCHES)
@@ -691,7 +909,6 @@ class Store:
 
     @_handles(Op.INTRODUCE)
     def _op_introduce(self, conn: Connection, packet: Packet, out: Output) -> bytes:
-        self._require_privileged(conn, "introduce domains")
         strings = split_args(packet.payload)
         if len(strings) < 3:
             raise _fail("EINVAL", "INTRODUCE needs domid, mfn and event channel")
@@ -704,13 +921,11 @@ class Store:
 
     @_handles(Op.RELEASE)
     def _op_release(self, conn: Connection, packet: Packet, out: Output) -> bytes:
-        self._require_privileged(conn, "release domains")
         self._release(out, _domid(_one_arg(packet.payload)))
         return _OK
 
     @_handles(Op.RESUME)
     def _op_resume(self, conn: Connection, packet: Packet, out: Output) -> bytes:
-        self._require_privileged(conn, "resume domains")
         domid = _domid(_one_arg(packet.payload))
         if domid not in self.introduced:
             raise _fail("ENOENT", f"dom{domid} is not introduced")
@@ -718,6 +933,7 @@ class Store:
 
     @_handles(Op.IS_DOMAIN_INTRODUCED)
     def _op_is_introduced(self, conn: Connection, packet: Packet, out: Output) -> bytes:
+        # Privileged only (_PRIVILEGED), so a guest cannot enumerate domains.
         domid = _domid(_one_arg(packet.payload))
         return b"T\0" if domid == 0 or domid in self.introduced else b"F\0"
 
@@ -727,18 +943,18 @@ class Store:
 
     @_handles(Op.SET_TARGET)
     def _op_set_target(self, conn: Connection, packet: Packet, out: Output) -> bytes:
-        self._require_privileged(conn, "set targets")
         raw_domid, raw_target = _args(packet.payload, 2)
         domid, target = _domid(raw_domid), _domid(raw_target)
         if domid not in self.introduced:
             raise _fail("ENOENT", f"dom{domid} is not introduced")
         self.targets[domid] = target
+        self._meta_changed_now()
         return _OK
 
     @_handles(Op.CONTROL)
     def _op_control(self, conn: Connection, packet: Packet, out: Output) -> bytes:
-        # Only the harmless commands: the rest are C xenstored internals.
-        self._require_privileged(conn, "send control commands")
+        # Only the harmless commands: the rest are C xenstored internals.  Like every
+        # request of _PRIVILEGED, a guest's never gets here.
         strings = split_args(packet.payload) or [b""]
         if strings[0] == b"help":
             return b"help\nprint\n\0"

@@ -23,9 +23,14 @@ _BITS = {"n": 0, "r": READ, "w": WRITE, "b": READ | WRITE}
 
 
 class Node:
-    """One node; mutated in place only by the view that owns it (see store_view)."""
+    """One node; mutated in place only by the view that owns it (see store_view).
 
-    __slots__ = ("value", "perms", "children", "gen", "perms_gen")
+    ``size`` is what the node was last charged to its owner's memory (see
+    :meth:`charge`): the store keeps the per-domain sums current without walking
+    the tree, as C xenstored does with ``domain_memory_add``.
+    """
+
+    __slots__ = ("value", "perms", "children", "gen", "perms_gen", "size", "_child_bytes")
 
     def __init__(self, value: bytes, perms: tuple[Perm, ...], gen: int, perms_gen: int = 0) -> None:
         self.value = value
@@ -37,16 +42,29 @@ class Node:
         """The store's generation when this permission list was set (by SET_PERMS,
         or inherited at creation with the parent's): an entry naming a domain
         introduced later grants nothing (see :func:`access_bits`)."""
+        self.size = 0
+        self._child_bytes = 0
 
     @property
     def owner(self) -> int:
         """The owning domain: quotas count nodes against it."""
         return self.perms[0].domid
 
+    def add_child(self, name: str) -> None:
+        if name not in self.children:
+            self.children[name] = None
+            self._child_bytes += len(name) + 1
+
+    def remove_child(self, name: str) -> None:
+        if self.children.pop(name, 0) is None:
+            self._child_bytes -= len(name) + 1
+
     def copy(self) -> Node:
         """A private copy for a transaction's overlay (children dict not shared)."""
         clone = Node(self.value, self.perms, self.gen, self.perms_gen)
         clone.children = dict(self.children)
+        clone._child_bytes = self._child_bytes
+        clone.size = self.size
         return clone
 
     def children_bytes(self) -> bytes:
@@ -56,7 +74,12 @@ class Node:
     def record_size(self) -> int:
         """Size of C xenstored's stored record for this node (header of 20 bytes,
         8 per permission, value, child list); the "node-size" quota limits it."""
-        return 20 + 8 * len(self.perms) + len(self.value) + sum(len(c) + 1 for c in self.children)
+        return 20 + 8 * len(self.perms) + len(self.value) + self._child_bytes
+
+    def charge(self, path: str) -> int:
+        """The memory this node costs its owner now: its record and its name, as
+        C xenstored's ``write_node_raw`` charges the key and the data."""
+        return len(path) + self.record_size()
 
 
 def access_bits(perms: Sequence[Perm], domid: int, target: int | None, *,

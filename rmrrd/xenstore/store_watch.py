@@ -4,6 +4,11 @@ xenstore.txt ("WATCH"): an event on a path matches every watch whose path is tha
 path or one of its ancestors; when a subtree is removed, watches set on paths inside
 it fire too, with their own path as the event path.  A trie over path components
 answers both questions without scanning every watch on every write.
+
+Each trie node keeps its watches in a dict (insertion-ordered, so events go out in
+the order the watches were set), so removing one costs O(depth) however many other
+watches share its path: a connection's teardown costs its own watches, never the
+square of everyone's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ class Watch:
     token: bytes
     base: str | None
 
+    @property
+    def size(self) -> int:
+        """Bytes charged to its domain's memory (C's ``add_watch``: path and token)."""
+        return len(self.path) + len(self.token)
+
     def event_path(self, path: str) -> str:
         """The path as this watch's owner expects it in a WATCH_EVENT."""
         if self.base is not None and path.startswith(self.base + "/"):
@@ -36,7 +46,7 @@ class Watch:
 @dataclass(slots=True)
 class _TrieNode:
     children: dict[str, _TrieNode] = field(default_factory=dict)
-    watches: list[Watch] = field(default_factory=list)
+    watches: dict[Watch, None] = field(default_factory=dict)
 
 
 def _components(path: str) -> list[str]:
@@ -51,7 +61,7 @@ class WatchIndex:
         self._root = _TrieNode()
         # "@introduceDomain" and friends match only a watch on exactly that name,
         # never one on "/": they live apart from the path trie.
-        self._special: dict[str, list[Watch]] = {}
+        self._special: dict[str, dict[Watch, None]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -60,24 +70,27 @@ class WatchIndex:
     def add(self, watch: Watch) -> None:
         self._count += 1
         if watch.path.startswith("@"):
-            self._special.setdefault(watch.path, []).append(watch)
+            self._special.setdefault(watch.path, {})[watch] = None
             return
         node = self._root
         for part in _components(watch.path):
             node = node.children.setdefault(part, _TrieNode())
-        node.watches.append(watch)
+        node.watches[watch] = None
 
     def remove(self, watch: Watch) -> None:
         """Drop one watch, pruning trie nodes left empty."""
         self._count -= 1
         if watch.path.startswith("@"):
-            self._special[watch.path].remove(watch)
+            special = self._special[watch.path]
+            del special[watch]
+            if not special:
+                del self._special[watch.path]
             return
         trail = [self._root]
         parts = _components(watch.path)
         for part in parts:
             trail.append(trail[-1].children[part])
-        trail[-1].watches.remove(watch)
+        del trail[-1].watches[watch]
         for depth in range(len(parts), 0, -1):
             node = trail[depth]
             if node.watches or node.children:

@@ -143,11 +143,13 @@ class NotifySocket:
 
 
 def _spawn(command: list[str], workdir: Path, name: str, env: Mapping[str, str], *,
-           journal: bool = False) -> tuple[subprocess.Popen[bytes], LogTail]:
+           journal: bool = False, preexec_fn: Callable[[], None] | None = None
+           ) -> tuple[subprocess.Popen[bytes], LogTail]:
     """Start ``command`` with stdout and stderr on one pipe read by a :class:`LogTail`.
 
     ``journal`` sets ``JOURNAL_STREAM`` to that pipe's device and inode, as systemd
-    does when stderr is the journal.
+    does when stderr is the journal; ``preexec_fn`` runs in the child before it
+    execs (a resource limit, as a unit's ``LimitNOFILE=`` sets one).
     """
     read_end, write_end = os.pipe()
     environment = dict(env)
@@ -156,7 +158,7 @@ def _spawn(command: list[str], workdir: Path, name: str, env: Mapping[str, str],
         environment["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end,
-                                   env=environment, cwd=workdir)
+                                   env=environment, cwd=workdir, preexec_fn=preexec_fn)
     finally:
         os.close(write_end)
     return process, LogTail(os.fdopen(read_end, "rb"), _fresh(workdir, name, ".log"))
@@ -208,19 +210,44 @@ def run_to_end(workdir: Path, argv: list[str], *, timeout: float = 60) -> tuple[
 class XenstoredProcess:
     """``rmrrd xenstored``: a xenstore that outlives the daemon, or on which none answers."""
 
-    def __init__(self, path: Path, *, persist: Path | None = None) -> None:
+    def __init__(self, path: Path, *, persist: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         """Start it on ``path``; return once it logs that it listens."""
         self.path = path
         self.xs = Xenstore(path)
         command = rmrrd_argv("xenstored", "--socket", str(path))
         if persist is not None:
             command += ["--persist", str(persist)]
-        self.process, self.log = _spawn(command, path.parent, f"xenstored-{path.name}", _clean_environment())
+        self.process, self.log = _spawn(command, path.parent, f"xenstored-{path.name}", _clean_environment(),
+                                        preexec_fn=preexec_fn)
         self.log.wait_for(f"simulated xenstored on {path}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
             _stop(self.process, signal.SIGTERM, WAIT, "rmrrd xenstored")
+
+
+@dataclass
+class GuestFlood:
+    """``support/guest_flood.py`` running: hostile guests in a process of their own."""
+
+    process: subprocess.Popen[bytes]
+    log: LogTail
+
+    def stop(self) -> None:
+        """Kill it (it never exits by itself) and read its last lines."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.log.wait_closed()
+
+
+def start_guest_flood(workdir: Path, xenstore: Path, domids: list[int]) -> GuestFlood:
+    """Guests ``domids`` (introduced already) flooding the xenstored at ``xenstore``,
+    at the lowest CPU priority: on a host a guest's CPU is its own, not dom0's."""
+    command = ["nice", "-n", "19", sys.executable, str(Path(__file__).with_name("guest_flood.py")),
+               str(xenstore), *map(str, domids)]
+    return GuestFlood(*_spawn(command, workdir, "guest-flood", _clean_environment()))
 
 
 # --- rmrrd run ------------------------------------------------------------------------------------

@@ -27,6 +27,21 @@ def call(store: Store, conn: Connection, op: Op, *args: bytes, tx: int = 0, raw:
     return reply.op, reply.payload
 
 
+def tree_op(store: Store, conn: Connection, kind: str, parts: list[str]) -> bool:
+    """One of the random tree changes the persistence tests draw: ``w`` (write the
+    path as its own value), ``rm``, ``perm``; False for another kind."""
+    path = ("/" + "/".join(parts)).encode()
+    if kind == "w":
+        call(store, conn, Op.WRITE, raw=path + b"\0" + path)
+    elif kind == "rm":
+        call(store, conn, Op.RM, path)
+    elif kind == "perm":
+        call(store, conn, Op.SET_PERMS, path, b"r3", b"w4")
+    else:
+        return False
+    return True
+
+
 def events(store: Store, conn: Connection, op: Op, *args: bytes, tx: int = 0) -> list[tuple[int, bytes]]:
     """The watch events a request causes: (receiving connection id, payload)."""
     out = store.handle(conn, Packet(op, 1, tx, b"".join(a + b"\0" for a in args))).sends
