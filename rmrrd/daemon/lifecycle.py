@@ -730,12 +730,14 @@ class DomainMachine:
         if result.allocated is not None:
             effects.append(RecordAllocation(result.allocated, held=True))
         domain.allocations.apply(result)
-        effects += [WriteReply(name, result.reply), RemoveQuery(name)]
         if name in domain.replies:
             domain.replies.remove(name)
         domain.replies.append(name)
+        # The oldest go before the new reply is written: a guest that reads its reply
+        # never sees more than REPLIES_KEPT, nor the domain's quota more nodes.
         while len(domain.replies) > REPLIES_KEPT:
             effects.append(RemoveReply(domain.replies.popleft()))
+        effects += [WriteReply(name, result.reply), RemoveQuery(name)]
         effects.append(CountQuery(result.kind, result.outcome))
         if result.outcome != "ok":
             effects.append(Log(logging.DEBUG, f"domain {self.domid}: query {name}: {result.reply[:120]}"))
