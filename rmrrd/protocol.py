@@ -80,6 +80,41 @@ def reply_path(domid: int, name: str | None = None) -> str:
     return base if name is None else f"{base}/{name}"
 
 
+# --- what libxl writes, read to learn the domains it created (docs/xenstore-schema.md) --------
+
+PCI_BACKEND_ROOT = "/local/domain/0/backend/pci"
+"""libxl's PCI backend directories (``libxl__device_pci_add_xenstore``), one per domain."""
+LIBXL_JSON = "userdata-d.{domid}.{uuid}.libxl-json"
+"""The file, under libxl's directory (``/var/lib/xen``), where libxl keeps a domain's
+configuration (``libxl__userdata_path``, ``libxl__set_domain_configuration``)."""
+
+
+def libxl_type_path(domid: int) -> str:
+    """``hvm``, ``pv`` or ``pvh``: written by libxl when it makes the domain."""
+    return f"{LIBXL_ROOT}/{domid}/type"
+
+
+def domain_keys(domid: int) -> dict[str, str]:
+    """The keys libxl writes under the domain's home before introducing it
+    (``libxl__build_post``, ``libxl__domain_build``), by the name rmrrd uses."""
+    home = f"/local/domain/{domid}"
+    return {"static_max": f"{home}/memory/static-max", "target": f"{home}/memory/target",
+            "videoram": f"{home}/memory/videoram", "mmio_hole": f"{home}/platform/mmio_hole_size",
+            "device_model": f"{home}/platform/device-model", "vm": f"{home}/vm"}
+
+
+def pci_backend_path(domid: int) -> str:
+    """The domain's PCI backend: ``dev-<n>`` the device, ``opts-<n>`` its options."""
+    return f"{PCI_BACKEND_ROOT}/{domid}/0"
+
+
+def pci_backend_domid(path: str) -> int | None:
+    """The domain a watch event under :data:`PCI_BACKEND_ROOT` concerns, if any."""
+    if not path.startswith(PCI_BACKEND_ROOT + "/"):
+        return None
+    return parse_domid(path[len(PCI_BACKEND_ROOT) + 1:].split("/", 1)[0])
+
+
 def request_path(req_id: str) -> str:
     """One toolstack check request."""
     return f"{REQUEST_ROOT}/{req_id}"
@@ -182,26 +217,37 @@ def request_entries(keys: Mapping[str, str], generation: str) -> list[tuple[str,
 
 # --- the answer (written) ------------------------------------------------------------------------
 
-OWNED_ANSWER_KEYS = ("generation", "status", "error", "lowmem_end", "highmem_end", "region", "e820")
+OWNED_ANSWER_KEYS = ("generation", "status", "error", "origin", "type", "lowmem_end", "highmem_end", "region",
+                     "e820")
 """The answer's keys under :func:`answer_path`: the daemon rewrites these, never
 ``query/`` (the guest's) or ``reply/`` (answers to queries)."""
 REGION_FIELDS = ("range", "source", "conflict", "action")
 """The keys of each ``region/<n>``."""
 
 
-def answer_entries(generation: str, plan: Plan | None, error: str | None) -> list[tuple[str, str]]:
+ORIGIN_LEARNED = "learned"
+"""``origin`` of an answer rmrrd computed from what libxl wrote, not from a request."""
+
+
+def answer_entries(generation: str, plan: Plan | None, error: str | None,
+                   learned: str | None = None) -> list[tuple[str, str]]:
     """The keys of a setup answer, relative to :func:`answer_path`, in writing order.
 
     ``plan`` is None when the request itself was invalid: the answer is then only
     ``status=error`` with the reason.  Absent values (``error`` of a ready plan) are
-    left out rather than written empty.
+    left out rather than written empty.  ``learned`` is the guest type of a domain
+    learned from libxl: the answer says ``origin=learned`` and ``type``, and a PV or
+    PVH guest's has no layout.
     """
+    origin = [] if learned is None else [("origin", ORIGIN_LEARNED), ("type", learned)]
     if plan is None:
-        return [("generation", generation), ("status", "error"), ("error", error or "invalid request")]
+        return [("generation", generation), ("status", "error"), *origin, ("error", error or "invalid request")]
     answer = plan.to_dict()
-    entries = [("generation", generation), ("status", plan.status)]
+    entries = [("generation", generation), ("status", plan.status), *origin]
     if plan.error:
         entries.append(("error", plan.error))
+    if plan.guest != "hvm":
+        return entries
     entries += [("lowmem_end", answer["lowmem_end"]), ("highmem_end", answer["highmem_end"])]
     for n, region in enumerate(answer["regions"]):
         entries += [(f"region/{n}/{key}", region[key]) for key in REGION_FIELDS]
@@ -230,6 +276,8 @@ class Answer:
     highmem_end: int | None
     regions: tuple[AnswerRegion, ...]
     e820: tuple[str, ...]
+    origin: str | None = None
+    """``learned`` for a domain rmrrd learned from libxl; None for a request's answer."""
 
 
 def decode_answer(entries: Mapping[str, str]) -> Answer:
@@ -256,7 +304,7 @@ def decode_answer(entries: Mapping[str, str]) -> Answer:
         regions.append(AnswerRegion(parse_range(fields[0]), *fields[1:]))
     return Answer(entries["generation"], status, entries.get("error"), number("lowmem_end"),
                   number("highmem_end"), tuple(regions),
-                  tuple(entries[f"e820/{n}"] for n in _numbered(entries, "e820")))
+                  tuple(entries[f"e820/{n}"] for n in _numbered(entries, "e820")), entries.get("origin"))
 
 
 def _numbered(entries: Mapping[str, str], prefix: str) -> list[int]:

@@ -8,7 +8,7 @@ from rmrrd.core.checks import check_assign, check_hotplug, check_migrate, rank_m
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import HostRegion, Inventory, find_host
 from rmrrd.core.pci import Bdf
-from rmrrd.core.planner import DomainRequest, Plan, plan
+from rmrrd.core.planner import DomainRequest, Plan, learned_plan, plan
 from rmrrd.core.ranges import parse_range
 from rmrrd.core.xlcfg import DeviceSpec, Policy
 
@@ -82,3 +82,21 @@ def test_migrate_target_may_be_an_alias() -> None:
     assert by_alias.verdict == check_migrate(plan_, peers, "node-b").verdict
     with pytest.raises(InputError, match=r"known: node-b \(node-b.example, 10.0.0.2\)"):
         check_migrate(plan_, peers, "node-c")
+
+
+def test_a_learned_pv_guest_meets_no_layout_but_shared_rmrrs_still_count() -> None:
+    # A PV guest's device regions are mapped 1:1 in the IOMMU (set_identity_p2m_entry),
+    # never over its memory: only the device scopes and other domains' devices matter.
+    pv = learned_plan("pv", DomainRequest(128), True, HOST, {})
+    assert (pv.guest, pv.lowmem_end, pv.regions) == ("pv", 0, ())
+    assert check_hotplug(pv, HOST, DeviceSpec(HBA), {}).verdict == "ok"
+    assert check_hotplug(pv, HOST, DeviceSpec(NIC), {NIC2: 5}).verdict == "fail"
+
+
+def test_a_domain_created_without_passthrough_takes_no_device() -> None:
+    closed = learned_plan("hvm", DomainRequest(1024), False, HOST, {})
+    for check in (check_assign, check_hotplug):
+        verdict = check(closed, HOST, DeviceSpec(Bdf.parse("00:1f.3"), Policy.RELAXED), {})
+        assert verdict.verdict == "fail" and "created without passthrough" in verdict.reason
+    assert check_migrate(closed, PEERS, "clean", [DeviceSpec(HBA)]).verdict == "fail"
+    assert learned_plan("hvm", DomainRequest(1024), True, HOST, {}) == plan(DomainRequest(1024), HOST, {})

@@ -21,6 +21,7 @@ from support.inprocess import inprocess_daemon
 from rmrrd.core.inventory_yaml import load_inventory_file
 from rmrrd.daemon.setup import SetupInput, decide
 from rmrrd.edges.config import DefaultsConfig
+from rmrrd.app.toolstack import wait_granted
 from rmrrd.protocol import DEVICE_LISTS, SCALAR_KEYS, answer_path, rdm_path, request_path, result_path
 from rmrrd.xenstore.client import Transaction, XenstoreClient
 
@@ -97,6 +98,7 @@ async def test_toolstack_values_that_are_not_text_are_answered_with_the_key(tmp_
         # A guest's query that is not text: an error reply.
         await xs.introduce(1, 0, 0)
         async with daemon.guest(1) as guest:
+            await wait_granted(guest, 1)
             async with guest.watch(f"{answer_path(1)}/reply/q1") as events:
                 await guest.write(f"{answer_path(1)}/query/q1", b"e820\xff")
                 with trio.fail_after(10):

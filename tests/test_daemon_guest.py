@@ -21,7 +21,7 @@ import trio
 from support import SEED_DOMAIN
 from support.processes import Daemon
 from support.xs_tools import needs_xenstore_tools, read_answer, request_setup, watching
-from rmrrd.app.toolstack import guest_query
+from rmrrd.app.toolstack import guest_query, wait_granted
 from rmrrd.core.ranges import Range, parse_range
 from rmrrd.xenstore.client import Transaction, XenstoreClient, open_xenstore
 from rmrrd.xenstore.wire import NoEntry, Op, Packet, PermissionDenied, Perm, encode
@@ -41,13 +41,38 @@ def daemon_limits() -> Mapping[str, int | float]:
 
 @pytest.fixture
 async def guests(rmrrd_daemon: Daemon) -> AsyncIterator[Daemon]:
-    """Domains 1 and 2 of the seed, answered and introduced."""
+    """Domains 1 and 2 of the seed, answered, introduced, and granted their answers."""
     await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
     await request_setup(rmrrd_daemon.xs, 2, SEED_DOMAIN)
     async with dom0(rmrrd_daemon) as xs:
         for domid in (1, 2):
             await xs.introduce(domid, 0, 0)
+    for domid in (1, 2):
+        async with guest(rmrrd_daemon, domid) as g:
+            await wait_granted(g, domid)
     yield rmrrd_daemon
+
+
+async def test_an_answer_written_before_its_domain_existed_is_granted_on_introduction(
+        rmrrd_daemon: Daemon) -> None:
+    # As C xenstored: the answer's entry for domain 1, set before domain 1 was
+    # introduced, grants it nothing, even on nodes created under it afterwards.
+    # rmrrd sets every node's permissions again on @introduceDomain.
+    # (The simulated store's own test shows the entry ignored: tests/test_xs_store.py.)
+    await request_setup(rmrrd_daemon.xs, 1, SEED_DOMAIN)
+    async with dom0(rmrrd_daemon) as xs:
+        async with xs.watch("/local/domain/1/rmrr/status") as events:
+            await events.__anext__()
+            await xs.introduce(1, 0, 0)
+            with trio.fail_after(10):
+                await events.__anext__()  # the permissions set again
+    async with dom0(rmrrd_daemon) as xs, guest(rmrrd_daemon, 1) as g1:
+        assert await g1.read("/local/domain/1/rmrr/status") == b"ready"
+        assert await g1.read("/local/domain/1/rmrr/region/0/range")
+        assert (await guest_query(g1, 1, "q1", "regions")).startswith("ok ")
+        await denied(g1.write("/local/domain/1/rmrr/status", "forged"))
+        assert await xs.get_perms("/local/domain/1/rmrr/query") == [Perm(0, "n"), Perm(1, "b")]
+        assert await xs.get_perms("/local/domain/1/rmrr/reply/q1") == [Perm(0, "n"), Perm(1, "r")]
 
 
 def dom0(daemon: Daemon) -> AbstractAsyncContextManager[XenstoreClient]:

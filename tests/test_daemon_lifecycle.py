@@ -8,6 +8,7 @@ in their order: the owner carries them out in exactly that order.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ from rmrrd.daemon.lifecycle import (
     DomainMachine,
     DomainStateError,
     Effect,
+    GrantAnswer,
+    LEARN_RETRIES,
+    LearnLater,
     IntroducedSeen,
     Later,
     Limits,
@@ -427,13 +431,17 @@ def test_reload_keeps_allocations_in_memory_once_a_plan_is_known() -> None:
     assert running.domain.allocations.ranges() == mine
 
 
-def test_introduction_is_remembered() -> None:
+def test_introduction_is_remembered_and_grants_the_answer_once() -> None:
     machine = answered()
-    machine.handle(IntroducedSeen(False))
+    assert machine.handle(IntroducedSeen(False)) == []
     assert not machine.domain.introduced
-    machine.handle(IntroducedSeen(True))
+    # C xenstored gave the answer's entry for a domain not yet there nothing: set again.
+    assert machine.handle(IntroducedSeen(True)) == [GrantAnswer()]
+    assert machine.handle(IntroducedSeen(True)) == []
     machine.handle(IntroducedSeen(False))
     assert machine.domain.introduced
+    waiting = DomainMachine(2, LIMITS)
+    assert waiting.handle(IntroducedSeen(True)) == []  # no answer to grant
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -459,3 +467,25 @@ def test_released_takes_nothing_but_release() -> None:
     machine.handle(Released("released"))
     with pytest.raises(DomainStateError, match="in state released"):
         machine.handle(RequestChanged(1.0))
+
+
+def test_a_domain_learned_before_libxl_saved_its_configuration_is_learned_again_with_backoff() -> None:
+    machine = DomainMachine(1, LIMITS)
+    unsaved = replace(SEED, learned="hvm", saved=False)
+    delays = []
+    kind = "written"
+    for generation in range(LEARN_RETRIES + 2):
+        assert machine.handle(RequestChanged(0.0)) == [RunSetup(machine.domain.generation)]
+        effects = machine.handle(SetupDone(SetupResult(kind, "learned-x", unsaved), 0.5))
+        delays += [effect.seconds for effect in effects if isinstance(effect, LearnLater)]
+        kind = "current"
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] + [60.0] * (LEARN_RETRIES - 6)
+    # Once read, no more.
+    assert machine.handle(RequestChanged(0.0)) == [RunSetup("learned-x")]
+    saved = machine.handle(SetupDone(SetupResult("rewritten", "learned-y", replace(SEED, learned="hvm", saved=True)),
+                                     0.5))
+    assert not any(isinstance(effect, LearnLater) for effect in saved)
+    fresh = DomainMachine(2, LIMITS)
+    fresh.handle(RequestChanged(0.0))
+    effects = fresh.handle(SetupDone(SetupResult("written", "1", SEED), 0.5))
+    assert not any(isinstance(effect, LearnLater) for effect in effects)

@@ -87,9 +87,9 @@ def wrap_setups(monkeypatch: pytest.MonkeyPatch, before: Callable[[int], Awaitab
     """Run ``before(domid)`` at the start of every setup transaction, then the setup."""
     real: Setup = owner_module.run_setup
 
-    async def wrapped(tx: Any, domid: int, known: str | None, decide_for: Any) -> SetupResult:
+    async def wrapped(tx: Any, domid: int, known: str | None, **deciders: Any) -> SetupResult:
         await before(domid)
-        return await real(tx, domid, known, decide_for)
+        return await real(tx, domid, known, **deciders)
 
     monkeypatch.setattr(owner_module, "run_setup", wrapped)
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,11 @@ from hypothesis import strategies as st
 
 from support.libxlutil import LIBXLUTIL
 from rmrrd.errors import InputError
-from rmrrd.core.libxl_domain import DomainType, LibxlDomain, domain_request, from_xl_config
+from rmrrd.core.libxl_domain import (DomainType, LibxlDomain, domain_request, from_libxl_json, from_libxl_xenstore,
+                                     from_xl_config)
 from rmrrd.core.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
 from rmrrd.core.pci import Bdf
-from rmrrd.core.xlcfg import Policy
+from rmrrd.core.xlcfg import DeviceSpec, Policy
 from rmrrd.core.xlcfg_file import load_xl_config, parse_xl_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / ".tools" / "xen-utils-common" / "etc" / "xen"
@@ -214,3 +216,64 @@ def test_domain_request_lays_out_maxmem_less_video_ram() -> None:
     request = domain_request(domain, seabios_size=256)
     assert (request.memory_mib, request.videoram_mib, request.ram) == (4096, 16, 4080 << 20)
     assert (request.hap, str(request.firmware.bios)) == (False, "ovmf")
+
+
+# --- libxl's saved configuration and its xenstore keys (learned domains) -----------------------
+
+HVM_SAVED = {
+    # As libxl__set_domain_configuration writes it: the fields xl set, defaults left out.
+    "c_info": {"type": "hvm", "name": "win", "uuid": "0d6c3b1e-6a5c-4c3e-9d2b-000000000001", "hap": "True"},
+    "b_info": {"max_vcpus": 2, "max_memkb": 4194304, "target_memkb": 4194304, "device_model_version": "qemu_xen",
+               "type.hvm": {"bios": "ovmf", "vga": {"kind": "std"}, "mmio_hole_memkb": 1048576,
+                            "rdm": {"strategy": "host", "policy": "strict"},
+                            "rdm_mem_boundary_memkb": 1048576}},
+    "pcidevs": [{"func": 0, "dev": 2, "bus": 0, "domain": 0, "rdm_policy": "relaxed"},
+                {"func": 0, "dev": 0, "bus": 3}],
+}
+
+
+def test_the_saved_configuration_of_an_hvm_guest_with_libxls_defaults() -> None:
+    domain = from_libxl_json(HVM_SAVED)
+    assert domain == LibxlDomain(
+        DomainType.HVM, 4096, 4096, videoram_mib=16, hap=True, bios="ovmf", mmio_hole_mib=1024, rdm_host=True,
+        rdm_policy=Policy.STRICT, rdm_mem_boundary_mib=1024,
+        pci=(DeviceSpec(Bdf(0, 0, 2, 0), Policy.RELAXED), DeviceSpec(Bdf(0, 3, 0, 0), Policy.STRICT)),
+        passthrough=True)
+    # Nothing set beyond the memory: qemu-xen's SeaBIOS and cirrus, libxl's hole and
+    # boundary, a relaxed domain policy, no passthrough (no device at creation).
+    bare = from_libxl_json({"c_info": {"type": "hvm"}, "b_info": {"max_memkb": 1048576}})
+    assert bare == LibxlDomain(DomainType.HVM, 1024, 1024, videoram_mib=8, passthrough=False)
+    assert from_libxl_json({"c_info": {"type": "pv", "passthrough": "enabled"}}).passthrough
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ([], "libxl-json: expected an object"),
+    ({"c_info": {}}, "libxl-json.c_info.type: missing"),
+    ({"c_info": {"type": "hvm"}, "b_info": {"max_memkb": "4G"}}, "libxl-json.b_info.max_memkb: expected an integer"),
+    ({"c_info": {"type": "hvm"}, "b_info": {"type.hvm": {"bios": "coreboot"}}}, "type.hvm.bios: 'coreboot'"),
+    ({"c_info": {"type": "pv"}, "pcidevs": [{"bus": 256}]}, "libxl-json.pcidevs[0].bus: expected an integer 0..255"),
+    ({"c_info": {"type": "pv", "hap": "yes"}}, "libxl-json.c_info.hap: 'yes' is not one of"),
+])
+def test_a_malformed_saved_configuration_names_the_field(config: object, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        from_libxl_json(config)
+
+
+def test_xenstore_says_what_runs_over_the_saved_configuration() -> None:
+    keys = {"static_max": "2097152", "target": "2088960", "videoram": "8192", "mmio_hole": str(512 << 20),
+            "device_model": "qemu_xen", "vm": "/vm/x"}
+    backend = {"num_devs": "2", "dev-0": "0000:00:14.0", "opts-0": "msitranslate=0,power_mgmt=0,permissive=0,"
+               "rdm_policy=relaxed", "dev-1": "0000:00:02.0", "opts-1": "rdm_policy=invalid", "state-1": "1"}
+    domain = from_libxl_xenstore("hvm", keys, backend, from_libxl_json(HVM_SAVED), "domain 3")
+    assert (domain.max_memory_mib, domain.memory_mib, domain.videoram_mib, domain.mmio_hole_mib) == (2048, 2040, 8, 512)
+    assert domain.pci == (DeviceSpec(Bdf(0, 0, 0x14, 0), Policy.RELAXED), DeviceSpec(Bdf(0, 0, 2, 0), Policy.STRICT))
+    assert (domain.bios, domain.rdm_host, domain.rdm_policy) == ("ovmf", True, Policy.STRICT)  # the saved ones
+    unsaved = from_libxl_xenstore("hvm", {**keys, "device_model": "qemu_xen_traditional"}, None, None, "domain 3")
+    assert (unsaved.bios, unsaved.rdm_host, unsaved.pci) == ("rombios", False, ())
+    assert from_libxl_xenstore("pv", {"static_max": "131072"}, None, None, "domain 4").type is DomainType.PV
+    with pytest.raises(InputError, match="domain 4: type 'hvm2' is not hvm, pv or pvh"):
+        from_libxl_xenstore("hvm2", keys, None, None, "domain 4")
+    with pytest.raises(InputError, match="domain 4: memory/static-max '12x' is not a number of KiB"):
+        from_libxl_xenstore("pv", {"static_max": "12x"}, None, None, "domain 4")
+    with pytest.raises(InputError, match="domain 4: PCI backend/dev-0: "):
+        from_libxl_xenstore("pv", {"static_max": "131072"}, {"dev-0": "zz"}, None, "domain 4")

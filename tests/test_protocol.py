@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 from rmrrd import protocol
 from rmrrd.core.inventory_yaml import load_inventory_file
 from rmrrd.core.pci import Bdf
-from rmrrd.core.planner import Plan, parse_domain_request, plan
+from rmrrd.core.planner import DomainRequest, Plan, learned_plan, parse_domain_request, plan
 from rmrrd.core.ranges import Range
 from rmrrd.core.xlcfg import Policy
 from rmrrd.errors import InputError
@@ -77,6 +77,16 @@ def test_an_answer_decodes_to_what_was_encoded() -> None:
     assert answer.e820[0].endswith(" ram") and len(answer.e820) == len(seed_plan().e820)
     refused = decode_answer(dict(answer_entries("2", None, "memory: missing")))
     assert refused == Answer("2", "error", "memory: missing", None, None, (), ())
+
+
+def test_a_learned_answer_says_so_and_a_pv_guest_has_no_layout() -> None:
+    hvm = dict(answer_entries("learned-1", seed_plan(), None, "hvm"))
+    assert (hvm["origin"], hvm["type"], hvm["lowmem_end"]) == ("learned", "hvm", "0xa0000000")
+    assert decode_answer(hvm).origin == "learned"
+    assert decode_answer(dict(answer_entries("1", seed_plan(), None))).origin is None
+    pv = learned_plan("pv", DomainRequest(128), False, load_inventory_file(INVENTORIES / "node-a.yaml"), {})
+    assert answer_entries("learned-2", pv, None, "pv") == [
+        ("generation", "learned-2"), ("status", "ready"), ("origin", "learned"), ("type", "pv")]
 
 
 def test_a_decoded_answer_ignores_queries_and_replies_but_not_a_broken_region() -> None:

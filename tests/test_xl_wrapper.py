@@ -82,11 +82,11 @@ async def test_migrate_names_the_target_as_xl_migrate_does(rmrrd_daemon: Daemon,
 
 
 async def test_what_cannot_be_checked_runs_xl(rmrrd_daemon: Daemon, fake_xl: Path, tmp_path: Path) -> None:
-    # Domain 7 was not created through rmrrd: no layout to check against.
+    # Domain 7 was neither requested nor built by libxl: no layout to check against.
     done = await wrapper(rmrrd_daemon.xs.env, fake_xl, "pci-attach", "7", "00:14.0")
     assert done.returncode == 0 and xl_ran(fake_xl) == ["pci-attach", "7", "00:14.0"]
     assert done.stderr.decode() == ("rmrrd: xl pci-attach not checked: rmrrd has no layout for domain 7 "
-                                    "(not created through rmrrd)\n")
+                                    "(neither requested nor learned from libxl)\n")
     # No xenstore at all.
     gone = await wrapper(dict(rmrrd_daemon.xs.env, XENSTORED_PATH=str(tmp_path / "none")), fake_xl,
                          "migrate", "1", "node-b")

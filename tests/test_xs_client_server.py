@@ -25,13 +25,13 @@ async def xs(xenstored: XenstoredHandle) -> AsyncIterator[XenstoreClient]:
 
 
 async def test_permissions_for_a_guest_connection(xs: XenstoreClient, xenstored: XenstoredHandle) -> None:
+    await xs.introduce(5, 1234, 7)
+    assert await xs.is_introduced(5) and not await xs.is_introduced(6)
     await xs.write("/secret", "s3")
     await xs.write("/public/ro", "v")
     await xs.set_perms("/public", [Perm(0, "n"), Perm(5, "r")])
     await xs.set_perms("/public/ro", [Perm(0, "n"), Perm(5, "r")])
     assert await xs.get_perms("/public/ro") == [Perm(0, "n"), Perm(5, "r")]
-    await xs.introduce(5, 1234, 7)
-    assert await xs.is_introduced(5) and not await xs.is_introduced(6)
     assert await xs.get_domain_path(5) == "/local/domain/5"
     await xs.mkdir("/local/domain/5")
     await xs.set_perms("/local/domain/5", [Perm(5, "n"), Perm(0, "r")])

@@ -126,7 +126,8 @@ async def test_permissions_naming_a_domain_that_does_not_exist(xs: XenstoreClien
     # owner that is no domain is ENOENT; another entry is kept, shown, and marked to
     # grant nothing, so a domain created later with that id does not inherit it.
     # oxenstored keeps both; the simulated xenstored has no hypervisor to ask and
-    # takes every domid as existing.
+    # takes every domid as existing here (an entry for a domain introduced later is
+    # ignored as C ignores it: tests/test_xs_store.py).
     p = f"{xs_backend.root}/p"
     await xs.write(p, "v")
     await xs.set_perms(p, [Perm(0, "n"), Perm(31999, "r")])

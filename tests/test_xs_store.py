@@ -219,6 +219,39 @@ def test_release_removes_the_guests_nodes_and_guests_cannot_introduce() -> None:
     assert guest.id not in store.connections
 
 
+def test_a_permission_set_before_its_domain_was_introduced_grants_nothing() -> None:
+    """As C xenstored (domain_alloc_permrefs, domain_adjust_node_perms): an entry for a
+    domain that did not exist yet, or for an earlier domain with the same id, is kept
+    and shown but grants nothing, on the node and on the nodes later created under
+    it, until the permissions are set again."""
+    store = Store()
+    dom0 = store.connect(0)
+    call(store, dom0, Op.WRITE, raw=b"/early/old\0v")
+    call(store, dom0, Op.SET_PERMS, b"/early", b"n0", b"r5")
+    call(store, dom0, Op.SET_PERMS, b"/early/old", b"n0", b"r5")
+    call(store, dom0, Op.INTRODUCE, b"5", b"1", b"1")
+    call(store, dom0, Op.WRITE, raw=b"/early/new\0v")  # inherits the ignored entry
+    guest = store.connect(5)
+    for path in (b"/early/old", b"/early/new"):
+        assert call(store, guest, Op.READ, path) == (Op.ERROR, b"EACCES\0"), path
+    assert call(store, dom0, Op.GET_PERMS, b"/early/old") == (Op.GET_PERMS, b"n0\0r5\0")
+    call(store, dom0, Op.SET_PERMS, b"/early/old", b"n0", b"r5")  # set again: granted
+    assert call(store, guest, Op.READ, b"/early/old") == (Op.READ, b"v")
+    call(store, dom0, Op.SET_PERMS, b"/early", b"n0", b"r5")
+    call(store, dom0, Op.WRITE, raw=b"/early/newer\0w")
+    assert call(store, guest, Op.READ, b"/early/newer") == (Op.READ, b"w")
+    # The domain goes; another is introduced with its id: the old grants are not its.
+    call(store, dom0, Op.RELEASE, b"5")
+    call(store, dom0, Op.INTRODUCE, b"5", b"1", b"1")
+    assert call(store, store.connect(5), Op.READ, b"/early/old") == (Op.ERROR, b"EACCES\0")
+    # Set inside a transaction after the introduction, they grant too.
+    _, tx = call(store, dom0, Op.TRANSACTION_START, b"")
+    tx_id = int(tx.rstrip(b"\0"))
+    call(store, dom0, Op.SET_PERMS, b"/early/old", b"n0", b"r5", tx=tx_id)
+    call(store, dom0, Op.TRANSACTION_END, b"T", tx=tx_id)
+    assert call(store, store.connect(5), Op.READ, b"/early/old") == (Op.READ, b"v")
+
+
 def test_transaction_is_isolated_and_commits() -> None:
     store = Store()
     conn = store.connect(0)

@@ -78,7 +78,7 @@ def settings_from(config: Config, host: Inventory, peers: dict[str, Inventory]) 
     """What the daemon answers with, from the configuration and the inventories."""
     limits = config.limits
     return Settings(config.defaults, host, peers, limits.max_query_length, limits.results_kept,
-                    limits.shutdown_grace_seconds)
+                    limits.shutdown_grace_seconds, config.host.libxl_dir)
 
 
 def limits_from(config: Config) -> Limits:

@@ -15,6 +15,7 @@ import trio
 from rmrrd.protocol import Answer, answer_path, decode_answer, query_path, rdm_path, reply_path, request_entries
 from rmrrd.xenstore.client import Transaction, XenstoreClient
 from rmrrd.xenstore.ops import read_text, read_tree
+from rmrrd.xenstore.wire import NoEntry, PermissionDenied
 
 WAIT = 10.0
 """Seconds to wait for the daemon before giving up."""
@@ -48,8 +49,28 @@ async def create_domain(xs: XenstoreClient, domid: int, keys: dict[str, str], ge
     return await read_answer(xs, domid)
 
 
+async def wait_granted(guest: XenstoreClient, domid: int) -> None:
+    """Wait, as the guest, until it may read its answer.
+
+    An answer written before its domain was introduced grants the guest nothing on
+    C xenstored until rmrrd sets its permissions again, which it does when the
+    domain is introduced (docs/xenstore-schema.md, "Permissions"); its watch event
+    says when.
+    """
+    status = f"{answer_path(domid)}/status"
+    async with guest.watch(status) as events:
+        with trio.fail_after(WAIT):
+            async for _ in events:
+                try:
+                    await guest.read(status)
+                    return
+                except (PermissionDenied, NoEntry):
+                    continue
+
+
 async def guest_query(guest: XenstoreClient, domid: int, qid: str, query: str) -> str:
-    """Write a query as the guest and wait for its reply."""
+    """Write a query as the guest, once it may, and wait for its reply."""
+    await wait_granted(guest, domid)
     reply = reply_path(domid, qid)
     async with guest.watch(reply) as events:
         await guest.write(query_path(domid, qid), query)

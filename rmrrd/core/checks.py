@@ -84,6 +84,8 @@ def _layout_conflicts(plan: Plan, rng: Range, device: Device | None, policy: Pol
     ``static``: the device is assigned as the domain is built, so a region in
     hvmloader's dynamic area would stop hvmloader whatever the policy.
     """
+    if plan.guest == "pv":
+        return []  # identity-mapped in the IOMMU only, never over the guest's memory
     kinds = plan.conflict_kinds(rng)
     if kinds:
         severity = _severity(policy)
@@ -142,8 +144,15 @@ def _advice(conflict: Conflict, assigned_elsewhere: Mapping[Bdf, int] | None) ->
     return f"region {conflict.range} overlaps guest {conflict.kind}; the device may misbehave if it uses it"
 
 
+NO_PASSTHROUGH = ("the domain was created without passthrough (no pci= and no passthrough= in its "
+                  "configuration): Xen refuses every device to it (iommu_do_domctl: EOPNOTSUPP); create it with "
+                  'passthrough="enabled" to attach devices later')
+
+
 def _check_device(what: str, plan: Plan, host: Inventory, device: DeviceSpec, policy: Policy,
                   assigned_elsewhere: Mapping[Bdf, int]) -> Verdict:
+    if not plan.passthrough:
+        return Verdict("fail", f"{what} {device.bdf}: {NO_PASSTHROUGH}")
     reserved = plan.reserved
     regions = host.regions_for(device.bdf)
     conflicts: list[Conflict] = []
@@ -187,6 +196,8 @@ def check_migrate(plan: Plan, peers: Mapping[str, Inventory], target: str,
     if found is None:
         raise InputError(f"migrate target {target!r} is not a known peer (known: {known_hosts_text(peers)})")
     inventory = found[1]
+    if devices and not plan.passthrough:
+        return Verdict("fail", f"migrate to {target} with {devices[0].bdf}: {NO_PASSTHROUGH}")
     reserved = plan.reserved
     conflicts: list[Conflict] = []
     if devices:

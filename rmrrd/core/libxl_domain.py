@@ -32,12 +32,14 @@ held libxl's "unset" value, and said in a warning.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from rmrrd.errors import InputError
 from rmrrd.core.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
+from rmrrd.core.pci import Bdf
 from rmrrd.core.xlcfg import DeviceSpec, Policy
 
 if TYPE_CHECKING:  # the planner is imported when a request is built, not by the hooks' fast exits
@@ -104,6 +106,9 @@ class LibxlDomain:
     rdm_mem_boundary_mib: int = RDM_MEM_BOUNDARY_DEFAULT_MIB
     pci: tuple[DeviceSpec, ...] = ()
     refusals: tuple[str, ...] = ()
+    passthrough: bool = True
+    """Whether the domain was created able to take devices (``c_info.passthrough``;
+    libxl's default is "only when it has ``pci=`` devices at creation")."""
 
     def setup_keys(self) -> dict[str, str]:
         """The setup request's single-valued keys (``memory``, ``config`` ...) as strings.
@@ -322,6 +327,198 @@ def _hvm(cfg: XlConfig, domain: LibxlDomain, warnings: list[str], refusals: list
     return replace(domain, videoram_mib=videoram, bios=bios,
                    mmio_hole_mib=MMIO_HOLE_DEFAULT_MIB if hole is None else hole,
                    rdm_mem_boundary_mib=RDM_MEM_BOUNDARY_DEFAULT_MIB if boundary is None else boundary)
+
+
+# --- libxl's saved configuration (the JSON of `xl list -l`) to LibxlDomain -----------------
+
+KIB_PER_MIB = 1024
+_JSON_VGA = {"std": "stdvga", "cirrus": "cirrus", "none": "none", "qxl": "qxl"}
+"""``libxl_vga_interface_type`` names as libxl's JSON writes them, to xl.cfg's ``vga``."""
+
+
+class _Json:
+    """One object of libxl's JSON, read with errors naming the field's path."""
+
+    def __init__(self, obj: object, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected an object, found {type(obj).__name__}")
+        self.obj: dict[str, object] = obj
+        self.where = where
+
+    def sub(self, key: str) -> _Json:
+        return _Json(self.obj.get(key, {}), f"{self.where}.{key}")
+
+    def text(self, key: str) -> str | None:
+        value = self.obj.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"{self.where}.{key}: expected a string, found {value!r:.40}")
+        return value
+
+    def number(self, key: str, low: int = 0, high: int = 2**64 - 1) -> int | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InputError(f"{self.where}.{key}: expected an integer {low}..{high}, found {value!r:.40}")
+        return value
+
+    def enum(self, key: str, names: Sequence[str]) -> str | None:
+        value = self.text(key)
+        if value is not None and value not in names:
+            raise InputError(f"{self.where}.{key}: {value!r:.40} is not one of {', '.join(names)}")
+        return value
+
+    def memkb(self, key: str) -> int | None:
+        """A ``MemKB`` field in MiB (libxl leaves a field at its default out of the JSON)."""
+        value = self.number(key)
+        return None if value is None else value // KIB_PER_MIB
+
+    def defbool(self, key: str) -> bool | None:
+        value = self.enum(key, ("True", "False", "<default>"))
+        return None if value in (None, "<default>") else value == "True"
+
+
+def _json_policy(field: _Json, key: str) -> Policy | None:
+    """``libxl_rdm_reserve_policy``: ``invalid`` (libxl's "unset") reads as None."""
+    value = field.enum(key, ("invalid", "strict", "relaxed"))
+    return None if value in (None, "invalid") else Policy(value)
+
+
+def _json_devices(config: _Json) -> list[DeviceSpec]:
+    """``pcidevs``: each function with the policy it was assigned with (an unset one
+    is strict: ``libxl__device_pci_setdefault``)."""
+    entries = config.obj.get("pcidevs", [])
+    if not isinstance(entries, list):
+        raise InputError(f"{config.where}.pcidevs: expected a list")
+    devices = []
+    for n, entry in enumerate(entries):
+        device = _Json(entry, f"{config.where}.pcidevs[{n}]")
+        bdf = Bdf(device.number("domain", 0, 0xFFFF) or 0, device.number("bus", 0, 0xFF) or 0,
+                  device.number("dev", 0, 0x1F) or 0, device.number("func", 0, 7) or 0)
+        devices.append(DeviceSpec(bdf, _json_policy(device, "rdm_policy") or Policy.STRICT))
+    return devices
+
+
+def from_libxl_json(obj: object) -> LibxlDomain:
+    """What libxl built, from the configuration it saved for a running domain.
+
+    ``obj`` is the object libxl keeps in ``/var/lib/xen/userdata-d.<domid>.<uuid>.libxl-json``
+    (``libxl__set_domain_configuration``), the ``config`` that ``xl list -l`` prints:
+    the configuration as xl handed it over, before libxl's defaults, which are applied
+    here as for an xl.cfg file.  Field names and enum strings are those of
+    ``tools/libs/light/libxl_types.idl``; a field at its default is absent.  Raises
+    :class:`InputError` naming the field that is malformed.  xl's ``rdm=`` policy bug
+    leaves no trace in it: a dropped ``rdm=`` looks like none.
+    """
+    config = _Json(obj, "libxl-json")
+    c_info, b_info = config.sub("c_info"), config.sub("b_info")
+    kind = c_info.enum("type", [t.value for t in DomainType])
+    if kind is None:
+        raise InputError("libxl-json.c_info.type: missing (hvm, pv or pvh)")
+    max_memory = b_info.memkb("max_memkb") or DEFAULT_MEMORY_MIB
+    target = b_info.memkb("target_memkb") or max_memory
+    devices = _json_devices(config)
+    hap = c_info.defbool("hap")
+    # libxl__domain_config_setdefault: "default" is enabled only for a domain created
+    # with PCI or device-tree devices (a device attached later is in pcidevs too, and
+    # could only be attached to a domain that had passthrough).
+    mode = c_info.enum("passthrough", ("default", "disabled", "enabled", "sync_pt", "share_pt"))
+    passthrough = mode not in (None, "default", "disabled") or (
+        mode != "disabled" and bool(devices or config.obj.get("dtdevs")))
+    domain = LibxlDomain(DomainType(kind), max_memory, target, hap=True if hap is None else hap, pci=tuple(devices),
+                         passthrough=passthrough)
+    if domain.type is not DomainType.HVM:
+        return domain
+    hvm = b_info.sub("type.hvm")
+    model = (DeviceModel.TRADITIONAL if b_info.enum("device_model_version", ("unknown", "qemu_xen_traditional",
+                                                                             "qemu_xen")) == "qemu_xen_traditional"
+             else DeviceModel.QEMU_XEN)
+    bios = hvm.enum("bios", BIOS_NAMES)
+    if bios in (None, "unknown"):
+        bios = "rombios" if model is DeviceModel.TRADITIONAL else "seabios"
+    vga = _JSON_VGA.get(hvm.sub("vga").enum("kind", ("unknown", *_JSON_VGA)) or "cirrus", "cirrus")
+    videoram = b_info.memkb("video_memkb")
+    if videoram is None:
+        default = VIDEORAM_DEFAULTS[model][vga]
+        videoram = default[0] if default is not None else 0
+    rdm = hvm.sub("rdm")
+    hole = hvm.memkb("mmio_hole_memkb")
+    boundary = hvm.memkb("rdm_mem_boundary_memkb")
+    return replace(domain, videoram_mib=videoram, bios=bios,
+                   mmio_hole_mib=hole or MMIO_HOLE_DEFAULT_MIB,
+                   rdm_host=rdm.enum("strategy", ("ignore", "host")) == "host",
+                   # libxl__rdm_setdefault: a domain policy left unset is relaxed.
+                   rdm_policy=_json_policy(rdm, "policy") or Policy.RELAXED,
+                   rdm_mem_boundary_mib=RDM_MEM_BOUNDARY_DEFAULT_MIB if boundary is None else boundary)
+
+
+def _kib(keys: Mapping[str, str | None], key: str, what: str) -> int | None:
+    text = keys.get(key)
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > 20:
+        raise InputError(f"{what} {text[:40]!r} is not a number of KiB")
+    return int(text) // KIB_PER_MIB
+
+
+_BACKEND_DEV = re.compile(r"dev-(\d{1,4})")
+
+
+def backend_devices(backend: Mapping[str, str], what: str) -> list[DeviceSpec]:
+    """The devices of a PCI backend as libxl writes it (``libxl_create_pci_backend_device``):
+    ``dev-<n>`` the function, ``opts-<n>`` its options, ``rdm_policy`` among them."""
+    devices = []
+    for key in sorted(backend, key=lambda key: (len(key), key)):
+        match = _BACKEND_DEV.fullmatch(key)
+        if match is None:
+            continue
+        try:
+            bdf = Bdf.parse(backend[key])
+        except InputError as exc:
+            raise InputError(f"{what}/{key}: {exc}") from None
+        opts = dict(item.partition("=")[::2] for item in backend.get(f"opts-{match[1]}", "").split(","))
+        policy = opts.get("rdm_policy", "invalid")
+        devices.append(DeviceSpec(bdf, Policy(policy) if policy in ("strict", "relaxed") else Policy.STRICT))
+    return devices
+
+
+def from_libxl_xenstore(kind: str, keys: Mapping[str, str | None], backend: Mapping[str, str] | None,
+                        saved: LibxlDomain | None, what: str) -> LibxlDomain:
+    """What libxl built, from what it wrote to xenstore over its saved configuration.
+
+    ``kind`` is ``/libxl/<domid>/type``; ``keys`` the domain's ``memory/static-max``,
+    ``memory/target`` and ``memory/videoram`` (KiB, ``libxl__build_post``) and
+    ``platform/mmio_hole_size`` (bytes) and ``platform/device-model``
+    (``libxl__domain_build``), by :func:`rmrrd.protocol.domain_keys`' names; ``backend``
+    the PCI backend's keys (None: there is none).  Xenstore says what is running
+    (the memory, the devices attached now, hot-plugged ones included); ``saved``
+    (:func:`from_libxl_json`) adds what only the configuration holds: ``rdm=``,
+    ``rdm_mem_boundary``, the firmware, HAP and passthrough.  Without it those are
+    libxl's defaults.  Raises :class:`InputError` naming ``what`` and the key.
+    """
+    try:
+        guest = DomainType(kind)
+    except ValueError:
+        raise InputError(f"{what}: type {kind[:20]!r} is not hvm, pv or pvh") from None
+    max_memory = _kib(keys, "static_max", f"{what}: memory/static-max") or DEFAULT_MEMORY_MIB
+    target = _kib(keys, "target", f"{what}: memory/target") or max_memory
+    domain = saved if saved is not None and saved.type is guest else LibxlDomain(guest, max_memory, target)
+    devices = domain.pci if backend is None else tuple(backend_devices(backend, f"{what}: PCI backend"))
+    domain = replace(domain, max_memory_mib=max_memory, memory_mib=target, pci=devices,
+                     passthrough=domain.passthrough or bool(devices))
+    if guest is not DomainType.HVM:
+        return domain
+    if saved is None:
+        model = (DeviceModel.TRADITIONAL if keys.get("device_model") == "qemu_xen_traditional"
+                 else DeviceModel.QEMU_XEN)
+        domain = replace(domain, bios="rombios" if model is DeviceModel.TRADITIONAL else "seabios")
+    videoram = _kib(keys, "videoram", f"{what}: memory/videoram")
+    hole = keys.get("mmio_hole")
+    if hole is not None:
+        if not hole.isdigit() or len(hole) > 20:
+            raise InputError(f"{what}: platform/mmio_hole_size {hole[:40]!r} is not a number of bytes")
+        domain = replace(domain, mmio_hole_mib=int(hole) // (KIB_PER_MIB * KIB_PER_MIB))
+    return domain if videoram is None else replace(domain, videoram_mib=videoram)
 
 
 def domain_request(domain: LibxlDomain, hotplug: Sequence[str] = (), migrate: Sequence[str] = (),

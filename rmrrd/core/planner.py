@@ -30,7 +30,7 @@ Where Xen 4.17 handles a case, the answer is Xen's: libxl's
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar
 
 from rmrrd.errors import InputError
@@ -64,6 +64,7 @@ from rmrrd.core.xlcfg import (
 _T = TypeVar("_T")
 Action = Literal["avoided", "none", "warned", "failed"]
 E820Type = Literal["ram", "reserved"]
+GuestType = Literal["hvm", "pv", "pvh"]
 HAP_ALIGN = 2 * MIB
 """libxl rounds a lowered ``lowmem_end`` down to this for HAP guests (large pages)."""
 SHARED_RMRR = "shared-rmrr"
@@ -186,6 +187,10 @@ class Plan:
 
     ``firmware`` and ``device_policy`` are the request's, kept so the toolstack checks
     judge a device against the same fixed areas and with the same default policy.
+    ``guest`` and ``passthrough`` describe a domain rmrrd learned from libxl: a PV
+    guest has no layout (its devices' regions are mapped 1:1 in the IOMMU, never over
+    its RAM: ``set_identity_p2m_entry``), and a domain created without passthrough
+    takes no device at all (:func:`learned_plan`).
     """
 
     status: Literal["ready", "error"]
@@ -196,6 +201,8 @@ class Plan:
     e820: tuple[E820Entry, ...]
     firmware: Firmware = DEFAULT_FIRMWARE
     device_policy: Policy = DEFAULT_DEVICE_POLICY
+    guest: GuestType = "hvm"
+    passthrough: bool = True
 
     @property
     def ram(self) -> RangeSet:
@@ -316,6 +323,20 @@ def plan(request: DomainRequest, host: Inventory, peers: Mapping[str, Inventory]
         firmware=request.firmware,
         device_policy=request.device_policy,
     )
+
+
+def learned_plan(guest: GuestType, request: DomainRequest, passthrough: bool, host: Inventory,
+                 peers: Mapping[str, Inventory]) -> Plan:
+    """The layout libxl gave a domain it created, for the checks.
+
+    An HVM guest's is :func:`plan`'s (libxl's ``libxl__domain_device_construct_rdm``
+    and hvmloader's rules, which it follows).  PV and PVH guests have none: PV
+    memory is not where the devices' regions are mapped, and a PVH guest has no
+    passthrough in Xen 4.17 (``libxl__arch_passthrough_mode_setdefault``).
+    """
+    if guest == "hvm":
+        return replace(plan(request, host, peers), passthrough=passthrough)
+    return Plan("ready", None, 0, 0, (), (), request.firmware, request.device_policy, guest, passthrough)
 
 
 class _Layout:

@@ -56,6 +56,8 @@ class Domains:
         self._answered: set[int] = set()
         self._holders: dict[Bdf, dict[int, None]] = {}
         """Each device held, and the domains holding it, in the order they took it."""
+        self._seen_introduced: set[int] = set()
+        """Domains under ``/libxl`` already seen introduced (each is set up once for it)."""
         self._work = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -101,12 +103,28 @@ class Domains:
                 self.post(domain.domid, Released("released"))
 
     async def introduced(self) -> None:
-        """``@introduceDomain`` fired: tell each answered domain not yet introduced."""
-        pending = [domain for domain in self if not domain.introduced and domain.plan is not None]
+        """``@introduceDomain`` fired: tell each answered domain not yet introduced, and
+        set up each new one libxl describes (a domain xl created is learned)."""
+        pending = [domain for domain in self if not domain.introduced and domain.generation is not None]
         alive = await gather(lambda domain: self.xs.is_introduced(domain.domid), pending)
         for domain, up in zip(pending, alive):
             if up:
                 self.post(domain.domid, IntroducedSeen(True))
+        try:
+            names = await self.xs.directory(LIBXL_ROOT)
+        except NoEntry:
+            names = []
+        live = {domid for domid in map(parse_domid, names) if domid}
+        self._seen_introduced &= live
+        unanswered = [domid for domid in sorted(live - self._seen_introduced) if not self._answered_ever(domid)]
+        for domid, up in zip(unanswered, await gather(self.xs.is_introduced, unanswered)):
+            if up:
+                self._seen_introduced.add(domid)
+                self.changed(domid)
+
+    def _answered_ever(self, domid: int) -> bool:
+        known = self.get(domid)
+        return known is not None and known.generation is not None
 
     # --- what owners report ------------------------------------------------------------
 
@@ -169,8 +187,13 @@ class Domains:
         observer.setup_done(outcome.status, seconds)
         plan = outcome.plan
         generation = shown(generation)
+        what = f"request {generation}"
+        if outcome.learned is not None:
+            saved = "" if plan is None else ", its saved configuration read" if outcome.saved else (
+                ", its configuration not saved yet")
+            what = f"learned from libxl ({outcome.learned}{saved})"
         if plan is None:
-            log.warning("domain %d: request %s invalid: %s", domid, generation, outcome.error)
+            log.warning("domain %d: %s invalid: %s", domid, what, outcome.error)
             return
         for region in plan.regions:
             if region.action == "avoided":
@@ -180,11 +203,14 @@ class Domains:
             if region.action in ("warned", "failed"):
                 log.warning("domain %d: region %s (%s) overlaps %s: %s", domid, region.range,
                             region.source_text, region.conflict_text, region.action)
-        if plan.status == "ready":
-            log.info("domain %d: request %s ready: lowmem_end %#x highmem_end %#x, %d regions", domid,
-                     generation, plan.lowmem_end, plan.highmem_end, len(plan.regions))
+        passthrough = "" if plan.passthrough else ", no passthrough"
+        if plan.status == "ready" and plan.guest != "hvm":
+            log.info("domain %d: %s ready: no layout (%s guest%s)", domid, what, plan.guest, passthrough)
+        elif plan.status == "ready":
+            log.info("domain %d: %s ready: lowmem_end %#x highmem_end %#x, %d regions%s", domid,
+                     what, plan.lowmem_end, plan.highmem_end, len(plan.regions), passthrough)
         else:
-            log.error("domain %d: request %s refused: %s", domid, generation, plan.error)
+            log.error("domain %d: %s refused: %s", domid, what, plan.error)
 
     # --- reconciliation ----------------------------------------------------------------
 

@@ -71,6 +71,14 @@ RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
 """The longest wait between retries (the owner spreads each over 50-100% of it)."""
 
+LEARN_RETRIES = 12
+LEARN_RETRY_SECONDS = 1.0
+LEARN_RETRY_MAX_SECONDS = 60.0
+"""A domain learned before libxl saved its configuration (written at the end of ``xl
+create``, after the introduction: seconds, or tens of them for a slow device model) is
+learned again after 1 s, then after twice as long each time up to a minute, at most
+12 times (about seven minutes), until it is read."""
+
 REPLIES_KEPT = 64
 """Replies kept per domain, oldest removed first: reply nodes are dom0's, outside the
 guest's node quota, so without a bound a guest writing fresh ids would grow the store."""
@@ -124,6 +132,10 @@ class SetupOutcome:
     request: DomainRequest | None
     plan: Plan | None
     error: str | None
+    learned: str | None = None
+    """The guest type of a domain learned from libxl (None: answered from a request)."""
+    saved: bool = False
+    """For a learned domain: whether libxl's saved configuration was read."""
 
     @property
     def status(self) -> str:
@@ -160,6 +172,8 @@ class Domain:
     """Seen introduced to xenstored: only then does ``@releaseDomain`` concern it."""
     replies: deque[str] = field(default_factory=deque)
     """Ids of the replies written, oldest first (at most :data:`REPLIES_KEPT`)."""
+    learn_retries: int = 0
+    """Setups run again for want of libxl's saved configuration (:data:`LEARN_RETRIES`)."""
 
     def devices(self) -> set[Bdf]:
         """Every device this domain holds: statically assigned plus attached.
@@ -346,6 +360,24 @@ class CheckIntroduced:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantAnswer:
+    """Set the answer's permissions again, now that the domain is introduced.
+
+    C xenstored ignores a permission entry naming a domain that did not exist when
+    it was set (``domain_alloc_permrefs``) or that is younger than the node
+    (``domain_adjust_node_perms``), and new nodes inherit the mark: an answer
+    written before its domain was created would stay unreadable to its guest.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class LearnLater:
+    """Post a RequestChanged after ``seconds``: learn the domain again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveAnswer:
     """Remove the answer, the attachments and the allocations, in one transaction."""
 
@@ -428,9 +460,9 @@ class Later:
     event: RetrySetup | RestartQueries
 
 
-Effect = (RunSetup | StartQueries | StopQueries | CheckIntroduced | RemoveAnswer | RemoveRecords | ReportSetup
-          | ReadQuery | RecordAllocation | WriteReply | RemoveQuery | RemoveReply | CountQuery | AnswerCheck | Log
-          | Later)
+Effect = (RunSetup | StartQueries | StopQueries | CheckIntroduced | GrantAnswer | LearnLater | RemoveAnswer
+          | RemoveRecords | ReportSetup | ReadQuery | RecordAllocation | WriteReply | RemoveQuery | RemoveReply
+          | CountQuery | AnswerCheck | Log | Later)
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -539,8 +571,11 @@ class DomainMachine:
                         self.domain.allocations.add(rng)
                 return []
             case IntroducedSeen(up):
-                self.domain.introduced = self.domain.introduced or up
-                return []
+                if not up or self.domain.introduced:
+                    return []
+                self.domain.introduced = True
+                # Introduced now: an answer written before may grant it nothing yet.
+                return [GrantAnswer()] if self.state is State.ANSWERED else []
             case QueriesListed(names):
                 assert names is not None
                 listed: list[Effect] = []
@@ -605,7 +640,7 @@ class DomainMachine:
             return []
         if result.kind == "current":
             self.state = State.ANSWERED
-            return self._start_queries()
+            return self._start_queries() + self._learn_later(result)
         assert result.outcome is not None and result.generation is not None
         effects: list[Effect] = []
         if result.kind == "written" and domain.plan is not None:
@@ -623,7 +658,18 @@ class DomainMachine:
             effects.append(CheckIntroduced())
         if result.kind in ("written", "rewritten"):
             effects.append(ReportSetup(result.generation, result.outcome, now - self._triggered))
-        return effects
+        return effects + self._learn_later(result)
+
+    def _learn_later(self, result: SetupResult) -> list[Effect]:
+        """Learn again soon, when libxl had not saved the domain's configuration yet."""
+        outcome = result.outcome
+        if outcome is None or outcome.learned is None or outcome.saved:
+            return []
+        if self.domain.learn_retries >= LEARN_RETRIES:
+            return []
+        delay = min(LEARN_RETRY_SECONDS * 2 ** self.domain.learn_retries, LEARN_RETRY_MAX_SECONDS)
+        self.domain.learn_retries += 1
+        return [LearnLater(delay)]
 
     def _start_queries(self) -> list[Effect]:
         if self.queries_running:
@@ -684,12 +730,14 @@ class DomainMachine:
         if result.allocated is not None:
             effects.append(RecordAllocation(result.allocated, held=True))
         domain.allocations.apply(result)
-        effects += [WriteReply(name, result.reply), RemoveQuery(name)]
         if name in domain.replies:
             domain.replies.remove(name)
         domain.replies.append(name)
+        # The oldest go before the new reply is written: a guest that reads its reply
+        # never sees more than REPLIES_KEPT, nor the domain's quota more nodes.
         while len(domain.replies) > REPLIES_KEPT:
             effects.append(RemoveReply(domain.replies.popleft()))
+        effects += [WriteReply(name, result.reply), RemoveQuery(name)]
         effects.append(CountQuery(result.kind, result.outcome))
         if result.outcome != "ok":
             effects.append(Log(logging.DEBUG, f"domain {self.domid}: query {name}: {result.reply[:120]}"))

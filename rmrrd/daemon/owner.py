@@ -58,12 +58,13 @@ from rmrrd.xenstore.client import Transaction
 from rmrrd.xenstore.wire import NoEntry
 
 from rmrrd.daemon.lifecycle import (AnswerCheck, AnswerVanished, CheckIntroduced, CountQuery, DomainMachine,
-                                    Effect, Event, IntroducedSeen, Later, Log, QueriesListed, QueriesStopped,
-                                    QueryRead, QueryWritten, ReadQuery, RecordAllocation, Released, Reloaded,
-                                    RemoveAnswer, RemoveQuery, RemoveRecords, RemoveReply, ReportSetup,
+                                    Effect, Event, GrantAnswer, IntroducedSeen, Later, LearnLater, Log, QueriesListed,
+                                    QueriesStopped, QueryRead, QueryWritten, ReadQuery, RecordAllocation, Released,
+                                    Reloaded, RemoveAnswer, RemoveQuery, RemoveRecords, RemoveReply, ReportSetup,
                                     RequestChanged, RestartQueries, RetrySetup, RunSetup, SetupDone, SetupFailed,
                                     StartQueries, State, StopQueries, WriteReply, retry_delay)
-from rmrrd.daemon.setup import decide, run_setup
+from rmrrd.daemon.learn import learn
+from rmrrd.daemon.setup import decide, grant_answer, run_setup
 from rmrrd.xenstore.ops import gather, rm_quietly
 
 if TYPE_CHECKING:
@@ -244,6 +245,12 @@ class DomainOwner:
                     self._queries = None
             case CheckIntroduced():
                 return IntroducedSeen(await xs.is_introduced(domid))
+            case LearnLater(seconds):
+                domains.nursery.start_soon(self._later, seconds, RequestChanged(trio.current_time() + seconds))
+            case GrantAnswer():
+                async with domains.setup_slots:
+                    count = await xs.run_transaction(partial(grant_answer, domid=domid))
+                log.info("domain %d: introduced; permissions of its %d answer nodes set again", domid, count)
             case RemoveAnswer(why):
                 async with domains.setup_slots:
                     await xs.run_transaction(partial(_remove_all, domid=domid))
@@ -305,7 +312,9 @@ class DomainOwner:
                 result = await domains.xs.run_transaction(
                     partial(run_setup, domid=self.domid, known=known,
                             decide_for=partial(decide, defaults=settings.defaults, host=settings.host,
-                                               peers=settings.peers)))
+                                               peers=settings.peers),
+                            learn_for=partial(learn, libxl_dir=settings.libxl_dir, defaults=settings.defaults,
+                                              host=settings.host, peers=settings.peers)))
             except (PeerError, TransportError, InputError) as exc:
                 return SetupFailed(f"{type(exc).__name__}: {exc}")
             except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from rmrrd.core.inventory import Inventory
@@ -27,6 +28,8 @@ class Settings:
     max_query_length: int
     results_kept: int
     shutdown_grace: float
+    libxl_dir: Path = Path("/var/lib/xen")
+    """Where libxl keeps the domains' saved configurations (``host.libxl_dir``)."""
 
 
 class Observer(Protocol):

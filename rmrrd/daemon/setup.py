@@ -21,8 +21,9 @@ from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER
                             guest_perms, query_path, rdm_path, reply_path)
 from rmrrd.xenstore.client import Transaction
 
+from rmrrd.daemon.learn import LibxlKeys, read_libxl_keys
 from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, setup_kind
-from rmrrd.xenstore.ops import gather, read_value, read_values, rm_quietly
+from rmrrd.xenstore.ops import gather, list_tree, read_value, read_values, rm_quietly
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +98,24 @@ async def write_answer(tx: Transaction, domid: int, generation: str, outcome: Se
     dirs = {query_path(domid): guest_perms(domid, QUERY_PERMS), reply_path(domid): guest_perms(domid, ANSWER_PERMS)}
     await gather(tx.mkdir, dirs)
     await gather(lambda path: tx.set_perms(path, dirs[path]), dirs)
-    entries = answer_entries(generation, outcome.plan, outcome.error)
+    entries = answer_entries(generation, outcome.plan, outcome.error, outcome.learned)
     await gather(lambda entry: tx.write(f"{base}/{entry[0]}", encode_value(entry[1])), entries)
+
+
+async def grant_answer(tx: Transaction, domid: int) -> int:
+    """Set the permissions of every node of the answer again, inside ``tx``; how many.
+
+    For a domain introduced after its answer was written: C xenstored gave its
+    permission entries nothing (see :class:`rmrrd.daemon.lifecycle.GrantAnswer`).
+    The guest's own query nodes are its to keep and are left alone.
+    """
+    base, queries = answer_path(domid), query_path(domid)
+    if not await tx.exists(base):
+        return 0  # gone meanwhile (a release, a re-created domain): nothing to grant
+    nodes = [base] + [f"{base}/{rel}" for rel in await list_tree(tx, base, prune={queries[len(base) + 1:]})]
+    await gather(lambda path: tx.set_perms(path, guest_perms(domid, QUERY_PERMS if path == queries else ANSWER_PERMS)),
+                 nodes)
+    return len(nodes)
 
 
 async def read_answer_generation(tx: Transaction, domid: int) -> str | None:
@@ -109,23 +126,31 @@ async def read_answer_generation(tx: Transaction, domid: int) -> str | None:
 
 
 async def run_setup(tx: Transaction, domid: int, known: str | None,
-                    decide_for: Callable[[SetupInput], SetupOutcome]) -> SetupResult:
+                    decide_for: Callable[[SetupInput], SetupOutcome],
+                    learn_for: Callable[[LibxlKeys], tuple[str, SetupOutcome]]) -> SetupResult:
     """One setup inside ``tx``: what :func:`setup_kind` says, carried out.
 
     ``known`` is the generation the daemon answered before (None: none);
-    ``decide_for`` plans a request against the inventories of the moment.  May run
-    several times (``run_transaction`` retries it), so it only touches ``tx``.
+    ``decide_for`` plans a request against the inventories of the moment, and
+    ``learn_for`` a domain libxl built without one (:mod:`rmrrd.daemon.learn`).  May
+    run several times (``run_transaction`` retries it), so it only touches ``tx``.
     """
     given = await read_setup_input(tx, domid)
-    if given is None:
-        kind: SetupKind = "waiting" if await tx.exists(f"{LIBXL_ROOT}/{domid}") else "absent"
-        return SetupResult(kind, answer_present=await tx.exists(answer_path(domid)))
+    learned: SetupOutcome | None = None
+    if given is not None:
+        generation = given.generation_text
+    else:
+        described = await read_libxl_keys(tx, domid)
+        if described is None:
+            kind: SetupKind = "waiting" if await tx.exists(f"{LIBXL_ROOT}/{domid}") else "absent"
+            return SetupResult(kind, answer_present=await tx.exists(answer_path(domid)))
+        generation, learned = learn_for(described)
     answered = await read_answer_generation(tx, domid)
-    generation = given.generation_text
     kind = setup_kind(generation, answered, known)
     if kind == "current":
-        return SetupResult(kind, generation)
-    outcome = decide_for(given)
+        return SetupResult(kind, generation, learned)
+    outcome = decide_for(given) if given is not None else learned
+    assert outcome is not None  # learned when there is no request
     if kind != "relearned":
         await write_answer(tx, domid, generation, outcome)
     if kind == "rewritten":

@@ -24,7 +24,8 @@ from functools import partial
 import trio
 
 from rmrrd.errors import PeerError, TransportError
-from rmrrd.protocol import LIBXL_ROOT, REQUEST_ROOT, classify_libxl_path, is_valid_id, request_path
+from rmrrd.protocol import (LIBXL_ROOT, PCI_BACKEND_ROOT, REQUEST_ROOT, classify_libxl_path, is_valid_id,
+                            pci_backend_domid, request_path)
 from rmrrd.xenstore.client import WatchEvent, XenstoreClient
 from rmrrd.xenstore.ops import rm_quietly
 
@@ -72,6 +73,7 @@ class Daemon:
                 async with trio.open_nursery() as watchers:
                     await watchers.start(self._watch, LIBXL_ROOT, self._libxl_event)
                     await watchers.start(self._watch, REQUEST_ROOT, self._request_event)
+                    await watchers.start(self._watch, PCI_BACKEND_ROOT, self._backend_event)
                     await watchers.start(self._watch, "@introduceDomain",
                                          partial(self._special_event, "introduce", self.domains.introduced))
                     await watchers.start(self._watch, "@releaseDomain",
@@ -129,6 +131,14 @@ class Daemon:
             self.ready.set()
         elif what.request or what.domain_node:
             self.domains.changed(what.domid)
+
+    async def _backend_event(self, event: WatchEvent) -> None:
+        """libxl's PCI backends: a device attached or detached changes a learned domain."""
+        await self.ready.wait()
+        self.observer.watch_event("backend")
+        domid = pci_backend_domid(event.path)
+        if domid is not None:
+            self.domains.changed(domid)
 
     async def _request_event(self, event: WatchEvent) -> None:
         # Checks need the domains' plans: wait for the first reconciliation.

@@ -73,6 +73,7 @@ class HostConfig:
     sources: tuple[HostSource, ...] = ("dmar", "ivrs")
     #: Root under which ``sys/firmware/acpi/tables`` and ``sys/bus/pci`` are read.
     sysfs_root: Path = Path("/")
+    libxl_dir: Path = Path("/var/lib/xen")
     #: Other names of this host (as ``xl migrate`` or libvirt name it), served in
     #: ``/inventory`` so that peers accept them as migration targets.
     aliases: tuple[str, ...] = ()
@@ -389,6 +390,7 @@ _SCHEMA: dict[str, dict[str, _Convert]] = {
         "name": _text,
         "sources": _list_of(_host_source, non_empty=True),
         "sysfs_root": _path,
+        "libxl_dir": _path,
         "aliases": _list_of(_host_name, non_empty=False),
     },
     "defaults": {

@@ -66,7 +66,7 @@ QUERY_KINDS = ("e820", "regions", "check", "alloc", "free")
 #: allocation cap); ``error``: handled, answer ``error`` (no room, bad range).
 QUERY_OUTCOMES = ("ok", "error", "rejected")
 #: What a xenstore watch fired for.
-WATCH_KINDS = ("setup", "introduce", "release", "query", "request")
+WATCH_KINDS = ("setup", "introduce", "release", "query", "request", "backend")
 
 #: Seconds.  ``bench/bench_daemon.py`` (docs/performance.md) puts a setup at about
 #: 3 ms on a busy host (paced 200/s: p50 3 ms, p99 8 to 54 ms), 50 to 300 ms inside

@@ -162,7 +162,8 @@ def check(command: str, args: list[str], xenstore: str | None = None) -> tuple[s
                 raise NotChecked("rmrrd is not running on this host")
             domid = _domid(xs, domain)
             if xs.read_text(f"{answer_path(domid)}/status") is None:
-                raise NotChecked(f"rmrrd has no layout for domain {domid} (not created through rmrrd)")
+                raise NotChecked(f"rmrrd has no layout for domain {domid} "
+                                 "(neither requested nor learned from libxl)")
             worst = ("ok", "")
             for op, devices, target in requests:
                 _, result = ask(xs, format_request(op, domid, devices, target), CHECK_TIMEOUT)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ know nothing of rmrrd's keys (that is :mod:`rmrrd.protocol`), only of xenstore.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import TypeVar
 
 import trio
@@ -134,6 +134,22 @@ async def read_tree(tx: Ops, path: str) -> dict[str, str]:
         values = await gather(lambda rel: read_text(tx, f"{path}/{rel}"), level)
         found.update((rel, value) for rel, value in zip(level, values) if value)
         parents = [rel for rel, value in zip(level, values) if not value]
+        below = await gather(lambda rel: _children(tx, f"{path}/{rel}"), parents)
+        level = [f"{rel}/{name}" for rel, names in zip(parents, below) for name in names]
+    return found
+
+
+async def list_tree(tx: Ops, path: str, prune: Container[str] = ()) -> list[str]:
+    """Every node below ``path``, relative to it, parents first; [] if absent.
+
+    The children of a node named in ``prune`` (relative) are not listed.  Read
+    level by level, each level's listings pipelined.
+    """
+    found: list[str] = []
+    level = await _children(tx, path)
+    while level:
+        found += level
+        parents = [rel for rel in level if rel not in prune]
         below = await gather(lambda rel: _children(tx, f"{path}/{rel}"), parents)
         level = [f"{rel}/{name}" for rel, names in zip(parents, below) for name in names]
     return found

@@ -252,6 +252,13 @@ class Store:
             self.tree.put(path, Node(b"", (Perm(0, "n"),), 0))
         self.special_perms: dict[str, tuple[Perm, ...]] = {p: (Perm(0, "n"),) for p in SPECIAL_PATHS}
         self.introduced: dict[int, tuple[int, int]] = {}  # domid -> (mfn, event channel)
+        self.introduced_at: dict[int, int] = {}
+        """The tree's generation when each domain was introduced (none for those a
+        snapshot restored): a permission entry set before then grants it nothing,
+        as in C xenstored, where a domain exists from its creation and a
+        permission for a domain that does not exist is marked to be ignored.
+        Here a domain exists from its introduction (there is no hypervisor to ask),
+        and any domid a connection acts as without one is taken as existing."""
         self.targets: dict[int, int] = {}
         self.connections: dict[int, Connection] = {}
         self.usage: dict[int, Usage] = {}
@@ -472,10 +479,13 @@ class Store:
                 raise _fail("EINVAL", f"path longer than {self.quotas.path_max} below {base}")
         return path
 
-    def _bits(self, conn: Connection, perms: tuple[Perm, ...]) -> int:
+    def _bits(self, conn: Connection, perms: tuple[Perm, ...], perms_gen: int | None = None) -> int:
+        """``conn``'s access to a node with ``perms``, set at ``perms_gen`` (None:
+        a watch's check, which ignores when the entries were set)."""
         if conn.privileged:
             return READ | WRITE | OWNER
-        return access_bits(perms, conn.domid, self.targets.get(conn.domid))
+        return access_bits(perms, conn.domid, self.targets.get(conn.domid),
+                           introduced_at=None if perms_gen is None else self.introduced_at, perms_gen=perms_gen or 0)
 
     def _view(self, conn: Connection, tx_id: int) -> Tree | TxView:
         if tx_id == 0:
@@ -497,7 +507,7 @@ class Store:
         while node is None and parent != "/":
             parent = _parent(parent)
             node = view.get(parent)
-        if node is not None and self._bits(conn, node.perms) & need:
+        if node is not None and self._bits(conn, node.perms, node.perms_gen) & need:
             return _fail("ENOENT", f"no node {path}")
         return _fail("EACCES", f"no access to {path}")
 
@@ -505,7 +515,7 @@ class Store:
         node = view.get(path)
         if node is None:
             raise self._missing(view, conn, path, need)
-        if self._bits(conn, node.perms) & need != need:
+        if self._bits(conn, node.perms, node.perms_gen) & need != need:
             raise _fail("EACCES", f"dom{conn.domid} may not access {path}")
         return node
 
@@ -579,7 +589,7 @@ class Store:
             perms = (Perm(conn.domid, perms[0].access), *perms[1:])
         node = parent
         for new_path in reversed(missing):
-            node = Node(b"", perms, 0)
+            node = Node(b"", perms, 0, parent.perms_gen)
             parent.add_child(_leaf(new_path))
             view.touch(parent_path)
             view.put(new_path, node)
@@ -688,6 +698,7 @@ class Store:
         log.info("dom%d introduced", domid)
         self._fire(out, "@introduceDomain", self.special_perms["@introduceDomain"])
         self._meta_changed_now()
+        self.introduced_at[domid] = self.tree.gen
 
     def _release(self, out: Output, domid: int) -> None:
         """Forget a domain: its nodes go (as C xenstored's domain_tree_remove),
@@ -695,6 +706,7 @@ class Store:
         if domid not in self.introduced:
             raise _fail("ENOENT", f"dom{domid} is not introduced")
         del self.introduced[domid]
+        self.introduced_at.pop(domid, None)
         self.targets.pop(domid, None)
         owned = sorted(p for p, n in self.tree.nodes.items() if n.owner == domid and p != "/")
         for path in owned:
@@ -731,7 +743,7 @@ class Store:
         if node is None:
             node = self._create_missing(view, conn, path, value)
         else:
-            if self._bits(conn, node.perms) & WRITE == 0:
+            if self._bits(conn, node.perms, node.perms_gen) & WRITE == 0:
                 raise _fail("EACCES", f"dom{conn.domid} may not write {path}")
             old = node.value
             node.value = value

@@ -9,7 +9,7 @@ first entry names the owner and gives the access of every domain not listed afte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rmrrd.xenstore.wire import Perm
 
@@ -30,14 +30,18 @@ class Node:
     the tree, as C xenstored does with ``domain_memory_add``.
     """
 
-    __slots__ = ("value", "perms", "children", "gen", "size", "_child_bytes")
+    __slots__ = ("value", "perms", "children", "gen", "perms_gen", "size", "_child_bytes")
 
-    def __init__(self, value: bytes, perms: tuple[Perm, ...], gen: int) -> None:
+    def __init__(self, value: bytes, perms: tuple[Perm, ...], gen: int, perms_gen: int = 0) -> None:
         self.value = value
         self.perms = perms
         # A dict keeps insertion order and removes a child in O(1).
         self.children: dict[str, None] = {}
         self.gen = gen
+        self.perms_gen = perms_gen
+        """The store's generation when this permission list was set (by SET_PERMS,
+        or inherited at creation with the parent's): an entry naming a domain
+        introduced later grants nothing (see :func:`access_bits`)."""
         self.size = 0
         self._child_bytes = 0
 
@@ -57,7 +61,7 @@ class Node:
 
     def copy(self) -> Node:
         """A private copy for a transaction's overlay (children dict not shared)."""
-        clone = Node(self.value, self.perms, self.gen)
+        clone = Node(self.value, self.perms, self.gen, self.perms_gen)
         clone.children = dict(self.children)
         clone._child_bytes = self._child_bytes
         clone.size = self.size
@@ -78,17 +82,26 @@ class Node:
         return len(path) + self.record_size()
 
 
-def access_bits(perms: Sequence[Perm], domid: int, target: int | None) -> int:
+def access_bits(perms: Sequence[Perm], domid: int, target: int | None, *,
+                introduced_at: Mapping[int, int] | None = None, perms_gen: int = 0) -> int:
     """Access of unprivileged ``domid`` (acting for ``target`` if set) to a node.
 
     As ``perm_for_conn``: the owner (or a domain targeting the owner) gets
     everything; otherwise the first later entry naming the domain or its target
-    decides; otherwise the first entry's access is the default.
+    decides; otherwise the first entry's access is the default.  Entries naming a
+    domain introduced after the list was set (``introduced_at[domid] > perms_gen``:
+    the node's :attr:`Node.perms_gen`) are skipped, as C
+    xenstored skips the entries it marked ``XS_PERM_IGNORE``: a permission given
+    before its domain existed, or to an earlier domain with the same id, grants
+    nothing (``domain_alloc_permrefs``, ``domain_adjust_node_perms`` in
+    ``xenstored_domain.c``).
     """
     owner = perms[0].domid
     if owner == domid or (target is not None and owner == target):
         return ALL
     for perm in perms[1:]:
+        if introduced_at is not None and introduced_at.get(perm.domid, -1) > perms_gen:
+            continue
         if perm.domid == domid or (target is not None and perm.domid == target):
             return _BITS[perm.access]
     return _BITS[perms[0].access]

@@ -95,6 +95,7 @@ class Tree:
         self._add(path, node)
         node.gen = self._next_gen()
         self._changed(path)
+        node.perms_gen = node.gen
 
     def delete(self, path: str) -> None:
         self._drop(self.nodes.pop(path))
@@ -181,6 +182,7 @@ class TxView:
         assert node is not None  # the caller found it before asking
         self._recount(node, None)
         node.perms = perms
+        node.perms_gen = self._tree.gen  # set now: after every domain introduced so far
         self._recount(None, node)
         self._modified[path] = None
 

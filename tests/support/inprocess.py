@@ -27,12 +27,13 @@ from rmrrd.xenstore.client import XenstoreClient, open_xenstore
 
 def seed_config(workdir: Path, limits: Mapping[str, int | float] | None = None) -> Config:
     """The seed hosts (this host node-a, peer node-b), an embedded xenstored in
-    ``workdir``, HTTP on a port of the kernel's choosing."""
+    ``workdir``, HTTP on a port of the kernel's choosing; libxl's saved
+    configurations are read from ``workdir`` too."""
     base = default_config(environ={})
     return replace(
         base,
         xenstore=replace(base.xenstore, path=workdir / "xs.sock", embedded=True),
-        host=replace(base.host, name="node-a", sources=(INVENTORIES / "node-a.yaml",)),
+        host=replace(base.host, name="node-a", sources=(INVENTORIES / "node-a.yaml",), libxl_dir=workdir),
         peers=(INVENTORIES / "node-b.yaml",),
         metrics=MetricsConfig(port=0),
         limits=replace(LimitsConfig(), **(limits or {})),

@@ -2,9 +2,10 @@
 
 One daemon serves the whole module (its tests run in order): the seed scenario played
 through ``xenstore-write`` and ``rmrrd check``, its metrics, PV guests created and
-destroyed with ``xl`` that ask rmrrd from inside through their own xenstore connection, what ``xl create`` does to a domid rmrrd answered, SIGHUP, a restart (C
-xenstored cannot restart, so rmrrd does: the reconcile a reconnect runs is the same),
-and SIGTERM.
+destroyed with ``xl`` that ask rmrrd from inside through their own xenstore
+connection, what ``xl create`` does to a domid rmrrd answered, domains ``xl create``
+makes learned from libxl, SIGHUP, a restart (C xenstored cannot restart, so rmrrd
+does: the reconcile a reconnect runs is the same), and SIGTERM.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ NODE_B = "/opt/rmrrd/etc/inventories/node-b.yaml"
 NO_RMRR = "0000:00:1f.0"
 """A device of node-a with no reserved region."""
 NODE_C = "/etc/rmrrd/inventories/node-c.yaml"
+EARLY = "/tool/testbed/early"
+"""A node given to the guests before they existed."""
+EARLY_DOMIDS = range(1, 400)
+"""Domids a guest of this session may take (Xen gives them in turn); the permission
+list fits one xenstore payload."""
 
 
 @dataclass
@@ -176,7 +182,15 @@ def guests(rmrrd: Rmrrd, dom0: Dom0) -> Iterator[list[Guest]]:
     domain exists, as a toolstack must: docs/toolstack.md).  PV, not PVH: under
     emulation a running PVH guest makes the whole machine several times slower (every
     world switch of the emulated SVM flushes QEMU's TLB), and rmrrd meets both kinds
-    only through xenstore."""
+    only through xenstore.
+
+    Before they exist, a node outside their homes is given to the domids they may
+    take, as a toolstack asking rmrrd before it creates a domain gives it its answer
+    (xl wipes ``/local/domain/<domid>`` on create, so an answer cannot be written
+    early here)."""
+    # Every domid the guests may take (no domain holds one now: dom0 is alone).
+    dom0.run(["xenstore-write", EARLY, "granted before the domain existed"])
+    dom0.run(["xenstore-chmod", EARLY, "n0", *(f"r{domid}" for domid in EARLY_DOMIDS)])
     created = [dom0.create_guest("pv-1", kind="pv"), dom0.create_guest("pv-2", kind="pv")]
     with concurrent.futures.ThreadPoolExecutor() as pool:
         list(pool.map(lambda guest: guest.wait_ready(), created))
@@ -242,6 +256,20 @@ def test_a_guest_cannot_touch_what_is_not_its_own(guests: list[Guest]) -> None:
     assert results[-1] == (0, "ready")  # nothing above changed it
 
 
+def test_c_xenstored_grants_nothing_to_a_domain_younger_than_the_permission(
+        guests: list[Guest], dom0: Dom0, rmrrd: Rmrrd) -> None:
+    # What rmrrd answers for on @introduceDomain (it sets its answer's permissions
+    # again): C xenstored marks an entry for a domain that does not exist to be ignored.
+    guest = guests[0]
+    assert guest.domid in EARLY_DOMIDS
+    assert run_each(guest, [f"xenstore-read {EARLY}"]) == [(1, f"xenstore-read: couldn't read path {EARLY}")]
+    dom0.run(["xenstore-chmod", EARLY, "n0", f"r{guest.domid}"])  # set again, the domain existing
+    assert run_each(guest, [f"xenstore-read {EARLY}"]) == [(0, "granted before the domain existed")]
+    # rmrrd did the same for each guest's answer once it saw the guest introduced.
+    for each in guests:
+        rmrrd.wait_for_log(f"domain {each.domid}: introduced; permissions of its ", timeout=10)
+
+
 def test_rmrrd_follows_guests_as_xl_destroys_them(rmrrd: Rmrrd, guests: list[Guest], dom0: Dom0) -> None:
     before = metrics(dom0)
     for guest in guests:
@@ -268,20 +296,47 @@ def test_xl_create_on_a_domid_rmrrd_answered(rmrrd: Rmrrd, dom0: Dom0) -> None:
     guest = dom0.create_guest("reuse-1", memory_mib=256, paused=True)
     assert guest.domid == domid
     try:
-        # xl wiped the request and the answer; rmrrd says so once and drops the old layout.
+        # xl wiped the request and the answer; rmrrd says so once and drops the old
+        # layout, then learns the domain xl built (a PV guest: no layout).
         dom0.wait_until(f"! xenstore-exists /tool/rmrrd/assigned/{domid}", 30)
-        assert dom0.xs_read(f"/local/domain/{domid}/rmrr/status") is None
         rmrrd.wait_for_log(f"domain {domid}: request and answer gone, /libxl/{domid} still there "
                            "(domain re-created on this domid?)")
         assert rmrrd.log().count("re-created on this domid") == 1
+        assert dom0.xs_wait(f"/local/domain/{domid}/rmrr/origin") == "learned"
+        assert dom0.xs_read(f"/local/domain/{domid}/rmrr/type") == "pv"
         refused = check(dom0, "wipe-migrate-1", f"op=migrate domid={domid} target=node-b device={D3}")
-        assert refused["verdict"] == "fail" and "has no rmrrd answer" in refused["reason"], refused
+        assert refused["verdict"] == "fail" and "created without passthrough" in refused["reason"], refused
         # The toolstack asks again for the domain xl built, and gets its own answer.
         answer = write_request(dom0, domid, {"memory": "256", "migrate/0": "node-b"})
-        assert (answer["status"], answer["lowmem_end"]) == ("ready", "0x10000000")
+        assert (answer["status"], answer["lowmem_end"], "origin" in answer) == ("ready", "0x10000000", False)
         assert check(dom0, "wipe-migrate-2", f"op=migrate domid={domid} target=node-b device={D3}")["verdict"] == "ok"
     finally:
         guest.destroy()
+
+
+def test_domains_xl_creates_are_learned_from_libxl(rmrrd: Rmrrd, dom0: Dom0) -> None:
+    # Plain `xl create`, nothing written for rmrrd: learned from libxl's keys and the
+    # configuration it saved under /var/lib/xen.  Paused: rmrrd only needs xenstore.
+    plain = dom0.create_guest("learn-plain", paused=True)
+    open_ = dom0.create_guest("learn-pt", paused=True, config=['passthrough = "enabled"'])
+    try:
+        for guest in (plain, open_):
+            assert dom0.xs_wait(f"{guest.home}/rmrr/origin") == "learned"
+            dom0.run(["sh", "-c", f"ls /var/lib/xen/userdata-d.{guest.domid}.*.libxl-json"])  # where libxl saves
+            rmrrd.wait_for_log(f"domain {guest.domid}: learned from libxl (pv, its saved configuration read) "
+                               "ready: no layout (pv guest")
+        answer = dom0.xs_ls(f"{plain.home}/rmrr")
+        assert (answer["status"], answer["type"], answer["generation"][:8]) == ("ready", "pv", "learned-")
+        # The verdicts of Xen 4.17 for these domains: no device at all for a domain
+        # created without passthrough (EOPNOTSUPP), which the other one takes.
+        for guest, rc, says in ((plain, 1, "created without passthrough"), (open_, 0, "no reserved regions")):
+            verdict = dom0.rmrrd("check", "hotplug", "--domid", str(guest.domid), "--device", NO_RMRR, check=False)
+            assert verdict.rc == rc and says in verdict.text, verdict.describe()
+    finally:
+        for guest in (plain, open_):
+            guest.destroy()
+    for guest in (plain, open_):
+        dom0.wait_until(f"! xenstore-exists {guest.home}/rmrr", 30)
 
 
 def test_sighup_reloads_the_configuration(rmrrd: Rmrrd, dom0: Dom0) -> None:

@@ -1,0 +1,134 @@
+"""Learning the domains xl created: what libxl wrote to xenstore, and the configuration it saved.
+
+On a stock Xen host nothing writes ``/libxl/<domid>/rdm/``: libxl reserves device
+memory itself (``libxl__domain_device_construct_rdm``).  So that ``rmrrd check`` works
+for every running domain, a setup that finds no request there but a domain libxl
+built computes the layout libxl gave it and answers with ``origin=learned``
+(docs/xenstore-schema.md).  What libxl writes before it introduces a domain
+(``libxl__build_post``): ``/libxl/<domid>/type``, the ``memory/`` and ``platform/``
+keys; the PCI backend's ``dev-<n>`` / ``opts-<n>`` once devices are attached (and on
+every ``xl pci-attach``); the saved configuration
+``<libxl_dir>/userdata-d.<domid>.<uuid>.libxl-json`` at the end of ``xl create``
+(``domcreate_complete``) and on every attach.  A domain is learned again whenever
+one of those xenstore keys changes, and whenever an answer would be current otherwise
+only because the saved configuration had not been written yet.
+
+Reading the saved configuration is a small local file read inside the setup's
+transaction (a few KiB; bounded by :data:`MAX_SAVED_BYTES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rmrrd.errors import InputError
+from rmrrd.core.inventory import Inventory
+from rmrrd.core.libxl_domain import DomainType, LibxlDomain, domain_request, from_libxl_json, from_libxl_xenstore
+from rmrrd.core.planner import DomainRequest, RequestDefaults, learned_plan
+from rmrrd.protocol import LIBXL_JSON, domain_keys, libxl_type_path, pci_backend_path
+from rmrrd.xenstore.client import Transaction
+
+from rmrrd.daemon.lifecycle import SetupOutcome
+from rmrrd.xenstore.ops import gather, read_text, read_tree
+
+MAX_SAVED_BYTES = 1 << 20
+"""A saved configuration larger than this is not libxl's: refused, not read."""
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True, slots=True)
+class LibxlKeys:
+    """What libxl wrote to xenstore about one domain, as read in one transaction."""
+
+    domid: int
+    kind: str
+    keys: Mapping[str, str | None]
+    backend: Mapping[str, str] | None
+
+    @property
+    def uuid(self) -> str | None:
+        """From the domain's ``vm`` key (``/vm/<uuid>``), if it is one."""
+        vm = self.keys.get("vm") or ""
+        uuid = vm.rsplit("/", 1)[-1]
+        return uuid if _UUID.fullmatch(uuid) else None
+
+
+async def read_libxl_keys(tx: Transaction, domid: int) -> LibxlKeys | None:
+    """libxl's keys for ``domid``, or None while it has not built the domain (no
+    ``type``, or no ``memory/static-max``, which it writes just before the introduction)."""
+    kind = await read_text(tx, libxl_type_path(domid))
+    if kind is None:
+        return None
+    paths = domain_keys(domid)
+    values = dict(zip(paths, await gather(lambda key: read_text(tx, paths[key]), paths)))
+    if values["static_max"] is None:
+        return None
+    backend = await read_tree(tx, pci_backend_path(domid))
+    return LibxlKeys(domid, kind, values, backend or None)
+
+
+def saved_config_path(libxl_dir: Path, keys: LibxlKeys) -> Path | None:
+    """Where libxl keeps the domain's configuration (``libxl__userdata_path``)."""
+    uuid = keys.uuid
+    return None if uuid is None else libxl_dir / LIBXL_JSON.format(domid=keys.domid, uuid=uuid)
+
+
+def read_saved(path: Path | None) -> LibxlDomain | None:
+    """The saved configuration, or None when libxl has not written it (yet).
+
+    Raises :class:`InputError` naming the file when it is there but is not libxl's JSON.
+    """
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SAVED_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SAVED_BYTES:
+        raise InputError(f"{path}: larger than {MAX_SAVED_BYTES} bytes, not a libxl configuration")
+    try:
+        # libxl__set_domain_configuration stores the C string with its NUL.
+        obj = json.loads(data.removesuffix(b"\0"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not JSON: {exc}") from None
+    try:
+        return from_libxl_json(obj)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inventory,
+          peers: Mapping[str, Inventory]) -> tuple[str, SetupOutcome]:
+    """The learned answer's generation and outcome.
+
+    The generation is a digest of what was learned, so a setup triggered by a change
+    that changes nothing finds its answer current.
+    """
+    what = f"domain {keys.domid}"
+    try:
+        saved = read_saved(saved_config_path(libxl_dir, keys))
+        domain = from_libxl_xenstore(keys.kind, keys.keys, keys.backend, saved, what)
+    except InputError as exc:
+        return f"learned-error-{_digest(str(exc))}", SetupOutcome(None, None, str(exc), learned=keys.kind)
+    generation = f"learned-{_digest(repr((domain, saved is not None)))}"
+    try:
+        if domain.type is DomainType.HVM:
+            request = domain_request(domain, seabios_size=defaults.seabios_size)
+        else:
+            request = DomainRequest(domain.max_memory_mib, pci=domain.pci)
+        plan = learned_plan(domain.type.value, request, domain.passthrough, host, peers)
+    except InputError as exc:
+        return generation, SetupOutcome(None, None, f"{what}: {exc}", learned=domain.type.value)
+    return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,175 @@
+"""Domains xl created without a request: learned from libxl's keys and saved configuration.
+
+The daemon runs in process against its simulated xenstored; each test writes what
+libxl 4.17 writes for a domain it builds (``libxl__domain_make``: ``/libxl/<domid>/type``
+and the ``vm`` link; ``libxl__build_post``: ``memory/``; ``libxl__domain_build``:
+``platform/``; then the introduction), its PCI backend as ``libxl__device_pci_add``
+writes it, and the JSON libxl saves at the end of ``xl create``.  The same flow on
+the real Xen is in ``tests/xen/test_xen_learn.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+
+from support.inprocess import InProcessDaemon, inprocess_daemon
+from rmrrd.app.demo import D1, D2
+from rmrrd.app.toolstack import create_domain, read_answer
+from rmrrd.protocol import answer_path, pci_backend_path, request_path, result_path
+from rmrrd.xenstore.client import XenstoreClient
+from rmrrd.xenstore.ops import read_text, read_tree
+
+UUID = "0d6c3b1e-6a5c-4c3e-9d2b-{:012x}"
+WAIT = 10.0
+
+
+def uuid(domid: int) -> str:
+    return UUID.format(domid)
+
+
+def saved_config(kind: str, max_mib: int, *, hvm: dict[str, object] | None = None,
+                 pcidevs: list[dict[str, object]] | None = None, passthrough: str | None = None) -> dict[str, object]:
+    """A configuration as libxl saves it: fields at their default left out."""
+    c_info: dict[str, object] = {"type": kind, "name": f"guest-{kind}"}
+    if passthrough is not None:
+        c_info["passthrough"] = passthrough
+    b_info: dict[str, object] = {"max_memkb": max_mib * 1024, "target_memkb": max_mib * 1024}
+    if hvm is not None:
+        b_info["type.hvm"] = hvm
+    config: dict[str, object] = {"c_info": c_info, "b_info": b_info}
+    if pcidevs:
+        config["pcidevs"] = pcidevs
+    return config
+
+
+async def xl_builds(xs: XenstoreClient, domid: int, kind: str, max_mib: int, videoram_mib: int = 0) -> None:
+    """What libxl writes before it introduces the domain, and the introduction."""
+    home = f"/local/domain/{domid}"
+    async with xs.transaction() as tx:
+        await tx.write(f"/libxl/{domid}/type", kind)
+        await tx.write(f"/libxl/{domid}/dm-version", "qemu_xen")
+        await tx.write(f"{home}/vm", f"/vm/{uuid(domid)}")
+        await tx.write(f"{home}/name", f"guest-{domid}")
+    async with xs.transaction() as tx:
+        await tx.write(f"{home}/memory/static-max", str(max_mib * 1024))
+        await tx.write(f"{home}/memory/target", str((max_mib - videoram_mib) * 1024))
+        await tx.write(f"{home}/memory/videoram", str(videoram_mib * 1024))
+        if kind == "hvm":
+            await tx.write(f"{home}/platform/device-model", "qemu_xen")
+    await xs.introduce(domid, 0, 0)
+
+
+def save(daemon_dir: Path, domid: int, config: dict[str, object]) -> None:
+    """libxl__set_domain_configuration, at the end of xl create and on every attach:
+    yajl's pretty JSON and the C string's NUL (as found on Xen 4.17)."""
+    path = daemon_dir / f"userdata-d.{domid}.{uuid(domid)}.libxl-json"
+    path.write_bytes(json.dumps(config, indent=4).encode() + b"\n\0")
+
+
+async def xl_pci_attach(xs: XenstoreClient, domid: int, n: int, bdf: str, policy: str = "strict") -> None:
+    """libxl__device_pci_add_xenstore's keys for device ``n``."""
+    backend = pci_backend_path(domid)
+    async with xs.transaction() as tx:
+        await tx.write(f"{backend}/key-{n}", bdf)
+        await tx.write(f"{backend}/dev-{n}", bdf)
+        await tx.write(f"{backend}/opts-{n}", f"msitranslate=0,power_mgmt=0,permissive=0,rdm_policy={policy}")
+        await tx.write(f"{backend}/state-{n}", "1")
+        await tx.write(f"{backend}/num_devs", str(n + 1))
+
+
+async def wait_answer(xs: XenstoreClient, domid: int, key: str, value: str) -> dict[str, str]:
+    """Wait until the answer's ``key`` holds ``value``; the whole answer."""
+    with trio.fail_after(WAIT):
+        async with xs.watch(answer_path(domid)) as events:
+            async for _ in events:
+                if await read_text(xs, f"{answer_path(domid)}/{key}") == value:
+                    return await read_tree(xs, answer_path(domid))
+    raise AssertionError("unreachable")
+
+
+async def check(xs: XenstoreClient, req_id: str, line: str) -> dict[str, str]:
+    """A toolstack check as ``rmrrd check`` makes it; its result."""
+    with trio.fail_after(WAIT):
+        async with xs.watch(f"{result_path(req_id)}/verdict") as events:
+            await xs.write(request_path(req_id), line)
+            async for _ in events:
+                if await xs.exists(f"{result_path(req_id)}/verdict"):
+                    return await read_tree(xs, result_path(req_id))
+    raise AssertionError("unreachable")
+
+
+async def test_an_hvm_domain_is_learned_at_its_introduction_then_from_its_saved_configuration(
+        tmp_path: Path) -> None:
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        await xl_builds(xs, 3, "hvm", 4096, videoram_mib=8)
+        # Introduced, not saved yet: libxl's defaults, no host reservations.
+        first = await wait_answer(xs, 3, "origin", "learned")
+        assert (first["status"], first["type"], first["lowmem_end"]) == ("ready", "hvm", "0xf0000000")
+        # xl create ends: the configuration says rdm="strategy=host": the GPU's region at
+        # 2.5 GiB is reserved and low memory ends below it, as libxl lays it out.
+        save(tmp_path, 3, saved_config("hvm", 4096, hvm={"rdm": {"strategy": "host", "policy": "relaxed"}}))
+        learned = await wait_answer(xs, 3, "lowmem_end", "0xa0000000")
+        ram = (4096 - 8) << 20
+        assert learned["highmem_end"] == f"{(1 << 32) + ram - 0xa0000000:#x}"
+        assert {learned["region/0/range"], learned["region/1/range"]} == {"0xe0000-0xeffff", "0xa0000000-0xa37fffff"}
+        answer = await read_answer(xs, 3)
+        assert answer.origin == "learned" and answer.generation.startswith("learned-")
+        # xl pci-attach D1 (the USB controller, its buffer in the BIOS area): the
+        # domain holds it now, so another domain may not take D1's region.
+        await xl_pci_attach(xs, 3, 0, D1, policy="relaxed")
+        with trio.fail_after(WAIT):
+            while (await read_answer(xs, 3)).generation == answer.generation:
+                await trio.sleep(0.01)
+        await create_domain(xs, 7, {"memory": "1024"})
+        taken = await check(xs, "taken", f"op=hotplug domid=7 device={D1},rdm_policy=relaxed")
+        assert taken["verdict"] == "fail" and "assigned to domain 3" in taken["reason"], taken
+
+
+async def test_a_plain_pv_domain_takes_no_device_and_one_with_passthrough_takes_them_without_layout(
+        tmp_path: Path) -> None:
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        save(tmp_path, 4, saved_config("pv", 128))
+        await xl_builds(xs, 4, "pv", 128)
+        answer = await wait_answer(xs, 4, "type", "pv")
+        assert answer["status"] == "ready" and "lowmem_end" not in answer
+        refused = await check(xs, "plain", f"op=hotplug domid=4 device={D2}")
+        assert refused["verdict"] == "fail" and "created without passthrough" in refused["reason"], refused
+        # passthrough="enabled": D1's region lies in a PV guest's address space
+        # nowhere (the IOMMU maps it 1:1), so Xen takes it.
+        save(tmp_path, 5, saved_config("pv", 128, passthrough="enabled"))
+        await xl_builds(xs, 5, "pv", 128)
+        await wait_answer(xs, 5, "type", "pv")
+        assert (await check(xs, "pv", f"op=hotplug domid=5 device={D1}"))["verdict"] == "ok"
+        await xs.rm("/libxl/5")  # xl destroy: the learned answer goes like any other
+        with trio.fail_after(WAIT):
+            while await xs.exists(answer_path(5)):
+                await trio.sleep(0.01)
+
+
+async def test_a_saved_configuration_that_is_not_libxls_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    async with inprocess_daemon(tmp_path) as daemon:
+        (tmp_path / f"userdata-d.8.{uuid(8)}.libxl-json").write_text('{"c_info": {"type": "pv"}, "b_info": [')
+        await xl_builds(daemon.xs, 8, "pv", 128)
+        answer = await wait_answer(daemon.xs, 8, "status", "error")
+        assert answer["origin"] == "learned" and answer["error"].startswith(f"{tmp_path}/userdata-d.8."), answer
+        assert "not JSON" in answer["error"]
+
+
+async def test_a_domain_the_toolstack_described_keeps_its_request(tmp_path: Path) -> None:
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        answered = await create_domain(xs, 6, {"memory": "4096", "mmio_hole": "1024"})
+        await xl_builds(xs, 6, "hvm", 4096)
+        await daemon_idle(daemon)
+        assert await read_answer(xs, 6) == answered
+        assert answered.origin is None
+
+
+async def daemon_idle(daemon: InProcessDaemon) -> None:
+    """Let the daemon's owners handle what they were sent."""
+    await trio.sleep(0.2)
