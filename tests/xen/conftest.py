@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from xen.rmrr_host import HVM_RMRR
 from xen.testbed import BootConfig, Dom0, Testbed
 
 HERE = Path(__file__).resolve().parent
@@ -36,7 +37,8 @@ SYSTEMD = BootConfig(name="systemd", systemd=True, xenstored=None, memory_mib=30
 """Debian 12 booted by systemd, Debian's xen.service, rmrrd installed from the wheel and
 enabled (``systemd_dom0.py``); its root lives in dom0's memory, hence the larger sizes."""
 
-BOOT_FIXTURES = {"dom0": XENSTORED, "ox_dom0": OXENSTORED, "no_xenstored": NO_XENSTORED, "systemd_dom0": SYSTEMD}
+BOOT_FIXTURES = {"dom0": XENSTORED, "ox_dom0": OXENSTORED, "no_xenstored": NO_XENSTORED, "systemd_dom0": SYSTEMD,
+                 "hvm_rmrr_dom0": HVM_RMRR}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
@@ -75,6 +77,12 @@ def dom0(testbed: Testbed) -> Dom0:
 @pytest.fixture(scope="session")
 def ox_dom0(testbed: Testbed) -> Dom0:
     return testbed.boot(OXENSTORED)
+
+
+@pytest.fixture(scope="session")
+def hvm_rmrr_dom0(testbed: Testbed) -> Dom0:
+    """HVM guests' device model and firmware, and RMRRs from Xen's ``rmrr=`` (``rmrr_host.py``)."""
+    return testbed.boot(HVM_RMRR)
 
 
 @pytest.fixture(scope="session")

@@ -39,8 +39,10 @@ HERE = Path(__file__).resolve().parent
 MULTIARCH = "x86_64-linux-gnu"
 XEN_BIN = "usr/lib/xen-4.17/bin"
 
-DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "virtio_pci", "virtio_console")
-"""Xen's device drivers for the toolstack, and virtio for the command channel."""
+DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-pciback", "virtio_pci",
+               "virtio_console")
+"""Xen's device drivers for the toolstack (pciback: ``xl pci-assignable-add``, so a guest
+can be given a device), and virtio for the command channel."""
 XEN_TOOLS = ("xenstored", "oxenstored", "xl", "xen-init-dom0", "xenconsoled", "xenconsole", "libxl-save-helper",
              "xenstore-control", "init-xenstore-domain", "lsevtchn", "xen-diag", "test-xenstore")
 XENSTORE_UTILS = ("xenstore", "xenstore-chmod", "xenstore-exists", "xenstore-list", "xenstore-ls",

@@ -400,7 +400,8 @@ class Dom0:
                      config: Sequence[str] = (), timeout: float = 120.0) -> Guest:
         """``xl create`` a guest of the test guest image (``dom0/bin/testbed-guest-create``);
         returns once xl does, the guest booting (or paused).  ``kind``: ``pv``, ``pvh`` or
-        ``hvm``; ``config``: more xl.cfg lines (``'rdm = "strategy=host"'``)."""
+        ``hvm``, or ``hvm-firmware`` (no kernel: hvmloader and SeaBIOS alone); ``config``: more
+        xl.cfg lines (``'rdm = "strategy=host"'``), which win over the script's own."""
         result = self.run(["testbed-guest-create", name, kind, str(memory_mib), "paused" if paused else "running",
                            *config], timeout=timeout)
         return Guest(self, name, int(result.text))
