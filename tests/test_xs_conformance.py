@@ -180,16 +180,23 @@ async def test_removing_a_parent_fires_the_watches_below_it(xs: XenstoreClient, 
 
 async def test_watch_iteration_ends_on_unwatch(xs: XenstoreClient, xs_backend: XsBackend) -> None:
     seen: list[str] = []
+    both_seen = trio.Event()
     async with xs.watch(f"{xs_backend.root}/u") as events:
         async with trio.open_nursery() as nursery:
 
             async def collect() -> None:
                 async for event in events:
                     seen.append(event.path)
+                    if len(seen) == 2:
+                        both_seen.set()
 
             nursery.start_soon(collect)
             await xs.write(f"{xs_backend.root}/u", "1")
-            await xs.read(f"{xs_backend.root}/u")  # a round trip: the write's event has come
+            # Waited for, not inferred from a later reply: through /dev/xen/xenbus the
+            # dom0 kernel queues watch events from its xenwatch thread and replies from
+            # another, so a reply can overtake the event of an earlier write.
+            with trio.fail_after(10):
+                await both_seen.wait()  # the initial event and the write's
             await xs.unwatch(events.path, events.token)  # collect() ends
     assert seen == [f"{xs_backend.root}/u"] * 2
 
