@@ -15,7 +15,8 @@ draws the same map.
   ``libxl_domain`` (what stock xl/libxl make of a configuration: xl.cfg, or
   ``libvirt_xml``, libvirt's domain XML); ``guest_layout`` (hvmloader's fixed areas);
   ``regions``; ``planner`` (a domain's layout); ``checks`` (assign, hotplug, migrate
-  verdicts); ``guest_queries`` (a guest's queries); ``rate_limit``.
+  verdicts); ``guest_queries`` (a guest's queries); ``rate_limit``; ``newest`` (the
+  per-request nodes kept).
 - ``xenstore/``: ``wire`` (the sans-IO codec both ends share), ``client`` with
   ``client_conn`` and ``client_watch`` (rmrrd's trio client), ``blocking`` (a small
   blocking client for short commands), ``locate`` (where xenstored is), ``store`` with

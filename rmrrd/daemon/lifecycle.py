@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from rmrrd.core.guest_queries import Allocations, QueryResult, handle_query
+from rmrrd.core.newest import note_newest
 from rmrrd.core.pci import Bdf
 from rmrrd.core.planner import DomainRequest, Plan
 from rmrrd.core.ranges import Range
@@ -730,13 +731,9 @@ class DomainMachine:
         if result.allocated is not None:
             effects.append(RecordAllocation(result.allocated, held=True))
         domain.allocations.apply(result)
-        if name in domain.replies:
-            domain.replies.remove(name)
-        domain.replies.append(name)
         # The oldest go before the new reply is written: a guest that reads its reply
         # never sees more than REPLIES_KEPT, nor the domain's quota more nodes.
-        while len(domain.replies) > REPLIES_KEPT:
-            effects.append(RemoveReply(domain.replies.popleft()))
+        effects += [RemoveReply(old) for old in note_newest(domain.replies, name, REPLIES_KEPT)]
         effects += [WriteReply(name, result.reply), RemoveQuery(name)]
         effects.append(CountQuery(result.kind, result.outcome))
         if result.outcome != "ok":

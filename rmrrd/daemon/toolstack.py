@@ -17,6 +17,7 @@ from functools import partial
 import trio
 
 from rmrrd.core.checks import Verdict, check_assign, check_hotplug, check_migrate, rank_migration_targets
+from rmrrd.core.newest import note_newest
 from rmrrd.errors import InputError
 from rmrrd.core.pci import Bdf
 from rmrrd.protocol import (REQUEST_ROOT, RESULT_ROOT, Result, ToolRequest, assigned_path, attachment_entry,
@@ -27,7 +28,7 @@ from rmrrd.xenstore.wire import NoEntry
 from rmrrd.daemon.domains import Domains
 from rmrrd.daemon.lifecycle import DeviceAttached, Domain
 from rmrrd.daemon.settings import Settings
-from rmrrd.xenstore.ops import gather, keep_newest, rm_quietly
+from rmrrd.xenstore.ops import gather, rm_quietly
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ class ToolstackHandler:
         subject = (f"domain {request.domid} {request.op} " + " ".join(str(d.bdf) for d in request.devices)
                    if request is not None else "malformed")
         log.log(level, "request %s: %s: %s: %s", req_id, subject.strip(), verdict.verdict, verdict.reason)
-        await keep_newest(domains.xs, self._results, req_id, domains.settings.results_kept, RESULT_ROOT)
+        for old in note_newest(self._results, req_id, domains.settings.results_kept):
+            await rm_quietly(domains.xs, f"{RESULT_ROOT}/{old}")
         return attach
 
 

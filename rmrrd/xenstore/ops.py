@@ -7,7 +7,6 @@ know nothing of rmrrd's keys (that is :mod:`rmrrd.protocol`), only of xenstore.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import TypeVar
 
@@ -106,19 +105,6 @@ async def rm_quietly(tx: Ops, path: str) -> None:
         await tx.rm(path)
     except NoEntry:
         pass
-
-
-async def keep_newest(tx: Ops, kept: deque[str], name: str, limit: int, parent: str) -> None:
-    """Note ``parent/name`` as the newest of ``kept``; remove the oldest beyond ``limit``.
-
-    For the nodes rmrrd writes per request (results, replies): without a bound, a
-    client writing fresh ids would grow the store without end.
-    """
-    if name in kept:
-        kept.remove(name)
-    kept.append(name)
-    while len(kept) > limit:
-        await rm_quietly(tx, f"{parent}/{kept.popleft()}")
 
 
 async def read_tree(tx: Ops, path: str) -> dict[str, str]:
