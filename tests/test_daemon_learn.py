@@ -157,7 +157,7 @@ async def test_a_saved_configuration_that_is_not_libxls_is_an_error_naming_the_f
         await xl_builds(daemon.xs, 8, "pv", 128)
         answer = await wait_answer(daemon.xs, 8, "status", "error")
         assert answer["origin"] == "learned" and answer["error"].startswith(f"{tmp_path}/userdata-d.8."), answer
-        assert "not JSON" in answer["error"]
+        assert "not valid JSON" in answer["error"]
 
 
 async def test_a_domain_the_toolstack_described_keeps_its_request(tmp_path: Path) -> None:

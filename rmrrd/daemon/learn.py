@@ -20,12 +20,12 @@ transaction (a few KiB; bounded by :data:`MAX_SAVED_BYTES`).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.libxl_domain import DomainType, LibxlDomain, domain_request, from_libxl_json, from_libxl_xenstore
@@ -36,7 +36,7 @@ from rmrrd.xenstore.client import Transaction
 from rmrrd.daemon.lifecycle import SetupOutcome
 from rmrrd.xenstore.ops import gather, read_text, read_tree
 
-MAX_SAVED_BYTES = 1 << 20
+MAX_SAVED_BYTES = inputs.SMALL
 """A saved configuration larger than this is not libxl's: refused, not read."""
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -81,24 +81,14 @@ def saved_config_path(libxl_dir: Path, keys: LibxlKeys) -> Path | None:
 def read_saved(path: Path | None) -> LibxlDomain | None:
     """The saved configuration, or None when libxl has not written it (yet).
 
-    Raises :class:`InputError` naming the file when it is there but is not libxl's JSON.
+    Raises :class:`InputError` naming the file when it is there but is not libxl's
+    JSON (read within :data:`MAX_SAVED_BYTES` and the nesting cap of :mod:`rmrrd.inputs`).
     """
-    if path is None:
-        return None
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_SAVED_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_SAVED_BYTES:
-        raise InputError(f"{path}: larger than {MAX_SAVED_BYTES} bytes, not a libxl configuration")
-    try:
-        # libxl__set_domain_configuration stores the C string with its NUL.
-        obj = json.loads(data.removesuffix(b"\0"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not JSON: {exc}") from None
+    if path is None or not path.exists():
+        return None  # one removed before the read below is an error this once: the domain is going
+    data = inputs.read_bytes(path, MAX_SAVED_BYTES, "libxl configuration")
+    # libxl__set_domain_configuration stores the C string with its NUL.
+    obj = inputs.parse_json(data.removesuffix(b"\0"), str(path))
     try:
         return from_libxl_json(obj)
     except InputError as exc:
