@@ -11,6 +11,7 @@ name the fixture in ``BOOT_FIXTURES`` so it is started early as well.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from xen.rmrr_host import HVM_RMRR
+from xen.daemon import CONFIG, LOG, Rmrrd
+from xen.rmrr_host import ASSIGNABLE, HVM_RMRR, INVENTORY, INVENTORY_TEXT, RMRRD_CONFIG_TEXT
 from xen.testbed import BootConfig, Dom0, Testbed
 
 HERE = Path(__file__).resolve().parent
@@ -83,6 +85,24 @@ def ox_dom0(testbed: Testbed) -> Dom0:
 def hvm_rmrr_dom0(testbed: Testbed) -> Dom0:
     """HVM guests' device model and firmware, and RMRRs from Xen's ``rmrr=`` (``rmrr_host.py``)."""
     return testbed.boot(HVM_RMRR)
+
+
+@pytest.fixture(scope="session")
+def hvm_rmrrd(hvm_rmrr_dom0: Dom0) -> Iterator[Rmrrd]:
+    """``rmrrd run`` on the HVM machine, with its regions as an inventory, before any
+    guest is created there; the devices of its RMRRs made assignable."""
+    dom0 = hvm_rmrr_dom0
+    dom0.write_file(INVENTORY, INVENTORY_TEXT)
+    dom0.write_file(CONFIG, RMRRD_CONFIG_TEXT)
+    dom0.run(["rm", "-f", LOG])
+    for device in ASSIGNABLE:
+        dom0.run(["xl", "pci-assignable-add", device])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        daemon = Rmrrd(dom0, executor)
+        daemon.start()
+        yield daemon
+        if daemon.run is not None and not daemon.run.done():
+            daemon.stop()
 
 
 @pytest.fixture(scope="session")
