@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rmrrd import inputs
@@ -30,6 +30,7 @@ from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.libxl_domain import DomainType, LibxlDomain, domain_request, from_libxl_json, from_libxl_xenstore
 from rmrrd.core.planner import DomainRequest, RequestDefaults, learned_plan
+from rmrrd.core.xlcfg import DeviceSpec
 from rmrrd.protocol import LIBXL_JSON, domain_keys, libxl_type_path, pci_backend_path
 from rmrrd.xenstore.client import Transaction
 
@@ -96,11 +97,16 @@ def read_saved(path: Path | None) -> LibxlDomain | None:
 
 
 def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inventory,
-          peers: Mapping[str, Inventory]) -> tuple[str, SetupOutcome]:
+          peers: Mapping[str, Inventory], laid_out: tuple[DeviceSpec, ...] | None = None) -> tuple[str, SetupOutcome]:
     """The learned answer's generation and outcome.
 
     The generation is a digest of what was learned, so a setup triggered by a change
-    that changes nothing finds its answer current.
+    that changes nothing finds its answer current.  ``laid_out``: the devices an HVM
+    guest was built with, once known (:attr:`Domain.laid_out`): its layout is planned
+    with those, as libxl laid it out at creation (``libxl__domain_device_construct_rdm``)
+    and never again; the devices attached since are held, and checked, but move nothing.
+    None: the devices there now (at creation, or after a restart of rmrrd, which cannot
+    tell a device attached later from one the guest was built with).
     """
     what = f"domain {keys.domid}"
     try:
@@ -111,13 +117,18 @@ def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inv
     generation = f"learned-{_digest(repr((domain, saved is not None)))}"
     try:
         if domain.type is DomainType.HVM:
-            request = domain_request(domain, seabios_size=defaults.seabios_size)
+            built = domain.pci if laid_out is None else laid_out
+            request = domain_request(replace(domain, pci=built), seabios_size=defaults.seabios_size)
+            plan = learned_plan(domain.type.value, request, domain.passthrough, host, peers)
+            request = replace(request, pci=domain.pci)  # what the domain holds now
         else:
+            built = None
             request = DomainRequest(domain.max_memory_mib, pci=domain.pci)
-        plan = learned_plan(domain.type.value, request, domain.passthrough, host, peers)
+            plan = learned_plan(domain.type.value, request, domain.passthrough, host, peers)
     except InputError as exc:
         return generation, SetupOutcome(None, None, f"{what}: {exc}", learned=domain.type.value)
-    return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None)
+    return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None,
+                                    laid_out=built)
 
 
 def _digest(text: str) -> str:
