@@ -11,7 +11,6 @@ name the fixture in ``BOOT_FIXTURES`` so it is started early as well.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import signal
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from xen.daemon import CONFIG, LOG, Rmrrd
+from xen.daemon import Rmrrd, running
 from xen.rmrr_host import ASSIGNABLE, HVM_RMRR, INVENTORY, INVENTORY_TEXT, RMRRD_CONFIG_TEXT
 from xen.testbed import BootConfig, Dom0, Testbed
 
@@ -93,16 +92,10 @@ def hvm_rmrrd(hvm_rmrr_dom0: Dom0) -> Iterator[Rmrrd]:
     guest is created there; the devices of its RMRRs made assignable."""
     dom0 = hvm_rmrr_dom0
     dom0.write_file(INVENTORY, INVENTORY_TEXT)
-    dom0.write_file(CONFIG, RMRRD_CONFIG_TEXT)
-    dom0.run(["rm", "-f", LOG])
     for device in ASSIGNABLE:
         dom0.run(["xl", "pci-assignable-add", device])
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
-        daemon = Rmrrd(dom0, executor)
-        daemon.start()
+    with running(dom0, RMRRD_CONFIG_TEXT) as daemon:
         yield daemon
-        if daemon.run is not None and not daemon.run.done():
-            daemon.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ the tests read while it runs; ready when it says so in xenstore.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xen.testbed import CommandFailed, Dom0, Result
@@ -57,3 +59,17 @@ class Rmrrd:
             self.dom0.wait_until(f"grep -q{'E' if regex else 'F'} {shlex.quote(needle)} {LOG}", timeout)
         except CommandFailed:
             raise AssertionError(f"no line with {needle!r} in rmrrd's log:\n{self.log()}") from None
+
+
+@contextlib.contextmanager
+def running(dom0: Dom0, config_text: str) -> Iterator[Rmrrd]:
+    """``rmrrd run`` with ``config_text`` as CONFIG and a fresh LOG, ready; stopped
+    (SIGTERM) at the end unless a test did."""
+    dom0.write_file(CONFIG, config_text)
+    dom0.run(["rm", "-f", LOG])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        daemon = Rmrrd(dom0, executor)
+        daemon.start()
+        yield daemon
+        if daemon.run is not None and not daemon.run.done():
+            daemon.stop()

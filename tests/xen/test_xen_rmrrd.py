@@ -19,7 +19,7 @@ import pytest
 
 from support import D1, D2, D3, SEED_DOMAIN
 from support.prometheus import promtool_check_metrics, tools_available
-from xen.daemon import CONFIG, LOG, STATUS, Rmrrd
+from xen.daemon import CONFIG, STATUS, Rmrrd, running
 from xen.testbed import CommandFailed, Dom0, Guest
 
 SEED_DOMID = 900
@@ -47,14 +47,8 @@ list fits one xenstore payload."""
 
 @pytest.fixture(scope="module")
 def rmrrd(dom0: Dom0) -> Iterator[Rmrrd]:
-    dom0.write_file(CONFIG, CONFIG_TEXT.format(peers=NODE_B))
-    dom0.run(["rm", "-f", LOG])
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
-        daemon = Rmrrd(dom0, executor)
-        daemon.start()
+    with running(dom0, CONFIG_TEXT.format(peers=NODE_B)) as daemon:
         yield daemon
-        if daemon.run is not None and not daemon.run.done():
-            daemon.stop()
 
 
 def write_request(dom0: Dom0, domid: int, keys: dict[str, str], generation: str = "1") -> dict[str, str]:
