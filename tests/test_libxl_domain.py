@@ -277,3 +277,27 @@ def test_xenstore_says_what_runs_over_the_saved_configuration() -> None:
         from_libxl_xenstore("pv", {"static_max": "12x"}, None, None, "domain 4")
     with pytest.raises(InputError, match="domain 4: PCI backend/dev-0: "):
         from_libxl_xenstore("pv", {"static_max": "131072"}, {"dev-0": "zz"}, None, "domain 4")
+
+
+@pytest.mark.parametrize(("text", "passthrough"), [
+    ('type="hvm"\n', False),  # "default" without pci=: libxl disables it
+    ('type="hvm"\npci=["00:02.0"]\n', True),
+    ('type="hvm"\npassthrough="enabled"\n', True),
+    ('type="hvm"\npassthrough="Sync_PT"\n', True),  # libxl_passthrough_from_string ignores case
+    ('type="hvm"\npassthrough="disabled"\n', False),
+])
+def test_passthrough_as_libxl_decides_it(text: str, passthrough: bool) -> None:
+    prediction = _predict(text)
+    assert (prediction.domain.passthrough, prediction.domain.refusals) == (passthrough, ())
+
+
+def test_passthrough_refusals() -> None:
+    assert _predict('type="hvm"\npassthrough="disabled"\npci=["00:02.0"]\n').domain.refusals == (
+        "g.cfg:2: passthrough: passthrough disabled but devices are specified: libxl refuses it",)
+    # PoD with passthrough, devices or not (libxl__domain_config_setdefault).
+    [pod] = _predict('type="hvm"\nmemory=512\nmaxmem=1024\npassthrough="enabled"\n').domain.refusals
+    assert pod.startswith("g.cfg:2: memory: memory 512 MiB < maxmem 1024 MiB starts the guest in PoD mode")
+    assert _predict('type="pvh"\npassthrough="enabled"\n').domain.refusals == (
+        "g.cfg:2: passthrough: libxl refuses passthrough to x86 PVH guests",)
+    with pytest.raises(InputError, match=r"^g\.cfg:2: passthrough: unknown passthrough option 'on': xl refuses it"):
+        _predict('type="hvm"\npassthrough="on"\n')

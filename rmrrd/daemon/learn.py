@@ -28,8 +28,8 @@ from pathlib import Path
 from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
-from rmrrd.core.libxl_domain import DomainType, LibxlDomain, domain_request, from_libxl_json, from_libxl_xenstore
-from rmrrd.core.planner import DomainRequest, RequestDefaults, learned_plan
+from rmrrd.core.libxl_domain import LibxlDomain, from_libxl_json, from_libxl_xenstore, libxl_plan
+from rmrrd.core.planner import RequestDefaults
 from rmrrd.protocol import LIBXL_JSON, domain_keys, libxl_type_path, pci_backend_path
 from rmrrd.xenstore.client import Transaction
 
@@ -110,11 +110,7 @@ def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inv
         return f"learned-error-{_digest(str(exc))}", SetupOutcome(None, None, str(exc), learned=keys.kind)
     generation = f"learned-{_digest(repr((domain, saved is not None)))}"
     try:
-        if domain.type is DomainType.HVM:
-            request = domain_request(domain, seabios_size=defaults.seabios_size)
-        else:
-            request = DomainRequest(domain.max_memory_mib, pci=domain.pci)
-        plan = learned_plan(domain.type.value, request, domain.passthrough, host, peers)
+        request, plan = libxl_plan(domain, host, peers, seabios_size=defaults.seabios_size)
     except InputError as exc:
         return generation, SetupOutcome(None, None, f"{what}: {exc}", learned=domain.type.value)
     return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None)
