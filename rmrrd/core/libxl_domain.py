@@ -56,6 +56,11 @@ RDM_MEM_BOUNDARY_DEFAULT_MIB = 2048
 DEFAULT_MEMORY_MIB = 32
 """libxl's ``max_memkb`` when neither ``memory`` nor ``maxmem`` is set."""
 
+ATTACHED_POLICY = Policy.STRICT
+"""The policy of a device attached to a running domain without its own ``rdm_policy``:
+``xl pci-attach`` (and libvirt) hand libxl an unset one, which
+``libxl__device_pci_setdefault`` makes strict whatever the domain's ``rdm=`` policy.
+Every device a learned domain may still get is attached this way."""
 POLICY_BUG_FIX = ('write rdm="strategy=host" without policy= and give every pci= device its own '
                   "rdm_policy=")
 
@@ -456,7 +461,7 @@ def from_libxl_json(obj: object) -> LibxlDomain:
     passthrough = mode not in (None, "default", "disabled") or (
         mode != "disabled" and bool(devices or config.obj.get("dtdevs")))
     domain = LibxlDomain(DomainType(kind), max_memory, target, hap=True if hap is None else hap, pci=tuple(devices),
-                         passthrough=passthrough)
+                         passthrough=passthrough, device_policy=ATTACHED_POLICY)
     if domain.type is not DomainType.HVM:
         return domain
     hvm = b_info.sub("type.hvm")
@@ -532,7 +537,8 @@ def from_libxl_xenstore(kind: str, keys: Mapping[str, str | None], backend: Mapp
         raise InputError(f"{what}: type {kind[:20]!r} is not hvm, pv or pvh") from None
     max_memory = _kib(keys, "static_max", f"{what}: memory/static-max") or DEFAULT_MEMORY_MIB
     target = _kib(keys, "target", f"{what}: memory/target") or max_memory
-    domain = saved if saved is not None and saved.type is guest else LibxlDomain(guest, max_memory, target)
+    domain = (saved if saved is not None and saved.type is guest
+              else LibxlDomain(guest, max_memory, target, device_policy=ATTACHED_POLICY))
     devices = domain.pci if backend is None else tuple(backend_devices(backend, f"{what}: PCI backend"))
     domain = replace(domain, max_memory_mib=max_memory, memory_mib=target, pci=devices,
                      passthrough=domain.passthrough or bool(devices))
