@@ -27,8 +27,9 @@ DAEMON_MACHINERY = {"trio", "yaml", "prometheus_client", "h11", "outcome", "attr
 PLANNING = {"rmrrd.core.planner", "rmrrd.core.libxl_domain", "rmrrd.edges.host_inventory", "xml.etree.ElementTree"}
 """Not where nothing is planned."""
 XL_CONFIG = {"rmrrd.core.xlcfg_file", "rmrrd.core.libxlu", "rmrrd.app.xl_config", "rmrrd.app.host_cache",
-             "rmrrd.core.inventory_yaml", "rmrrd.cli.plan"}
-"""The xl.cfg reader and the inventories of ``check --xl-config``: not on ``check --domid``."""
+             "rmrrd.core.inventory_yaml", "rmrrd.cli.plan", "pathlib"}
+"""The xl.cfg reader and the inventories of ``check --xl-config``, and the file paths
+they take (``pathlib`` pulls in ``urllib.parse``): not on ``check --domid``."""
 HELP_TEXT = {"shutil", "textwrap"}
 """What argparse needs only to print help (the terminal's width, wrapping)."""
 

@@ -18,7 +18,6 @@ YAML, no xl.cfg reader or planner, nothing imported that the check does not use
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rmrrd.cli.exits import EXIT_USAGE
@@ -26,6 +25,8 @@ from rmrrd.errors import InputError
 from rmrrd.protocol import Result
 
 if TYPE_CHECKING:  # imported by the --xl-config path only
+    from pathlib import Path
+
     from rmrrd.core.inventory import Inventory
     from rmrrd.core.pci import Bdf
 
@@ -55,7 +56,7 @@ def register(subparsers: Any) -> None:
                         help="what to check: assigning a device, hot-plugging it, or migrating the domain")
     domain = parser.add_mutually_exclusive_group(required=True)
     domain.add_argument("--domid", type=int, help="the running guest's domain id: ask the daemon")
-    domain.add_argument("--xl-config", metavar="FILE", type=Path,
+    domain.add_argument("--xl-config", metavar="FILE",
                         help="an xl.cfg file: check offline the domain stock xl 4.17 would create from it, "
                              "its bugs included (no daemon needed)")
     parser.add_argument("--device", action="append", default=[], metavar="SPEC",
@@ -64,11 +65,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--xenstore", help="--domid: xenstored socket (default: $XENSTORED_PATH, then dom0's)")
     parser.add_argument("--timeout", type=float, help=f"--domid: seconds to wait for the verdict "
                                                       f"(default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--inventory", metavar="FILE", type=Path,
+    parser.add_argument("--inventory", metavar="FILE",
                         help="--xl-config: this host's inventory (YAML, docs/inventory.md); default: the one "
                              "the daemon would load here ($RMRRD_CONFIG, else /etc/rmrrd/rmrrd.yaml, else "
                              "this host's firmware tables)")
-    parser.add_argument("--peer", metavar="FILE", type=Path, action="append", default=[],
+    parser.add_argument("--peer", metavar="FILE", action="append", default=[],
                         help="--xl-config: a peer host's inventory, with its aliases, for migrate (repeatable)")
     parser.add_argument("--seabios-size", metavar="KIB", type=int,
                         help="--xl-config: the SeaBIOS image in KiB (default: the configuration's "
@@ -131,7 +132,10 @@ def check_xl_config(args: argparse.Namespace) -> Result:
     offline: the rule on a region shared with another domain's device is the daemon's
     alone.
     """
-    # Imported here: --domid needs none of it (tests/test_short_paths.py).
+    # Imported here: --domid needs none of it, pathlib included (tests/test_short_paths.py);
+    # the file options are strings until this path uses them.
+    from pathlib import Path
+
     from rmrrd.app.xl_config import read_xl_config
     from rmrrd.cli.plan import load_peers
     from rmrrd.core.checks import Verdict, check_operation
@@ -139,15 +143,15 @@ def check_xl_config(args: argparse.Namespace) -> Result:
     from rmrrd.protocol import parse_check
 
     devices, target = parse_check(args.op, args.device, args.target)
-    peers = load_peers(args.peer)
+    peers = load_peers([Path(peer) for peer in args.peer])
     if args.op == "migrate" and target is None and not peers:
         raise InputError("migrate without --target ranks the --peer hosts: give at least one --peer FILE")
-    domain = read_xl_config(args.xl_config, "check")
+    domain = read_xl_config(Path(args.xl_config), "check")
     ranking: list[str] = []
     if domain.refusals:
         verdict = Verdict("fail", f"libxl would refuse to create the domain: {'; '.join(domain.refusals)}")
     else:
-        host, seabios_size = _this_host(args)
+        host, seabios_size = _this_host(None if args.inventory is None else Path(args.inventory), args.seabios_size)
         _, plan = libxl_plan(domain, host, peers, seabios_size=seabios_size)
         if plan.status != "ready":
             verdict = Verdict("fail", f"libxl would refuse to create the domain on {host.host}: {plan.error}")
@@ -161,13 +165,13 @@ def _no_other_domains() -> dict[Bdf, int]:
     return {}
 
 
-def _this_host(args: argparse.Namespace) -> tuple[Inventory, int | None]:
+def _this_host(inventory: Path | None, seabios_size: int | None) -> tuple[Inventory, int | None]:
     """This host's inventory and SeaBIOS size: ``--inventory``, else the daemon's configuration's."""
-    if args.inventory is not None:
+    if inventory is not None:
         from rmrrd.core.inventory_yaml import load_inventory_file
 
-        return load_inventory_file(args.inventory), args.seabios_size
+        return load_inventory_file(inventory), seabios_size
     from rmrrd.app.host_cache import this_host
 
-    host, seabios_size = this_host()
-    return host, seabios_size if args.seabios_size is None else args.seabios_size
+    host, configured = this_host()
+    return host, configured if seabios_size is None else seabios_size
