@@ -12,6 +12,9 @@ daemon on the simulated xenstored (two processes, as ``bench_daemon.py`` starts 
 with the seed's domain 1 set up:
 
 * ``rmrrd check hotplug``: one toolstack check through the daemon;
+* ``rmrrd check hotplug --xl-config``: the same check offline, for an xl.cfg file
+  (read, planned against this host's inventory, which is cached as for the libvirt
+  hook after the warm-up runs);
 * ``rmrrd-xl pci-attach``: the xl wrapper's check, then exec of ``/bin/true`` in
   place of xl;
 * ``rmrrd-libvirt-hook prepare``: a domain XML without PCI devices (the common case),
@@ -47,6 +50,8 @@ from rmrrd.xenstore.client import open_xenstore  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 GPU_XML = (REPO / "tests" / "data" / "libvirt" / "hvm-gpu.xml").read_text()
 NO_DEVICE_XML = GPU_XML[:GPU_XML.index("    <hostdev")] + GPU_XML[GPU_XML.index("    </hostdev>\n") + 15:]
+XL_CONFIG = REPO / "tests" / "data" / "xl" / "hvm-2g-host.cfg"
+"""A 2 GiB HVM guest with rdm="strategy=host": the offline check plans it, the GPU's region reserved."""
 AIM_MS = 80.0
 
 
@@ -95,6 +100,8 @@ def main() -> int:
             ("xenstore-read (floor)", ["xenstore-read", "/tool/rmrrd/status"], ""),
             ("rmrrd check hotplug", [str(VENV_BIN / "rmrrd"), "check", "hotplug", "--domid", "1",
                                      "--device", "0000:00:02.0"], ""),
+            ("rmrrd check hotplug --xl-config", [str(VENV_BIN / "rmrrd"), "check", "hotplug", "--xl-config",
+                                                 str(XL_CONFIG), "--device", "0000:00:02.0"], ""),
             ("rmrrd-xl pci-attach", [str(VENV_BIN / "rmrrd-xl"), "pci-attach", "1", "0000:00:02.0"], ""),
             ("rmrrd-libvirt-hook prepare, no PCI device",
              [str(VENV_BIN / "rmrrd-libvirt-hook"), "g", "prepare", "begin", "-"], NO_DEVICE_XML),

@@ -36,11 +36,11 @@ draws the same map.
 - ``app/``: ``service`` (``rmrrd run``: the wiring into one trio nursery, signals,
   reload), ``reload`` (what a reload changed), ``toolstack`` (the toolstack's and the
   guest's side of the protocol), ``check`` (a toolstack check, blocking), ``demo``
-  (the seed scenario).
+  (the seed scenario), ``host_cache`` (this host's inventory for the checks made
+  without the daemon, cached), ``xl_config`` (a domain read from an xl.cfg file).
 - ``cli/``: the ``rmrrd`` command, one module per subcommand; ``docs`` (its man page
   and completion).  ``hooks/``, beside it: ``libvirt`` (libvirt's libxl hook), ``xl``
-  (the xl wrapper), ``stock`` (what stock libxl does with a new domain on this host),
-  ``host_cache`` (their cached host inventory).
+  (the xl wrapper), ``stock`` (what stock libxl does with a new domain on this host).
 """
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ rmrrd keeps for a restart, the daemon's status.  Decoders raise
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -357,18 +357,29 @@ def parse_request(text: str) -> ToolRequest:
     domid = parse_domid(_single(words, "domid"))
     if domid is None:
         raise InputError(f"domid={words['domid'][0][:40]!r} is not a domain id")
-    devices = tuple(parse_device_spec(spec) for spec in words.get("device", []))
-    target = words["target"][0] if "target" in words else None
     if len(words.get("target", [])) > 1:
         raise InputError("target given more than once")
+    devices, target = parse_check(op, words.get("device", []), words["target"][0] if "target" in words else None)
+    return ToolRequest(op, domid, devices, target)
+
+
+def parse_check(op: Op, devices: Sequence[str], target: str | None) -> tuple[tuple[DeviceSpec, ...], str | None]:
+    """A check's devices and target, by the rules of the request line (whoever checks:
+    the daemon, or ``rmrrd check --xl-config`` without one).
+
+    ``assign`` and ``hotplug`` take exactly one device and no target; ``migrate`` any
+    number of devices and at most one target, a host name.  Raises :class:`InputError`
+    naming what is wrong.
+    """
+    specs = tuple(parse_device_spec(spec) for spec in devices)
     if target is not None and _HOST_RE.fullmatch(target) is None:
         raise InputError(f"target={target[:40]!r} is not a host name")
     if op != "migrate":
         if target is not None:
             raise InputError(f"op={op} takes no target")
-        if len(devices) != 1:
-            raise InputError(f"op={op} needs exactly one device=SPEC, got {len(devices)}")
-    return ToolRequest(op, domid, devices, target)
+        if len(specs) != 1:
+            raise InputError(f"op={op} needs exactly one device=SPEC, got {len(specs)}")
+    return specs, target
 
 
 def _single(words: dict[str, list[str]], key: str) -> str:

@@ -16,11 +16,14 @@ from hypothesis import strategies as st
 
 from support.libxlutil import LIBXLUTIL
 from rmrrd.errors import InputError
+from rmrrd.core.checks import check_assign
+from rmrrd.core.inventory import HostRegion, Inventory
 from rmrrd.core.libxl_domain import (DomainType, LibxlDomain, domain_request, from_libxl_json, from_libxl_xenstore,
-                                     from_xl_config)
+                                     from_xl_config, libxl_plan)
 from rmrrd.core.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
 from rmrrd.core.pci import Bdf
-from rmrrd.core.xlcfg import DeviceSpec, Policy
+from rmrrd.core.ranges import parse_range
+from rmrrd.core.xlcfg import DeviceSpec, Policy, parse_device_spec
 from rmrrd.core.xlcfg_file import load_xl_config, parse_xl_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / ".tools" / "xen-utils-common" / "etc" / "xen"
@@ -238,12 +241,28 @@ def test_the_saved_configuration_of_an_hvm_guest_with_libxls_defaults() -> None:
         DomainType.HVM, 4096, 4096, videoram_mib=16, hap=True, bios="ovmf", mmio_hole_mib=1024, rdm_host=True,
         rdm_policy=Policy.STRICT, rdm_mem_boundary_mib=1024,
         pci=(DeviceSpec(Bdf(0, 0, 2, 0), Policy.RELAXED), DeviceSpec(Bdf(0, 3, 0, 0), Policy.STRICT)),
-        passthrough=True)
+        passthrough=True, device_policy=Policy.STRICT)
     # Nothing set beyond the memory: qemu-xen's SeaBIOS and cirrus, libxl's hole and
     # boundary, a relaxed domain policy, no passthrough (no device at creation).
     bare = from_libxl_json({"c_info": {"type": "hvm"}, "b_info": {"max_memkb": 1048576}})
-    assert bare == LibxlDomain(DomainType.HVM, 1024, 1024, videoram_mib=8, passthrough=False)
+    assert bare == LibxlDomain(DomainType.HVM, 1024, 1024, videoram_mib=8, passthrough=False,
+                               device_policy=Policy.STRICT)
     assert from_libxl_json({"c_info": {"type": "pv", "passthrough": "enabled"}}).passthrough
+
+
+def test_a_device_attached_to_a_learned_domain_is_strict_whatever_its_rdm_policy() -> None:
+    # xl pci-attach hands libxl no policy; libxl__device_pci_setdefault makes it strict,
+    # even for a domain whose rdm= policy is relaxed.  A device region in the guest's
+    # RAM then fails unless the device names rdm_policy=relaxed.
+    relaxed = {"c_info": {"type": "hvm", "passthrough": "enabled"},
+               "b_info": {"max_memkb": 1048576, "type.hvm": {"rdm": {"strategy": "host", "policy": "relaxed"}}}}
+    host = Inventory("h", (HostRegion(parse_range("0x1000000-0x1000fff"), (Bdf(0, 0, 0x14, 0),)),))
+    gpu = {"dev-0": "0000:00:02.0", "opts-0": "rdm_policy=relaxed"}  # learned before its configuration was saved
+    for domain in (from_libxl_json(relaxed), from_libxl_xenstore("hvm", {"static_max": "1048576"}, gpu, None, "d")):
+        _, layout = libxl_plan(domain, host, {})
+        assert layout.device_policy is Policy.STRICT
+        for spec, verdict in (("0000:00:14.0", "fail"), ("0000:00:14.0,rdm_policy=relaxed", "warn")):
+            assert check_assign(layout, host, parse_device_spec(spec), {}).verdict == verdict
 
 
 @pytest.mark.parametrize(("config", "message"), [
@@ -277,3 +296,27 @@ def test_xenstore_says_what_runs_over_the_saved_configuration() -> None:
         from_libxl_xenstore("pv", {"static_max": "12x"}, None, None, "domain 4")
     with pytest.raises(InputError, match="domain 4: PCI backend/dev-0: "):
         from_libxl_xenstore("pv", {"static_max": "131072"}, {"dev-0": "zz"}, None, "domain 4")
+
+
+@pytest.mark.parametrize(("text", "passthrough"), [
+    ('type="hvm"\n', False),  # "default" without pci=: libxl disables it
+    ('type="hvm"\npci=["00:02.0"]\n', True),
+    ('type="hvm"\npassthrough="enabled"\n', True),
+    ('type="hvm"\npassthrough="Sync_PT"\n', True),  # libxl_passthrough_from_string ignores case
+    ('type="hvm"\npassthrough="disabled"\n', False),
+])
+def test_passthrough_as_libxl_decides_it(text: str, passthrough: bool) -> None:
+    prediction = _predict(text)
+    assert (prediction.domain.passthrough, prediction.domain.refusals) == (passthrough, ())
+
+
+def test_passthrough_refusals() -> None:
+    assert _predict('type="hvm"\npassthrough="disabled"\npci=["00:02.0"]\n').domain.refusals == (
+        "g.cfg:2: passthrough: passthrough disabled but devices are specified: libxl refuses it",)
+    # PoD with passthrough, devices or not (libxl__domain_config_setdefault).
+    [pod] = _predict('type="hvm"\nmemory=512\nmaxmem=1024\npassthrough="enabled"\n').domain.refusals
+    assert pod.startswith("g.cfg:2: memory: memory 512 MiB < maxmem 1024 MiB starts the guest in PoD mode")
+    assert _predict('type="pvh"\npassthrough="enabled"\n').domain.refusals == (
+        "g.cfg:2: passthrough: libxl refuses passthrough to x86 PVH guests",)
+    with pytest.raises(InputError, match=r"^g\.cfg:2: passthrough: unknown passthrough option 'on': xl refuses it"):
+        _predict('type="hvm"\npassthrough="on"\n')

@@ -73,7 +73,7 @@ def test_missing_inventory_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_
 
 def test_same_peer_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*_SEED, "--peer", str(_ETC / "node-b.yaml")]) == 2
-    assert "peer host 'node-b' is in both" in capsys.readouterr().err
+    assert "peer host name 'node-b' is in both" in capsys.readouterr().err
 
 
 @pytest.mark.process

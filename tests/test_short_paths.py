@@ -26,6 +26,10 @@ DAEMON_MACHINERY = {"trio", "yaml", "prometheus_client", "h11", "outcome", "attr
 """Never on a short path: the event loop, YAML, metrics, HTTP, the daemon and its client."""
 PLANNING = {"rmrrd.core.planner", "rmrrd.core.libxl_domain", "rmrrd.edges.host_inventory", "xml.etree.ElementTree"}
 """Not where nothing is planned."""
+XL_CONFIG = {"rmrrd.core.xlcfg_file", "rmrrd.core.libxlu", "rmrrd.app.xl_config", "rmrrd.app.host_cache",
+             "rmrrd.core.inventory_yaml", "rmrrd.cli.plan", "pathlib"}
+"""The xl.cfg reader and the inventories of ``check --xl-config``, and the file paths
+they take (``pathlib`` pulls in ``urllib.parse``): not on ``check --domid``."""
 HELP_TEXT = {"shutil", "textwrap"}
 """What argparse needs only to print help (the terminal's width, wrapping)."""
 
@@ -53,7 +57,22 @@ def test_rmrrd_check(tmp_path: Path) -> None:
     modules = imported("rmrrd.cli", ["check", "hotplug", "--domid", "1", "--device", "00:02.0",
                                      "--xenstore", str(tmp_path / "none")])
     assert "rmrrd.xenstore.blocking" in modules
-    never = DAEMON_MACHINERY | PLANNING | HELP_TEXT
+    never = DAEMON_MACHINERY | PLANNING | HELP_TEXT | XL_CONFIG
+    assert modules.isdisjoint(never), modules & never
+
+
+def test_rmrrd_check_xl_config(tmp_path: Path) -> None:
+    """Offline for an xl.cfg file, this host's inventory cached: the xl.cfg reader and the
+    planner, but no daemon machinery (and no YAML once the cache is there)."""
+    config = tmp_path / "rmrrd.yaml"
+    config.write_text(f"host:\n  name: node-a\n  sources: [{REPO / 'etc' / 'inventories' / 'node-a.yaml'}]\n")
+    env = {"RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"), "PATH": "/usr/bin:/bin"}
+    args = ["check", "hotplug", "--xl-config", str(REPO / "tests" / "data" / "xl" / "hvm-2g-host.cfg"),
+            "--device", "00:02.0"]
+    imported("rmrrd.cli", args, env=env)  # the first run loads the configuration and writes the cache
+    modules = imported("rmrrd.cli", args, env=env)
+    assert {"rmrrd.core.xlcfg_file", "rmrrd.core.planner", "rmrrd.core.checks"} <= modules
+    never = DAEMON_MACHINERY | HELP_TEXT | {"rmrrd.xenstore.blocking"}
     assert modules.isdisjoint(never), modules & never
 
 

@@ -142,4 +142,4 @@ async def test_create_of_what_cannot_be_predicted_runs_xl(stock_env: dict[str, s
     broken.write_text('name = "x"\nmemory = [\n')
     done = await wrapper(stock_env, fake_xl, "create", str(broken))
     assert done.returncode == 0 and xl_ran(fake_xl) == ["create", str(broken)]
-    assert done.stderr.decode().startswith(f"rmrrd: xl create not checked: {broken}:3: config parsing error")
+    assert done.stderr.decode().startswith(f"rmrrd: xl create not checked: {broken}:3: memory: config parsing error")

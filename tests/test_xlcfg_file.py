@@ -121,11 +121,11 @@ def test_generated_files_read_as_xl_reads_them(text: str) -> None:
 
 
 def test_errors_name_file_and_line() -> None:
-    with pytest.raises(InputError, match=r"^g\.cfg:3: config parsing error near 'x'"):
+    with pytest.raises(InputError, match=r"^g\.cfg:3: b: config parsing error near 'x'"):
         parse_xl_config("a = 1\nb = [ 1,\n 2 x ]\n", "g.cfg")
     with pytest.raises(InputError, match=r"^g\.cfg:2: lexical error near '#c'.*needs a newline"):
         parse_xl_config("a = 1\n#c", "g.cfg")
-    with pytest.raises(InputError, match=r"^g\.cfg:1: lexical error.*carriage return"):
+    with pytest.raises(InputError, match=r"^g\.cfg:1: a: lexical error.*carriage return"):
         parse_xl_config("a = 1\r\n", "g.cfg")
 
 

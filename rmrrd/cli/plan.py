@@ -70,14 +70,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def load_peers(paths: Sequence[Path]) -> dict[str, Inventory]:
-    """Peer inventories by host name; two files for one host is an error naming both."""
+    """Peer inventories by host name, each with the aliases its file lists.
+
+    A host, or an alias, that two files name is an error naming both: a migration
+    target must stand for one host (the daemon drops such an alias with a warning
+    instead, as it must come up whatever its peers say).
+    """
     peers: dict[str, Inventory] = {}
     origin: dict[str, Path] = {}
     for path in paths:
         inventory = load_inventory_file(path)
-        if inventory.host in peers:
-            raise InputError(f"peer host {inventory.host!r} is in both {origin[inventory.host]} and {path}")
-        peers[inventory.host], origin[inventory.host] = inventory, path
+        for name in (inventory.host, *inventory.aliases):
+            if name in origin:
+                raise InputError(f"peer host name {name!r} is in both {origin[name]} and {path}")
+            origin[name] = path
+        peers[inventory.host] = inventory
     return peers
 
 
@@ -95,18 +102,15 @@ def _request(args: argparse.Namespace) -> tuple[DomainRequest, tuple[str, ...]]:
                                     args.pci, args.hotplug, args.migrate, args.reserve, defaults,
                                     videoram=args.videoram, hap=args.hap, bios=args.bios), ()
     # Imported here: the xl.cfg reader is only needed with this option.
-    from rmrrd.core.libxl_domain import domain_request, from_xl_config
-    from rmrrd.core.xlcfg_file import load_xl_config
+    from rmrrd.app.xl_config import read_xl_config
+    from rmrrd.core.libxl_domain import domain_request
 
     given = [name for name in _XL_CONFIG_DECIDES if getattr(args, name) not in (None, [])]
     if given:
         raise InputError(f"--{given[0].replace('_', '-')} cannot be combined with --xl-config: the file decides it")
-    prediction = from_xl_config(load_xl_config(args.xl_config))
-    for warning in prediction.warnings:
-        print(f"rmrrd plan: warning: {warning}", file=sys.stderr)
-    request = domain_request(prediction.domain, args.hotplug, args.migrate, args.reserve,
-                             seabios_size=args.seabios_size)
-    return request, prediction.domain.refusals
+    domain = read_xl_config(args.xl_config, "plan")
+    request = domain_request(domain, args.hotplug, args.migrate, args.reserve, seabios_size=args.seabios_size)
+    return request, domain.refusals
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ each check says whether a device may be assigned or hot-plugged, or the guest mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -223,3 +223,29 @@ def rank_migration_targets(plan: Plan, peers: Mapping[str, Inventory]) -> list[t
     verdicts = [(name, check_migrate(plan, peers, name)) for name in peers]
     return sorted(verdicts, key=lambda item: (item[1].count("fail"), item[1].count("warn"), item[0]))
 
+
+
+def check_operation(plan: Plan, host: Inventory, peers: Mapping[str, Inventory], op: str,
+                    devices: Sequence[DeviceSpec], target: str | None,
+                    assigned_elsewhere: Callable[[], Mapping[Bdf, int]]) -> tuple[Verdict, list[str]]:
+    """The verdict of one toolstack check and, for ``migrate`` without a target, the
+    ranking lines (``HOST VERDICT fail=N warn=N``, best first).
+
+    What the daemon answers for a domain it serves and ``rmrrd check --xl-config``
+    for a domain read from a file, so both say the same.  ``op`` is ``assign``,
+    ``hotplug`` (one device each) or ``migrate``; ``assigned_elsewhere`` is asked
+    only for an assign or a hotplug (the daemon walks every domain for it).  Raises
+    :class:`InputError` for an unknown target or no peer to rank.
+    """
+    if op == "migrate":
+        if target is not None:
+            return check_migrate(plan, peers, target, devices), []
+        ranking = rank_migration_targets(plan, peers)
+        if not ranking:
+            raise InputError("no peer hosts to rank")
+        lines = [f"{name} {verdict.verdict} fail={verdict.count('fail')} warn={verdict.count('warn')}"
+                 for name, verdict in ranking]
+        best_host, best = ranking[0]
+        return Verdict(best.verdict, f"best target {best_host}: {best.reason}", best.conflicts), lines
+    check = check_assign if op == "assign" else check_hotplug
+    return check(plan, host, devices[0], assigned_elsewhere()), []

@@ -43,7 +43,8 @@ from rmrrd.core.pci import Bdf
 from rmrrd.core.xlcfg import DeviceSpec, Policy
 
 if TYPE_CHECKING:  # the planner is imported when a request is built, not by the hooks' fast exits
-    from rmrrd.core.planner import DomainRequest
+    from rmrrd.core.inventory import Inventory
+    from rmrrd.core.planner import DomainRequest, Plan
     from rmrrd.core.xlcfg_file import XlConfig
 
 MMIO_HOLE_DEFAULT_MIB = 256
@@ -55,6 +56,11 @@ RDM_MEM_BOUNDARY_DEFAULT_MIB = 2048
 DEFAULT_MEMORY_MIB = 32
 """libxl's ``max_memkb`` when neither ``memory`` nor ``maxmem`` is set."""
 
+ATTACHED_POLICY = Policy.STRICT
+"""The policy of a device attached to a running domain without its own ``rdm_policy``:
+``xl pci-attach`` (and libvirt) hand libxl an unset one, which
+``libxl__device_pci_setdefault`` makes strict whatever the domain's ``rdm=`` policy.
+Every device a learned domain may still get is attached this way."""
 POLICY_BUG_FIX = ('write rdm="strategy=host" without policy= and give every pci= device its own '
                   "rdm_policy=")
 
@@ -109,6 +115,9 @@ class LibxlDomain:
     passthrough: bool = True
     """Whether the domain was created able to take devices (``c_info.passthrough``;
     libxl's default is "only when it has ``pci=`` devices at creation")."""
+    device_policy: Policy | None = None
+    """The policy a ``pci=`` device added without ``rdm_policy`` would get; None: the
+    ``rdm=`` policy's (as xl copies it), else strict."""
 
     def setup_keys(self) -> dict[str, str]:
         """The setup request's single-valued keys (``memory``, ``config`` ...) as strings.
@@ -267,6 +276,27 @@ def _videoram(cfg: XlConfig, model: DeviceModel, refusals: list[str]) -> int:
     return given
 
 
+PASSTHROUGH_MODES = ("default", "disabled", "enabled", "sync_pt", "share_pt")
+"""``libxl_passthrough``'s names, as ``libxl_passthrough_from_string`` takes them (any case)."""
+
+
+def _passthrough(cfg: XlConfig, has_devices: bool, refusals: list[str]) -> bool:
+    """``passthrough=``: whether the domain is created able to take devices.
+
+    ``libxl__domain_config_setdefault``: "default" enables it only for a domain with
+    ``pci=`` devices at creation, so a domain created without them refuses a device
+    hot-plugged later; "disabled" with devices is refused.
+    """
+    text = cfg.string("passthrough")
+    mode = "default" if text is None else text.lower()
+    if mode not in PASSTHROUGH_MODES:
+        raise InputError(f"{cfg.where('passthrough')}: unknown passthrough option {text!r}: xl refuses it")
+    if mode == "disabled" and has_devices:
+        refusals.append(f"{cfg.where('passthrough')}: passthrough disabled but devices are specified: "
+                        f"libxl refuses it")
+    return mode != "disabled" and (mode != "default" or has_devices)
+
+
 def from_xl_config(cfg: XlConfig) -> Prediction:
     """What ``xl create`` makes of the file, as far as the memory layout goes.
 
@@ -282,14 +312,19 @@ def from_xl_config(cfg: XlConfig) -> Prediction:
     target = memory or max_memory
     rdm_host = _rdm(cfg, warnings)
     devices = _devices(cfg)
-    if devices and target < max_memory and kind is not DomainType.PV:
+    passthrough = _passthrough(cfg, bool(devices), refusals)
+    if passthrough and target < max_memory and kind is not DomainType.PV:
         refusals.append(f"{cfg.where('memory')}: memory {target} MiB < maxmem {max_memory} MiB starts the guest "
-                        f"in PoD mode, which libxl refuses with PCI devices (IOMMU required for device "
+                        f"in PoD mode, which libxl refuses with passthrough (IOMMU required for device "
                         f"passthrough but not supported together with PoD)")
-    if devices and kind is DomainType.PVH:
-        refusals.append(f"{cfg.where('pci')}: libxl refuses passthrough to x86 PVH guests")
+    if passthrough and kind is DomainType.PVH:
+        refusals.append(f"{cfg.where('pci' if devices else 'passthrough')}: libxl refuses passthrough to x86 "
+                        f"PVH guests")
+    # xl hands every pci= device the rdm= policy, which xl 4.15+ never sets (see
+    # _devices): one more device without rdm_policy would be strict too.
     domain = LibxlDomain(kind, max_memory, target, hap=True if hap is None else hap,
-                         rdm_host=rdm_host, pci=tuple(devices))
+                         rdm_host=rdm_host, pci=tuple(devices), passthrough=passthrough,
+                         device_policy=Policy.STRICT)
     if kind is DomainType.HVM:
         domain = _hvm(cfg, domain, warnings, refusals)
     warnings += [f"{cfg.source}:{problem.line}: {problem.key}: {problem.message}" for problem in cfg.problems]
@@ -426,7 +461,7 @@ def from_libxl_json(obj: object) -> LibxlDomain:
     passthrough = mode not in (None, "default", "disabled") or (
         mode != "disabled" and bool(devices or config.obj.get("dtdevs")))
     domain = LibxlDomain(DomainType(kind), max_memory, target, hap=True if hap is None else hap, pci=tuple(devices),
-                         passthrough=passthrough)
+                         passthrough=passthrough, device_policy=ATTACHED_POLICY)
     if domain.type is not DomainType.HVM:
         return domain
     hvm = b_info.sub("type.hvm")
@@ -502,7 +537,8 @@ def from_libxl_xenstore(kind: str, keys: Mapping[str, str | None], backend: Mapp
         raise InputError(f"{what}: type {kind[:20]!r} is not hvm, pv or pvh") from None
     max_memory = _kib(keys, "static_max", f"{what}: memory/static-max") or DEFAULT_MEMORY_MIB
     target = _kib(keys, "target", f"{what}: memory/target") or max_memory
-    domain = saved if saved is not None and saved.type is guest else LibxlDomain(guest, max_memory, target)
+    domain = (saved if saved is not None and saved.type is guest
+              else LibxlDomain(guest, max_memory, target, device_policy=ATTACHED_POLICY))
     devices = domain.pci if backend is None else tuple(backend_devices(backend, f"{what}: PCI backend"))
     domain = replace(domain, max_memory_mib=max_memory, memory_mib=target, pci=devices,
                      passthrough=domain.passthrough or bool(devices))
@@ -532,6 +568,26 @@ def domain_request(domain: LibxlDomain, hotplug: Sequence[str] = (), migrate: Se
 
     keys = domain.setup_keys()
     defaults = XL_DEFAULTS if seabios_size is None else replace(XL_DEFAULTS, seabios_size=seabios_size)
-    return parse_domain_request(keys["memory"], keys["mmio_hole"], keys["config"], keys["mem_boundary"],
-                                domain.pci_specs(), hotplug, migrate, reserve, defaults,
-                                videoram=keys["videoram"], hap=keys["hap"], bios=keys["bios"])
+    request = parse_domain_request(keys["memory"], keys["mmio_hole"], keys["config"], keys["mem_boundary"],
+                                   domain.pci_specs(), hotplug, migrate, reserve, defaults,
+                                   videoram=keys["videoram"], hap=keys["hap"], bios=keys["bios"])
+    return request if domain.device_policy is None else replace(request, device_policy=domain.device_policy)
+
+
+def libxl_plan(domain: LibxlDomain, host: Inventory, peers: Mapping[str, Inventory], *,
+               seabios_size: int | None = None) -> tuple[DomainRequest, Plan]:
+    """The layout libxl gives ``domain`` on ``host``, and the request it is planned from.
+
+    What the checks judge a device or a migration against, for a domain the daemon
+    learned from libxl and for one ``rmrrd check --xl-config`` reads from a file: an
+    HVM guest's layout is the planner's, a PV or PVH guest has none
+    (:func:`rmrrd.core.planner.learned_plan`).  Raises :class:`InputError` as the
+    planner does.
+    """
+    from rmrrd.core.planner import DomainRequest, learned_plan
+
+    if domain.type is DomainType.HVM:
+        request = domain_request(domain, seabios_size=seabios_size)
+    else:
+        request = DomainRequest(domain.max_memory_mib, pci=domain.pci)
+    return request, learned_plan(domain.type.value, request, domain.passthrough, host, peers)

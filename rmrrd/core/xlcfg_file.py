@@ -203,6 +203,23 @@ def _dequote(token: _Token, source: str) -> str:
     return "".join(out)
 
 
+def _key_prefix(key: str | None) -> str:
+    """``KEY: `` for an error inside a setting, so that it names the key as well as the line."""
+    return f"{key}: " if key is not None else ""
+
+
+def _open_setting(tokens: list[_Token]) -> str | None:
+    """The key of the setting the tokens so far end inside, if any (for a lexical error)."""
+    start, depth = 0, 0
+    for index, token in enumerate(tokens):
+        depth += {"[": 1, "]": -1}.get(token.kind, 0)
+        if depth <= 0 and token.kind in ("newline", ";"):
+            start = index + 1
+    if len(tokens) - start >= 2 and tokens[start].kind == "ident" and tokens[start + 1].kind in ("=", "add"):
+        return tokens[start].text
+    return None
+
+
 def _tokens(text: str, source: str) -> list[_Token]:
     tokens: list[_Token] = []
     line, pos = 1, 0
@@ -214,7 +231,8 @@ def _tokens(text: str, source: str) -> list[_Token]:
             hint = " (a comment on the last line needs a newline)" if word.startswith("#") else ""
             if word.startswith("\r") or "\r" in word:
                 hint = " (carriage return: xl reads Unix line ends only)"
-            raise InputError(f"{source}:{line}: lexical error near {word[:40]!r}{hint}")
+            raise InputError(f"{source}:{line}: {_key_prefix(_open_setting(tokens))}lexical error near "
+                             f"{word[:40]!r}{hint}")
         kind = match.lastgroup or ""
         if kind != "space":
             tokens.append(_Token(kind if kind != "punct" else match[0], match[0], line))
@@ -231,6 +249,8 @@ class _Parser:
         self.source = source
         self.tokens = _tokens(text, source)
         self.pos = 0
+        self.key: str | None = None
+        """The key of the setting being read, for errors."""
 
     def peek(self) -> _Token:
         return self.tokens[self.pos]
@@ -242,7 +262,8 @@ class _Parser:
 
     def error(self, token: _Token, what: str) -> InputError:
         near = "<newline>" if token.kind == "newline" else ("end of file" if token.kind == "eof" else token.text)
-        return InputError(f"{self.source}:{token.line}: config parsing error near {near!r}: {what}")
+        return InputError(f"{self.source}:{token.line}: {_key_prefix(self.key)}config parsing error near "
+                          f"{near!r}: {what}")
 
     def skip_newlines(self) -> None:
         while self.peek().kind == "newline":
@@ -277,6 +298,7 @@ class _Parser:
                 continue
             if token.kind != "ident":
                 raise self.error(token, "expected a setting KEY = VALUE")
+            self.key = token.text
             op = self.take()
             if op.kind not in ("=", "add"):
                 raise self.error(op, f"expected '=' or '+=' after {token.text}")
@@ -287,6 +309,7 @@ class _Parser:
             elif end.kind != "eof":
                 raise self.error(end, "expected the end of the line or ';' after the value")
             found.append(Setting(token.text, value, line, op.kind == "add"))
+            self.key = None
         return found
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
-from rmrrd.core.libxl_domain import DomainType, LibxlDomain, domain_request, from_libxl_json, from_libxl_xenstore
-from rmrrd.core.planner import DomainRequest, RequestDefaults, learned_plan
+from rmrrd.core.libxl_domain import DomainType, LibxlDomain, from_libxl_json, from_libxl_xenstore, libxl_plan
+from rmrrd.core.planner import RequestDefaults
 from rmrrd.core.xlcfg import DeviceSpec
 from rmrrd.protocol import LIBXL_JSON, domain_keys, libxl_type_path, pci_backend_path
 from rmrrd.xenstore.client import Transaction
@@ -116,19 +116,14 @@ def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inv
         return f"learned-error-{_digest(str(exc))}", SetupOutcome(None, None, str(exc), learned=keys.kind)
     generation = f"learned-{_digest(repr((domain, saved is not None)))}"
     try:
-        if domain.type is DomainType.HVM:
-            built = domain.pci if laid_out is None else laid_out
-            request = domain_request(replace(domain, pci=built), seabios_size=defaults.seabios_size)
-            plan = learned_plan(domain.type.value, request, domain.passthrough, host, peers)
-            request = replace(request, pci=domain.pci)  # what the domain holds now
-        else:
-            built = None
-            request = DomainRequest(domain.max_memory_mib, pci=domain.pci)
-            plan = learned_plan(domain.type.value, request, domain.passthrough, host, peers)
+        hvm = domain.type is DomainType.HVM
+        built = laid_out if hvm and laid_out is not None else domain.pci
+        request, plan = libxl_plan(replace(domain, pci=built), host, peers, seabios_size=defaults.seabios_size)
+        request = replace(request, pci=domain.pci)  # what it holds now: the devices attached since too
     except InputError as exc:
         return generation, SetupOutcome(None, None, f"{what}: {exc}", learned=domain.type.value)
     return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None,
-                                    laid_out=built)
+                                    laid_out=built if hvm else None)
 
 
 def _digest(text: str) -> str:

@@ -16,7 +16,7 @@ from functools import partial
 
 import trio
 
-from rmrrd.core.checks import Verdict, check_assign, check_hotplug, check_migrate, rank_migration_targets
+from rmrrd.core.checks import Verdict, check_operation
 from rmrrd.core.newest import note_newest
 from rmrrd.errors import InputError
 from rmrrd.core.pci import Bdf
@@ -48,18 +48,8 @@ def evaluate(settings: Settings, domain: Domain, request: ToolRequest,
         raise InputError(f"domain {request.domid} has no rmrrd answer; write /libxl/{request.domid}/rdm/request first")
     if plan.status != "ready":
         raise InputError(f"domain {request.domid} was refused at setup: {plan.error}")
-    if request.op == "migrate":
-        if request.target is not None:
-            return check_migrate(plan, settings.peers, request.target, request.devices), []
-        ranking = rank_migration_targets(plan, settings.peers)
-        if not ranking:
-            raise InputError("no peer hosts are configured to rank")
-        lines = [f"{host} {verdict.verdict} fail={verdict.count('fail')} warn={verdict.count('warn')}"
-                 for host, verdict in ranking]
-        best_host, best = ranking[0]
-        return Verdict(best.verdict, f"best target {best_host}: {best.reason}", best.conflicts), lines
-    check = check_assign if request.op == "assign" else check_hotplug
-    return check(plan, settings.host, request.devices[0], elsewhere()), []
+    return check_operation(plan, settings.host, settings.peers, request.op, request.devices, request.target,
+                           elsewhere)
 
 
 class ToolstackHandler:

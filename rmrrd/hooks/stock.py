@@ -2,23 +2,17 @@
 
 A domain that is about to be created (libvirt's ``prepare``, ``xl create``) is planned
 as libxl will build it (:class:`~rmrrd.core.libxl_domain.LibxlDomain`) against this host's
-inventory, kept between runs by :mod:`rmrrd.hooks.host_cache`.  No daemon is needed.
-
-The configuration is ``$RMRRD_CONFIG``, else ``/etc/rmrrd/rmrrd.yaml`` if it exists,
-else the built-in defaults (this host's DMAR and IVRS tables); the cache lives in
-``$RMRRD_RUNTIME_DIR``, else rmrrd's runtime directory ``/run/rmrrd``.
+inventory, kept between runs by :mod:`rmrrd.app.host_cache` (which also says which
+configuration it is read from).  No daemon is needed.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # imported by predict(): the hooks' fast exits need none of it
     from rmrrd.core.libxl_domain import LibxlDomain
 
-DEFAULT_CONFIG = "/etc/rmrrd/rmrrd.yaml"
-RUNTIME_DIR = "/run/rmrrd"
 Outcome = Literal["ok", "warn", "fail"]
 
 
@@ -33,13 +27,11 @@ def predict(domain: LibxlDomain, name: str) -> tuple[Outcome, str | None]:
         return "fail", f"libxl would refuse domain {name}: {domain.refusals[0]}"
     if domain.type.value != "hvm":
         return "ok", None
-    from rmrrd.hooks.host_cache import host_inventory
-    from rmrrd.core.libxl_domain import domain_request
-    from rmrrd.core.planner import plan
+    from rmrrd.app.host_cache import this_host
+    from rmrrd.core.libxl_domain import libxl_plan
 
-    config = os.environ.get("RMRRD_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    host, seabios_size = host_inventory(config, os.environ.get("RMRRD_RUNTIME_DIR") or RUNTIME_DIR)
-    result = plan(domain_request(domain, seabios_size=seabios_size), host, {})
+    host, seabios_size = this_host()
+    _, result = libxl_plan(domain, host, {}, seabios_size=seabios_size)
     if result.status != "ready":
         return "fail", f"Xen would refuse domain {name} on {host.host}: {result.error}"
     warned = [region for region in result.regions if region.action == "warned"]

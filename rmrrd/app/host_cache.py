@@ -1,4 +1,10 @@
-"""This host's inventory (and SeaBIOS size) for the hooks, kept as JSON between runs.
+"""This host's inventory (and SeaBIOS size) for the checks made without the daemon, kept
+as JSON between runs: the hooks' (:mod:`rmrrd.hooks.stock`) and ``rmrrd check --xl-config``.
+
+Which host: :func:`this_host`, the configuration ``$RMRRD_CONFIG``, else
+``/etc/rmrrd/rmrrd.yaml`` if it exists, else the built-in defaults (this host's DMAR
+and IVRS tables), as the daemon reads it; the cache lives in ``$RMRRD_RUNTIME_DIR``,
+else rmrrd's runtime directory ``/run/rmrrd``.
 
 Loading it the daemon's way means the configuration (YAML), the inventory sources
 (firmware tables or YAML files) and their parsers: tens of milliseconds that a hook
@@ -28,6 +34,8 @@ from rmrrd.core.inventory_yaml import inventory_from_json, inventory_to_json
 
 CACHE_NAME = "host-inventory.json"
 FORMAT = 2
+DEFAULT_CONFIG = "/etc/rmrrd/rmrrd.yaml"
+RUNTIME_DIR = "/run/rmrrd"
 
 
 def _stat(path: str) -> list[Any]:
@@ -79,3 +87,13 @@ def host_inventory(config_path: str | None, runtime_dir: str) -> tuple[Inventory
     except OSError:
         pass  # a read-only or missing runtime directory: every run loads
     return inventory, seabios_size
+
+
+def this_host() -> tuple[Inventory, int]:
+    """This host's inventory and SeaBIOS size (KiB) from the configuration the daemon
+    would read here (module docstring), through the cache.
+
+    Raises :class:`InputError` as loading the configuration and inventory does.
+    """
+    config = os.environ.get("RMRRD_CONFIG") or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    return host_inventory(config, os.environ.get("RMRRD_RUNTIME_DIR") or RUNTIME_DIR)
