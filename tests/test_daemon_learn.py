@@ -129,6 +129,35 @@ async def test_an_hvm_domain_is_learned_at_its_introduction_then_from_its_saved_
         assert taken["verdict"] == "fail" and "assigned to domain 3" in taken["reason"], taken
 
 
+async def test_a_device_hot_plugged_into_a_learned_hvm_guest_is_held_but_moves_nothing(tmp_path: Path) -> None:
+    # libxl lays a guest out once, at creation, with the devices it has then
+    # (libxl__domain_device_construct_rdm); xl pci-attach only assigns.  On the real
+    # Xen: tests/xen/test_xen_hvm_layout.py, the "attach" guest.
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        save(tmp_path, 3, saved_config("hvm", 4096, hvm={}, passthrough="enabled"))
+        await xl_builds(xs, 3, "hvm", 4096)
+        built = await wait_answer(xs, 3, "origin", "learned")
+        assert (built["lowmem_end"], "region/0/range" in built) == ("0xf0000000", False), built
+        # The GPU, relaxed: its region at 2.5 GiB, above rdm_mem_boundary, lies in the
+        # guest's RAM; had it been there at creation, libxl would have ended low RAM below it.
+        generation = built["generation"]
+        await xl_pci_attach(xs, 3, 0, D2, policy="relaxed")
+        save(tmp_path, 3, saved_config("hvm", 4096, hvm={}, passthrough="enabled",
+                                       pcidevs=[{"dev": 2, "rdm_policy": "relaxed"}]))
+        with trio.fail_after(WAIT):
+            while (await read_answer(xs, 3)).generation == generation:
+                await trio.sleep(0.01)
+        after = await read_tree(xs, answer_path(3))
+        layout = ("lowmem_end", "highmem_end", "e820/0", "e820/1", "e820/2", "e820/3", "e820/4")
+        assert [after.get(key) for key in layout] == [built.get(key) for key in layout]
+        assert "e820/5" not in after and "region/0/range" not in after, after
+        # Held all the same: another domain may not take it.
+        await create_domain(xs, 7, {"memory": "1024"})
+        taken = await check(xs, "taken", f"op=hotplug domid=7 device={D2},rdm_policy=relaxed")
+        assert taken["verdict"] == "fail" and "assigned to domain 3" in taken["reason"], taken
+
+
 async def test_a_plain_pv_domain_takes_no_device_and_one_with_passthrough_takes_them_without_layout(
         tmp_path: Path) -> None:
     async with inprocess_daemon(tmp_path) as daemon:

@@ -22,14 +22,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rmrrd import inputs
 from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
-from rmrrd.core.libxl_domain import LibxlDomain, from_libxl_json, from_libxl_xenstore, libxl_plan
+from rmrrd.core.libxl_domain import DomainType, LibxlDomain, from_libxl_json, from_libxl_xenstore, libxl_plan
 from rmrrd.core.planner import RequestDefaults
+from rmrrd.core.xlcfg import DeviceSpec
 from rmrrd.protocol import LIBXL_JSON, domain_keys, libxl_type_path, pci_backend_path
 from rmrrd.xenstore.client import Transaction
 
@@ -96,11 +97,16 @@ def read_saved(path: Path | None) -> LibxlDomain | None:
 
 
 def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inventory,
-          peers: Mapping[str, Inventory]) -> tuple[str, SetupOutcome]:
+          peers: Mapping[str, Inventory], laid_out: tuple[DeviceSpec, ...] | None = None) -> tuple[str, SetupOutcome]:
     """The learned answer's generation and outcome.
 
     The generation is a digest of what was learned, so a setup triggered by a change
-    that changes nothing finds its answer current.
+    that changes nothing finds its answer current.  ``laid_out``: the devices an HVM
+    guest was built with, once known (:attr:`Domain.laid_out`): its layout is planned
+    with those, as libxl laid it out at creation (``libxl__domain_device_construct_rdm``)
+    and never again; the devices attached since are held, and checked, but move nothing.
+    None: the devices there now (at creation, or after a restart of rmrrd, which cannot
+    tell a device attached later from one the guest was built with).
     """
     what = f"domain {keys.domid}"
     try:
@@ -110,10 +116,14 @@ def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inv
         return f"learned-error-{_digest(str(exc))}", SetupOutcome(None, None, str(exc), learned=keys.kind)
     generation = f"learned-{_digest(repr((domain, saved is not None)))}"
     try:
-        request, plan = libxl_plan(domain, host, peers, seabios_size=defaults.seabios_size)
+        hvm = domain.type is DomainType.HVM
+        built = laid_out if hvm and laid_out is not None else domain.pci
+        request, plan = libxl_plan(replace(domain, pci=built), host, peers, seabios_size=defaults.seabios_size)
+        request = replace(request, pci=domain.pci)  # what it holds now: the devices attached since too
     except InputError as exc:
         return generation, SetupOutcome(None, None, f"{what}: {exc}", learned=domain.type.value)
-    return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None)
+    return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None,
+                                    laid_out=built if hvm else None)
 
 
 def _digest(text: str) -> str:

@@ -64,6 +64,7 @@ from rmrrd.core.newest import note_newest
 from rmrrd.core.pci import Bdf
 from rmrrd.core.planner import DomainRequest, Plan
 from rmrrd.core.ranges import Range
+from rmrrd.core.xlcfg import DeviceSpec
 from rmrrd.core.rate_limit import TokenBucket
 from rmrrd.protocol import is_valid_id
 
@@ -137,6 +138,8 @@ class SetupOutcome:
     """The guest type of a domain learned from libxl (None: answered from a request)."""
     saved: bool = False
     """For a learned domain: whether libxl's saved configuration was read."""
+    laid_out: tuple[DeviceSpec, ...] | None = None
+    """For a learned HVM domain: the devices its layout was planned with."""
 
     @property
     def status(self) -> str:
@@ -175,6 +178,10 @@ class Domain:
     """Ids of the replies written, oldest first (at most :data:`REPLIES_KEPT`)."""
     learn_retries: int = 0
     """Setups run again for want of libxl's saved configuration (:data:`LEARN_RETRIES`)."""
+    laid_out: tuple[DeviceSpec, ...] | None = None
+    """For a learned HVM domain: the devices libxl built it with, those of the first
+    saved configuration read.  libxl lays a guest out once; a device hot-plugged later
+    changes what the guest holds, not its layout (``rmrrd.daemon.learn``)."""
 
     def devices(self) -> set[Bdf]:
         """Every device this domain holds: statically assigned plus attached.
@@ -653,6 +660,8 @@ class DomainMachine:
             domain.allocations = Allocations(self.limits.max_allocations)
         domain.generation = result.generation
         domain.request, domain.plan = result.outcome.request, result.outcome.plan
+        if domain.laid_out is None and result.outcome.saved:
+            domain.laid_out = result.outcome.laid_out
         self.state = State.ANSWERED
         effects += self._start_queries()
         if not domain.introduced:

@@ -314,7 +314,8 @@ class DomainOwner:
                             decide_for=partial(decide, defaults=settings.defaults, host=settings.host,
                                                peers=settings.peers),
                             learn_for=partial(learn, libxl_dir=settings.libxl_dir, defaults=settings.defaults,
-                                              host=settings.host, peers=settings.peers)))
+                                              host=settings.host, peers=settings.peers,
+                                              laid_out=self.machine.domain.laid_out)))
             except (PeerError, TransportError, InputError) as exc:
                 return SetupFailed(f"{type(exc).__name__}: {exc}")
             except Exception as exc:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from xen.rmrr_host import HVM_RMRR
+from xen.daemon import Rmrrd, running
+from xen.rmrr_host import ASSIGNABLE, HVM_RMRR, INVENTORY, INVENTORY_TEXT, RMRRD_CONFIG_TEXT
 from xen.testbed import BootConfig, Dom0, Testbed
 
 HERE = Path(__file__).resolve().parent
@@ -83,6 +84,18 @@ def ox_dom0(testbed: Testbed) -> Dom0:
 def hvm_rmrr_dom0(testbed: Testbed) -> Dom0:
     """HVM guests' device model and firmware, and RMRRs from Xen's ``rmrr=`` (``rmrr_host.py``)."""
     return testbed.boot(HVM_RMRR)
+
+
+@pytest.fixture(scope="session")
+def hvm_rmrrd(hvm_rmrr_dom0: Dom0) -> Iterator[Rmrrd]:
+    """``rmrrd run`` on the HVM machine, with its regions as an inventory, before any
+    guest is created there; the devices of its RMRRs made assignable."""
+    dom0 = hvm_rmrr_dom0
+    dom0.write_file(INVENTORY, INVENTORY_TEXT)
+    for device in ASSIGNABLE:
+        dom0.run(["xl", "pci-assignable-add", device])
+    with running(dom0, RMRRD_CONFIG_TEXT) as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="session")

@@ -50,3 +50,19 @@ HVM_RMRR = BootConfig(name="hvm-rmrr", hvm=True,
 output of every guest the tests create."""
 
 INVENTORY_TEXT = "host: hvm-rmrr\nregions:\n" + "".join(region.inventory() for region in REGIONS)
+INVENTORY = "/etc/testbed/hvm-rmrr.yaml"
+"""Where dom0 keeps INVENTORY_TEXT, for ``rmrrd plan`` and ``rmrrd run``."""
+RMRRD_CONFIG_TEXT = f"""\
+xenstore:
+  path: /run/xenstored/socket
+host:
+  name: hvm-rmrr
+  sources: [{INVENTORY}]
+defaults:
+  seabios_size: 256
+"""
+"""``rmrrd run`` on this machine: the regions of ``rmrr=`` (its DMAR has none), and
+Debian's 256 KiB SeaBIOS, which its hvmloader loads."""
+ASSIGNABLE = ("00:1f.0", "00:1f.2", "00:1f.3")
+"""The devices of the RMRRs that ``xl pci-assignable-add`` gives to ``xen-pciback``, so
+that Xen itself judges their assignment (00:01.0 is the testbed's own serial port)."""

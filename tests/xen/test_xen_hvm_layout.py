@@ -9,6 +9,12 @@ reads the very same file.  They must agree on whether the domain is built, on
 ``lowmem_end`` and ``highmem_end``, on hvmloader's e820 (its table in ``xl dmesg``,
 ``guest_loglvl=all``), and on which regions libxl let go with "Ignoring RDM conflict".
 
+``rmrrd run`` runs beside them: nothing is written for it, so it learns each guest from
+libxl (docs/xenstore-schema.md, "Domains learned from libxl"); its answer, read while
+the guest runs, must be hvmloader's layout too.  One guest takes devices with ``xl
+pci-attach`` (QEMU's ``xen-pci-passthrough`` in its device model, then Xen's VT-d),
+each after ``rmrrd check hotplug`` predicted what Xen would do.
+
 What the guest's kernel would see is the map SeaBIOS hands it (``INT 15h, E820``), which
 SeaBIOS prints before it looks for something to boot: it must keep every planned
 reservation out of RAM, and differ from the plan only by SeaBIOS's own pages.  No
@@ -24,37 +30,39 @@ import concurrent.futures
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from rmrrd.core.ranges import Range, RangeSet
-from xen.rmrr_host import INVENTORY_TEXT
+from xen.daemon import Rmrrd
+from xen.rmrr_host import INVENTORY
 from xen.testbed import Dom0, Result
 
 pytestmark = pytest.mark.xen_hvm  # .ci/run's stage of its own (docs/testing.md)
 
 FOUR_GIB = 1 << 32
-INVENTORY = "/etc/testbed/hvm-rmrr.yaml"
 SEABIOS_KIB = "256"
 """Debian's ``bios-256k.bin``, which its hvmloader loads at ``0xC0000``."""
 STRATEGY_HOST = 'rdm = "strategy=host"'
 """The only ``rdm=`` a stock xl 4.17 keeps (one naming a ``policy`` is dropped)."""
 SHARED_DEVICE = "00:1f.2"
 """The SATA controller, one of the two devices of the shared RMRR: made assignable
-(bound to pciback), so that Xen itself gets to refuse its assignment."""
+(``rmrr_host.ASSIGNABLE``), so that Xen itself gets to refuse its assignment."""
 
 
 @dataclass(frozen=True)
 class Case:
     """One guest: its xl.cfg lines, and what the case is there to show on Xen's side
-    (``lowmem_end``, ``highmem_end``; None when ``xl create`` must fail)."""
+    (``lowmem_end``, ``highmem_end``; None when ``xl create`` must fail); the devices
+    given to ``xl pci-attach`` once it runs, in turn."""
 
     name: str
     memory_mib: int
     config: tuple[str, ...]
     layout: tuple[int, int] | None
+    hotplug: tuple[str, ...] = ()
 
 
 CASES = (
@@ -66,6 +74,13 @@ CASES = (
          (0x4000000, 0x104000000)),
     # The largest hole xl takes: low RAM ends at 256 MiB, two conflicts ignored below it.
     Case("hole", 288, (STRATEGY_HOST, "mmio_hole = 3840"), (0x10000000, 0x102000000)),
+    # No region known to libxl at creation (no device, no rdm=), so none reserved.  Then
+    # the devices of the two regions in its RAM, attached: the strict one refused, the
+    # relaxed one taken at a risk, and the layout stays as built (had it been there at
+    # creation, the region above rdm_mem_boundary would have ended low RAM at 64 MiB).
+    # One try per device: libxl leaves QEMU's device behind when Xen refuses it.
+    Case("attach", 128, ('passthrough = "enabled"', "rdm_mem_boundary = 32"), (0x8000000, FOUR_GIB),
+         ("00:1f.3", "00:1f.0,rdm_policy=relaxed")),
     # A strict device whose region is in low RAM: libxl refuses to build the domain.
     Case("strict", 128, ('pci = ["00:1f.3,rdm_policy=strict"]',), None),
     # The same through xl's bug: it drops an rdm= that names a policy, so the device is
@@ -91,14 +106,29 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Attached:
+    """One device hot-plugged into a running guest: rmrrd's prediction, then ``xl
+    pci-attach`` and ``xl pci-list`` after it."""
+
+    device: str
+    check: Result
+    attach: Result
+    listed: str
+
+
+@dataclass(frozen=True)
 class Built:
     """What Xen did with one case: ``xl create``'s result, the guest's lines of ``xl
     dmesg`` (hvmloader's, then SeaBIOS's) without their prefix, and Xen's own lines
-    about the guest."""
+    about the guest; rmrrd's learned answer and the hot-plugs, while it ran."""
 
     create: Result
     firmware: list[str]
     xen: list[str]
+    learned: dict[str, str] = field(default_factory=dict)
+    attached: tuple[Attached, ...] = ()
+    relearned: dict[str, str] = field(default_factory=dict)
+    """rmrrd's answer once it learned the devices attached (empty when none was)."""
 
     def shown(self) -> str:
         return "\n".join(self.firmware)
@@ -199,9 +229,24 @@ def xen_lines(dom0: Dom0, domid: str, output: str | None = None) -> list[str]:
     return [line for line in output.splitlines() if name.search(line)]
 
 
-def create_and_read(dom0: Dom0, case: Case) -> Built:
-    """``xl create`` the case; once SeaBIOS printed its map (or after 300 s), the guest's
-    lines of ``xl dmesg``; the guest destroyed."""
+def learned_answer(rmrrd: Rmrrd, domid: str) -> dict[str, str]:
+    """rmrrd's answer for a guest ``xl create`` made, once learned with the
+    configuration libxl saved at the end of ``xl create``."""
+    rmrrd.wait_for_log(f"domain {domid}: learned from libxl (hvm, its saved configuration read)")
+    return rmrrd.dom0.xs_ls(f"/local/domain/{domid}/rmrr")
+
+
+def hot_plug(dom0: Dom0, domid: str, device: str) -> Attached:
+    """``rmrrd check hotplug`` for ``device``, then ``xl pci-attach`` of it."""
+    check = dom0.rmrrd("check", "hotplug", "--domid", domid, "--device", device, check=False)
+    attach = dom0.run(["xl", "pci-attach", domid, device], timeout=120, check=False)
+    return Attached(device, check, attach, dom0.run(["xl", "pci-list", domid]).text)
+
+
+def create_and_read(dom0: Dom0, rmrrd: Rmrrd, case: Case) -> Built:
+    """``xl create`` the case; once SeaBIOS printed its map (or after 300 s), rmrrd's
+    learned answer, the case's hot-plugs, and the guest's lines of ``xl dmesg``; the
+    guest destroyed."""
     create = dom0.run(["testbed-guest-create", case.name, "hvm-firmware", str(case.memory_mib), "running",
                        *case.config], timeout=240, check=False)
     if not create.ok:
@@ -213,11 +258,21 @@ def create_and_read(dom0: Dom0, case: Case) -> Built:
     # the PV dom0 as much as the device models of the guests being waited for.
     dom0.run(["timeout", "300", "sh", "-c", f"until xl dmesg | grep '^(d{domid}) ' | grep -qF '{SEABIOS_DONE}'; "
               f"do sleep 2; done"], timeout=310, check=False)
-    output = dom0.run(["xl", "dmesg"]).text
-    dom0.run(["xl", "destroy", case.name])
+    relearned: dict[str, str] = {}
+    try:
+        learned = learned_answer(rmrrd, domid)
+        attached = tuple(hot_plug(dom0, domid, device) for device in case.hotplug)
+        if any(each.attach.ok for each in attached):
+            # libxl's new backend dev-N: learned again (a new generation).
+            dom0.wait_until(f'[ "$(xenstore-read /local/domain/{domid}/rmrr/generation)" != '
+                            f'"{learned.get("generation")}" ]', 30)
+            relearned = dom0.xs_ls(f"/local/domain/{domid}/rmrr")
+    finally:
+        output = dom0.run(["xl", "dmesg"]).text
+        dom0.run(["xl", "destroy", case.name])
     lines = [match[2] for match in map(DMESG_LINE.match, output.splitlines())
              if match is not None and match[1] == domid]
-    return Built(create, lines, xen_lines(dom0, domid, output))
+    return Built(create, lines, xen_lines(dom0, domid, output), learned, attached, relearned)
 
 
 def plan(dom0: Dom0, name: str) -> Planned:
@@ -229,13 +284,12 @@ def plan(dom0: Dom0, name: str) -> Planned:
 
 
 @pytest.fixture(scope="module")
-def outcomes(hvm_rmrr_dom0: Dom0) -> Iterator[dict[str, tuple[Built, Planned]]]:
-    """Every case created at once, then planned from the file each was created from."""
+def outcomes(hvm_rmrr_dom0: Dom0, hvm_rmrrd: Rmrrd) -> Iterator[dict[str, tuple[Built, Planned]]]:
+    """Every case created at once (``rmrrd run`` watching), then planned from the file
+    each was created from."""
     dom0 = hvm_rmrr_dom0
-    dom0.write_file(INVENTORY, INVENTORY_TEXT)
-    dom0.run(["xl", "pci-assignable-add", SHARED_DEVICE])
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(CASES)) as executor:
-        builds = {case.name: executor.submit(create_and_read, dom0, case) for case in CASES}
+        builds = {case.name: executor.submit(create_and_read, dom0, hvm_rmrrd, case) for case in CASES}
         built = {name: future.result() for name, future in builds.items()}
     yield {name: (built[name], plan(dom0, name)) for name in built}
 
@@ -261,7 +315,8 @@ def test_rmrrd_plan_gives_the_layout_xen_built(case: Case, outcomes: dict[str, t
     assert (int(answer["lowmem_end"], 16), int(answer["highmem_end"], 16)) == case.layout
     assert [str(entry) for entry in planned.e820()] == [str(entry) for entry in e820], built.shown()
     ignored = libxl_conflicts(built.create, ignored=True)
-    assert ignored, built.create.describe()  # every built case has a conflict libxl lets go
+    if STRATEGY_HOST in case.config:
+        assert ignored, built.create.describe()  # each case with host reservations has a conflict libxl lets go
     assert planned.starts("warned") == ignored, (planned.result.describe(), built.create.describe())
 
 
@@ -291,3 +346,54 @@ def test_xen_and_the_plan_refuse_a_strict_conflict(case: Case,
     assert planned.starts("failed") == refused, (planned.result.describe(), built.create.describe())
     ignored = libxl_conflicts(built.create, ignored=True)
     assert planned.starts("warned") == ignored, (planned.result.describe(), built.create.describe())
+
+
+def numbered(answer: dict[str, str], key: str) -> list[str]:
+    """The values of an answer's list ``key/0``, ``key/1``... in order."""
+    items = [(int(name.split("/")[1]), value) for name, value in answer.items()
+             if name.startswith(f"{key}/") and name.count("/") == 1]
+    return [value for _, value in sorted(items)]
+
+
+@pytest.mark.parametrize("case", BUILT, ids=[case.name for case in BUILT])
+def test_rmrrd_learns_the_layout_xen_built(case: Case, outcomes: dict[str, tuple[Built, Planned]]) -> None:
+    """Plain ``xl create``, nothing written for rmrrd: what it learned from libxl is
+    hvmloader's layout, and stays so once a device is attached."""
+    built, _ = outcome(outcomes, case)
+    e820 = [str(entry) for entry in hvmloader_e820(built.firmware)]
+    for answer in (built.learned, built.relearned) if built.relearned else (built.learned,):
+        assert (answer.get("origin"), answer.get("type"), answer.get("status")) == ("learned", "hvm", "ready"), \
+            answer
+        assert (int(answer["lowmem_end"], 16), int(answer["highmem_end"], 16)) == case.layout
+        assert numbered(answer, "e820") == e820, built.shown()
+    assert bool(built.relearned) == any(each.attach.ok for each in built.attached)
+
+
+ATTACH = next(case for case in CASES if case.hotplug)
+IDENTITY_REFUSED = "[VT-D]d{domid}: cannot map reserved region [{start:x},{end:x}]: -16"
+"""Xen's VT-d refusing a strict device whose region the guest's RAM holds (``rmrr_identity_mapping``
+in xen/drivers/passthrough/vtd/iommu.c, after ``set_identity_p2m_entry`` said EBUSY)."""
+IDENTITY_KEPT = "Cannot setup identity map d{domid}:{gfn:x}, gfn already mapped"
+"""``set_identity_p2m_entry`` (xen/arch/x86/mm/p2m.c) leaving guest RAM where a relaxed
+device's region is: the device is assigned."""
+
+
+def test_xl_pci_attach_to_a_learned_hvm_guest_is_what_rmrrd_check_said(
+        outcomes: dict[str, tuple[Built, Planned]]) -> None:
+    built, _ = outcome(outcomes, ATTACH)
+    domid = built.create.text.strip()
+    strict, relaxed = built.attached
+    xen = "\n".join(built.xen)
+    # 00:1f.3, strict by default as xl pci-attach makes it: its region is guest RAM.
+    assert strict.check.rc == 1, strict.check.describe()
+    assert "conflict 0x1000000-0x1003fff ram 0000:00:1f.3" in strict.check.text, strict.check.describe()
+    assert not strict.attach.ok, strict.attach.describe()
+    assert "xc_assign_device failed: Device or resource busy" in strict.attach.stderr.decode(), strict.attach.describe()
+    assert IDENTITY_REFUSED.format(domid=domid, start=0x1000000, end=0x1003FFF) in xen, xen
+    assert "0000:00:1f.3" not in strict.listed
+    # 00:1f.0, relaxed: its region is guest RAM too, and Xen assigns it at a risk.
+    assert relaxed.check.rc == 3, relaxed.check.describe()  # warn
+    assert "conflict 0x4100000-0x4100fff ram 0000:00:1f.0" in relaxed.check.text, relaxed.check.describe()
+    assert relaxed.attach.ok, relaxed.attach.describe()
+    assert "0000:00:1f.0" in relaxed.listed, relaxed.listed
+    assert IDENTITY_KEPT.format(domid=domid, gfn=0x4100) in xen, xen

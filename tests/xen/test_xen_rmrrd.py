@@ -14,17 +14,14 @@ import concurrent.futures
 import re
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from support import D1, D2, D3, SEED_DOMAIN
 from support.prometheus import promtool_check_metrics, tools_available
-from xen.testbed import CommandFailed, Dom0, Guest, Result
+from xen.daemon import CONFIG, STATUS, Rmrrd, running
+from xen.testbed import CommandFailed, Dom0, Guest
 
-CONFIG = "/etc/rmrrd/rmrrd.yaml"
-LOG = "/var/log/rmrrd.log"
-STATUS = "/tool/rmrrd/status"
 SEED_DOMID = 900
 """The seed scenario's domain, numbered where ``xl create`` never reaches in a session."""
 CONFIG_TEXT = """\
@@ -48,58 +45,10 @@ EARLY_DOMIDS = range(1, 400)
 list fits one xenstore payload."""
 
 
-@dataclass
-class Rmrrd:
-    """The daemon running in dom0: started through the warm Python, its log in LOG."""
-
-    dom0: Dom0
-    executor: concurrent.futures.ThreadPoolExecutor
-    run: concurrent.futures.Future[Result] | None = None
-    pid: int = 0
-
-    def start(self) -> None:
-        self.run = self.executor.submit(self.dom0.rmrrd, "run", "--config", CONFIG, timeout=3600, output=LOG,
-                                        check=False)
-        for _ in range(60):
-            if self.run.done():
-                raise AssertionError(f"rmrrd exited at start:\n{self.run.result().describe()}\n{self.log()}")
-            if self.dom0.xs_read(STATUS) == "ready":
-                self.pid = int(self.dom0.xs_read("/tool/rmrrd/pid") or 0)
-                return
-            self.dom0.run(["testbed-xs-wait", "2", STATUS, "ready"], timeout=20, check=False)
-        raise AssertionError(f"rmrrd not ready:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.dom0.run(["cat", LOG], check=False).text
-
-    def signal(self, name: str) -> None:
-        self.dom0.run(["kill", f"-{name}", str(self.pid)])
-
-    def stop(self) -> Result:
-        """SIGTERM, as systemd stops it; what the run came to."""
-        assert self.run is not None
-        self.signal("TERM")
-        return self.run.result(timeout=120)
-
-    def wait_for_log(self, needle: str, timeout: float = 30, *, regex: bool = False) -> None:
-        """Wait until a line of the log contains ``needle`` (or matches it, an extended
-        regex, with ``regex``)."""
-        try:
-            self.dom0.wait_until(f"grep -q{'E' if regex else 'F'} {shlex.quote(needle)} {LOG}", timeout)
-        except CommandFailed:
-            raise AssertionError(f"no line with {needle!r} in rmrrd's log:\n{self.log()}") from None
-
-
 @pytest.fixture(scope="module")
 def rmrrd(dom0: Dom0) -> Iterator[Rmrrd]:
-    dom0.write_file(CONFIG, CONFIG_TEXT.format(peers=NODE_B))
-    dom0.run(["rm", "-f", LOG])
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
-        daemon = Rmrrd(dom0, executor)
-        daemon.start()
+    with running(dom0, CONFIG_TEXT.format(peers=NODE_B)) as daemon:
         yield daemon
-        if daemon.run is not None and not daemon.run.done():
-            daemon.stop()
 
 
 def write_request(dom0: Dom0, domid: int, keys: dict[str, str], generation: str = "1") -> dict[str, str]:

@@ -52,7 +52,8 @@ def child(request: dict[str, Any], fds: list[int]) -> None:
             os.chdir(request["cwd"])
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # line-buffered, as python3's own (3.9+): a
+        # program that prints to stderr and then calls exec (rmrrd-xl) loses nothing
         argv = list(request["argv"])
         if argv[:1] == ["-c"]:
             sys.argv = ["-c", *argv[2:]]
