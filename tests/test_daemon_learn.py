@@ -5,7 +5,8 @@ libxl 4.17 writes for a domain it builds (``libxl__domain_make``: ``/libxl/<domi
 and the ``vm`` link; ``libxl__build_post``: ``memory/``; ``libxl__domain_build``:
 ``platform/``; then the introduction), its PCI backend as ``libxl__device_pci_add``
 writes it, and the JSON libxl saves at the end of ``xl create``.  The same flow on
-the real Xen is in ``tests/xen/test_xen_learn.py``.
+the real Xen is in ``tests/xen/test_xen_rmrrd.py`` (PV guests),
+``tests/xen/test_xen_hvm_layout.py`` (HVM guests) and ``tests/xen/test_xen_pci_attach.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import trio
 
 from support.inprocess import InProcessDaemon, inprocess_daemon
 from rmrrd.app.demo import D1, D2
-from rmrrd.app.toolstack import create_domain, read_answer
-from rmrrd.protocol import answer_path, pci_backend_path, request_path, result_path
+from rmrrd.app.toolstack import create_domain, guest_query, read_answer
+from rmrrd.core.ranges import parse_range
+from rmrrd.protocol import allocated_path, answer_path, assigned_path, pci_backend_path, request_path, result_path
 from rmrrd.xenstore.client import XenstoreClient
 from rmrrd.xenstore.ops import read_text, read_tree
 
@@ -156,6 +158,48 @@ async def test_a_device_hot_plugged_into_a_learned_hvm_guest_is_held_but_moves_n
         await create_domain(xs, 7, {"memory": "1024"})
         taken = await check(xs, "taken", f"op=hotplug domid=7 device={D2},rdm_policy=relaxed")
         assert taken["verdict"] == "fail" and "assigned to domain 3" in taken["reason"], taken
+
+
+async def test_a_check_of_a_learned_domain_holds_nothing_until_libxl_attaches(tmp_path: Path) -> None:
+    # rmrrd-xl pci-attach asks first, then xl attaches, or fails (on the real Xen,
+    # tests/xen/test_xen_pci_attach.py): the backend says what the domain holds.
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        save(tmp_path, 5, saved_config("pv", 128, passthrough="enabled"))
+        await xl_builds(xs, 5, "pv", 128)
+        learned = await wait_answer(xs, 5, "type", "pv")
+        assert (await check(xs, "asked", f"op=hotplug domid=5 device={D1}"))["verdict"] == "ok"
+        assert not await xs.exists(assigned_path(5))
+        await create_domain(xs, 7, {"memory": "1024"})
+        free = await check(xs, "free", f"op=hotplug domid=7 device={D1},rdm_policy=relaxed")
+        assert "assigned to domain 5" not in free["reason"], free
+        await xl_pci_attach(xs, 5, 0, D1)
+        with trio.fail_after(WAIT):
+            while (await read_answer(xs, 5)).generation == learned["generation"]:
+                await trio.sleep(0.01)
+        taken = await check(xs, "taken", f"op=hotplug domid=7 device={D1},rdm_policy=relaxed")
+        assert taken["verdict"] == "fail" and "assigned to domain 5" in taken["reason"], taken
+
+
+async def test_a_learned_guests_placements_outlive_an_attach(tmp_path: Path) -> None:
+    # The guest runs on when a device is attached: what its hvmloader placed stays
+    # placed (a new answer to a request is a new boot; a learned one is not).
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        save(tmp_path, 3, saved_config("hvm", 1024, hvm={}, passthrough="enabled"))
+        await xl_builds(xs, 3, "hvm", 1024)
+        built = await wait_answer(xs, 3, "origin", "learned")
+        async with daemon.guest(3) as guest:
+            first = (await guest_query(guest, 3, "a1", "alloc 0x1000000")).removeprefix("ok ")
+            assert await xs.directory(allocated_path(3)), "the placement is recorded"
+            await xl_pci_attach(xs, 3, 0, D1, policy="relaxed")
+            with trio.fail_after(WAIT):
+                while (await read_answer(xs, 3)).generation == built["generation"]:
+                    await trio.sleep(0.01)
+            assert await xs.directory(allocated_path(3)), "the placement is still recorded"
+            second = (await guest_query(guest, 3, "a2", "alloc 0x1000000")).removeprefix("ok ")
+            assert not parse_range(first).overlaps(parse_range(second)), (first, second)
+            assert await guest_query(guest, 3, "c1", f"check {first}") == "ok overlaps allocated"
 
 
 async def test_a_plain_pv_domain_takes_no_device_and_one_with_passthrough_takes_them_without_layout(

@@ -120,7 +120,8 @@ def setup_kind(requested: str, answered: str | None, known: str | None) -> Setup
     ``current``: answered and known, nothing to do.  ``relearned``: answered before a
     restart; the guest was built on that layout, so it is kept and only the plan is
     learnt again.  ``written``: no answer yet.  ``rewritten``: an older answer to
-    replace (a new layout is a new boot: allocations in the old one mean nothing).
+    replace (for a request, a new layout is a new boot: allocations in the old one
+    mean nothing; a learned domain runs on).
     """
     if answered == requested:
         return "current" if known == requested else "relearned"
@@ -178,6 +179,9 @@ class Domain:
     """Ids of the replies written, oldest first (at most :data:`REPLIES_KEPT`)."""
     learn_retries: int = 0
     """Setups run again for want of libxl's saved configuration (:data:`LEARN_RETRIES`)."""
+    learned: bool = False
+    """Answered from what libxl built (:mod:`rmrrd.daemon.learn`), not from a request:
+    the devices it holds are those libxl's PCI backend lists, not those checks accepted."""
     laid_out: tuple[DeviceSpec, ...] | None = None
     """For a learned HVM domain: the devices libxl built it with, those of the first
     saved configuration read.  libxl lays a guest out once; a device hot-plugged later
@@ -655,11 +659,13 @@ class DomainMachine:
             # We had answered, and the answer is gone: a new domain on this domid.
             effects += self._drop("answer gone when its request was served again")
             domain = self.domain
-        if result.kind == "rewritten":
-            # The transaction removed the allocation record with the old layout.
+        if result.kind == "rewritten" and result.outcome.learned is None:
+            # The transaction removed the allocation record with the old layout (a
+            # learned domain's placements stay: see run_setup).
             domain.allocations = Allocations(self.limits.max_allocations)
         domain.generation = result.generation
         domain.request, domain.plan = result.outcome.request, result.outcome.plan
+        domain.learned = result.outcome.learned is not None
         if domain.laid_out is None and result.outcome.saved:
             domain.laid_out = result.outcome.laid_out
         self.state = State.ANSWERED

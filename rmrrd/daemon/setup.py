@@ -153,7 +153,10 @@ async def run_setup(tx: Transaction, domid: int, known: str | None,
     assert outcome is not None  # learned when there is no request
     if kind != "relearned":
         await write_answer(tx, domid, generation, outcome)
-    if kind == "rewritten":
-        # A new layout is a new boot: BARs placed in the old one mean nothing.
+    if kind == "rewritten" and given is not None:
+        # A new request is a new boot: BARs placed in the old layout mean nothing.  A
+        # learned domain's answer changes while the guest runs on (a device attached:
+        # libxl never lays a guest out again), and a domain re-created on its domid is
+        # released first, so its placements stay.
         await rm_quietly(tx, allocated_path(domid))
     return SetupResult(kind, generation, outcome)

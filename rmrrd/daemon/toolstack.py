@@ -97,11 +97,18 @@ class ToolstackHandler:
             await self._domains.check(request.domid, _Check(self, req_id, request, started))
 
     async def _answer(self, req_id: str, started: float, request: ToolRequest | None, verdict: Verdict,
-                      ranking: list[str] | None = None) -> DeviceAttached | None:
-        """Write the result and remove the request in one transaction; count and log it."""
+                      ranking: list[str] | None = None, *, holds: bool = False) -> DeviceAttached | None:
+        """Write the result and remove the request in one transaction; count and log it.
+
+        ``holds``: an accepted ``assign`` or ``hotplug`` makes the domain hold the device
+        (recorded with the result).  Not for a learned domain: what it holds is what
+        libxl's PCI backend lists once the attach is done, and an attach that fails or
+        never comes must not leave the device held (Xen itself refuses a device that
+        another domain has).
+        """
         domains = self._domains
         attach = None
-        if request is not None and request.op != "migrate" and verdict.verdict != "fail":
+        if holds and request is not None and request.op != "migrate" and verdict.verdict != "fail":
             attach = DeviceAttached(request.devices[0].bdf, request.op)
 
         result = Result(verdict.verdict, verdict.reason, tuple(str(c) for c in verdict.conflicts), tuple(ranking or ()))
@@ -146,4 +153,5 @@ class _Check:
                                         partial(domains.devices_elsewhere, self.request.domid))
         except InputError as exc:
             verdict, ranking = Verdict("fail", str(exc)), []
-        return await self.handler._answer(self.req_id, self.started, self.request, verdict, ranking)
+        return await self.handler._answer(self.req_id, self.started, self.request, verdict, ranking,
+                                          holds=not domain.learned)
