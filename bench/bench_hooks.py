@@ -17,6 +17,8 @@ with the seed's domain 1 set up:
   hook after the warm-up runs);
 * ``rmrrd-xl pci-attach``: the xl wrapper's check, then exec of ``/bin/true`` in
   place of xl;
+* ``rmrrd-xl create``: the xl wrapper's prediction for the same xl.cfg file (read,
+  planned against the cached inventory), then exec of ``/bin/true``;
 * ``rmrrd-libvirt-hook prepare``: a domain XML without PCI devices (the common case),
   with the GPU (planned here against this host's inventory: configuration, YAML and
   planner loaded), and an operation the hook does not check.
@@ -103,6 +105,7 @@ def main() -> int:
             ("rmrrd check hotplug --xl-config", [str(VENV_BIN / "rmrrd"), "check", "hotplug", "--xl-config",
                                                  str(XL_CONFIG), "--device", "0000:00:02.0"], ""),
             ("rmrrd-xl pci-attach", [str(VENV_BIN / "rmrrd-xl"), "pci-attach", "1", "0000:00:02.0"], ""),
+            ("rmrrd-xl create", [str(VENV_BIN / "rmrrd-xl"), "create", str(XL_CONFIG)], ""),
             ("rmrrd-libvirt-hook prepare, no PCI device",
              [str(VENV_BIN / "rmrrd-libvirt-hook"), "g", "prepare", "begin", "-"], NO_DEVICE_XML),
             ("rmrrd-libvirt-hook prepare, GPU",

@@ -137,13 +137,12 @@ def check_xl_config(args: argparse.Namespace) -> Result:
     from pathlib import Path
 
     from rmrrd.app.xl_config import read_xl_config
-    from rmrrd.cli.plan import load_peers
     from rmrrd.core.checks import Verdict, check_operation
     from rmrrd.core.libxl_domain import libxl_plan
     from rmrrd.protocol import parse_check
 
     devices, target = parse_check(args.op, args.device, args.target)
-    peers = load_peers([Path(peer) for peer in args.peer])
+    peers = _peers([Path(peer) for peer in args.peer])
     if args.op == "migrate" and target is None and not peers:
         raise InputError("migrate without --target ranks the --peer hosts: give at least one --peer FILE")
     domain = read_xl_config(Path(args.xl_config), "check")
@@ -158,6 +157,16 @@ def check_xl_config(args: argparse.Namespace) -> Result:
         else:
             verdict, ranking = check_operation(plan, host, peers, args.op, devices, target, _no_other_domains)
     return Result(verdict.verdict, verdict.reason, tuple(str(c) for c in verdict.conflicts), tuple(ranking))
+
+
+def _peers(paths: list[Path]) -> dict[str, Inventory]:
+    """The ``--peer`` inventories; their YAML reader only when there are some (an
+    assign or hotplug check, the common case, needs none: docs/performance.md)."""
+    if not paths:
+        return {}
+    from rmrrd.cli.plan import load_peers
+
+    return load_peers(paths)
 
 
 def _no_other_domains() -> dict[Bdf, int]:
