@@ -103,6 +103,19 @@ async def check(xs: XenstoreClient, req_id: str, line: str) -> dict[str, str]:
     raise AssertionError("unreachable")
 
 
+async def learned_again(xs: XenstoreClient, domid: int, generation: str) -> None:
+    """Wait until the domain's learned answer has a generation other than ``generation``."""
+    with trio.fail_after(WAIT):
+        while (await read_answer(xs, domid)).generation == generation:
+            await trio.sleep(0.01)
+
+
+async def held_by(xs: XenstoreClient, holder: int, device: str) -> None:
+    """Domain 7 (set up by the caller) is refused ``device``, relaxed: ``holder`` has it."""
+    taken = await check(xs, f"taken-{holder}", f"op=hotplug domid=7 device={device},rdm_policy=relaxed")
+    assert taken["verdict"] == "fail" and f"assigned to domain {holder}" in taken["reason"], taken
+
+
 async def test_an_hvm_domain_is_learned_at_its_introduction_then_from_its_saved_configuration(
         tmp_path: Path) -> None:
     async with inprocess_daemon(tmp_path) as daemon:
@@ -123,12 +136,9 @@ async def test_an_hvm_domain_is_learned_at_its_introduction_then_from_its_saved_
         # xl pci-attach D1 (the USB controller, its buffer in the BIOS area): the
         # domain holds it now, so another domain may not take D1's region.
         await xl_pci_attach(xs, 3, 0, D1, policy="relaxed")
-        with trio.fail_after(WAIT):
-            while (await read_answer(xs, 3)).generation == answer.generation:
-                await trio.sleep(0.01)
+        await learned_again(xs, 3, answer.generation)
         await create_domain(xs, 7, {"memory": "1024"})
-        taken = await check(xs, "taken", f"op=hotplug domid=7 device={D1},rdm_policy=relaxed")
-        assert taken["verdict"] == "fail" and "assigned to domain 3" in taken["reason"], taken
+        await held_by(xs, 3, D1)
 
 
 async def test_a_device_hot_plugged_into_a_learned_hvm_guest_is_held_but_moves_nothing(tmp_path: Path) -> None:
@@ -147,17 +157,14 @@ async def test_a_device_hot_plugged_into_a_learned_hvm_guest_is_held_but_moves_n
         await xl_pci_attach(xs, 3, 0, D2, policy="relaxed")
         save(tmp_path, 3, saved_config("hvm", 4096, hvm={}, passthrough="enabled",
                                        pcidevs=[{"dev": 2, "rdm_policy": "relaxed"}]))
-        with trio.fail_after(WAIT):
-            while (await read_answer(xs, 3)).generation == generation:
-                await trio.sleep(0.01)
+        await learned_again(xs, 3, generation)
         after = await read_tree(xs, answer_path(3))
         layout = ("lowmem_end", "highmem_end", "e820/0", "e820/1", "e820/2", "e820/3", "e820/4")
         assert [after.get(key) for key in layout] == [built.get(key) for key in layout]
         assert "e820/5" not in after and "region/0/range" not in after, after
         # Held all the same: another domain may not take it.
         await create_domain(xs, 7, {"memory": "1024"})
-        taken = await check(xs, "taken", f"op=hotplug domid=7 device={D2},rdm_policy=relaxed")
-        assert taken["verdict"] == "fail" and "assigned to domain 3" in taken["reason"], taken
+        await held_by(xs, 3, D2)
 
 
 async def test_a_check_of_a_learned_domain_holds_nothing_until_libxl_attaches(tmp_path: Path) -> None:
@@ -174,11 +181,8 @@ async def test_a_check_of_a_learned_domain_holds_nothing_until_libxl_attaches(tm
         free = await check(xs, "free", f"op=hotplug domid=7 device={D1},rdm_policy=relaxed")
         assert "assigned to domain 5" not in free["reason"], free
         await xl_pci_attach(xs, 5, 0, D1)
-        with trio.fail_after(WAIT):
-            while (await read_answer(xs, 5)).generation == learned["generation"]:
-                await trio.sleep(0.01)
-        taken = await check(xs, "taken", f"op=hotplug domid=7 device={D1},rdm_policy=relaxed")
-        assert taken["verdict"] == "fail" and "assigned to domain 5" in taken["reason"], taken
+        await learned_again(xs, 5, learned["generation"])
+        await held_by(xs, 5, D1)
 
 
 async def test_a_learned_guests_placements_outlive_an_attach(tmp_path: Path) -> None:
@@ -193,9 +197,7 @@ async def test_a_learned_guests_placements_outlive_an_attach(tmp_path: Path) -> 
             first = (await guest_query(guest, 3, "a1", "alloc 0x1000000")).removeprefix("ok ")
             assert await xs.directory(allocated_path(3)), "the placement is recorded"
             await xl_pci_attach(xs, 3, 0, D1, policy="relaxed")
-            with trio.fail_after(WAIT):
-                while (await read_answer(xs, 3)).generation == built["generation"]:
-                    await trio.sleep(0.01)
+            await learned_again(xs, 3, built["generation"])
             assert await xs.directory(allocated_path(3)), "the placement is still recorded"
             second = (await guest_query(guest, 3, "a2", "alloc 0x1000000")).removeprefix("ok ")
             assert not parse_range(first).overlaps(parse_range(second)), (first, second)
