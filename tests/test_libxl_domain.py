@@ -241,12 +241,11 @@ def test_the_saved_configuration_of_an_hvm_guest_with_libxls_defaults() -> None:
         DomainType.HVM, 4096, 4096, videoram_mib=16, hap=True, bios="ovmf", mmio_hole_mib=1024, rdm_host=True,
         rdm_policy=Policy.STRICT, rdm_mem_boundary_mib=1024,
         pci=(DeviceSpec(Bdf(0, 0, 2, 0), Policy.RELAXED), DeviceSpec(Bdf(0, 3, 0, 0), Policy.STRICT)),
-        passthrough=True, device_policy=Policy.STRICT)
+        passthrough=True)
     # Nothing set beyond the memory: qemu-xen's SeaBIOS and cirrus, libxl's hole and
     # boundary, a relaxed domain policy, no passthrough (no device at creation).
     bare = from_libxl_json({"c_info": {"type": "hvm"}, "b_info": {"max_memkb": 1048576}})
-    assert bare == LibxlDomain(DomainType.HVM, 1024, 1024, videoram_mib=8, passthrough=False,
-                               device_policy=Policy.STRICT)
+    assert bare == LibxlDomain(DomainType.HVM, 1024, 1024, videoram_mib=8, passthrough=False)
     assert from_libxl_json({"c_info": {"type": "pv", "passthrough": "enabled"}}).passthrough
 
 

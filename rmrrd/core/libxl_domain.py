@@ -56,11 +56,6 @@ RDM_MEM_BOUNDARY_DEFAULT_MIB = 2048
 DEFAULT_MEMORY_MIB = 32
 """libxl's ``max_memkb`` when neither ``memory`` nor ``maxmem`` is set."""
 
-ATTACHED_POLICY = Policy.STRICT
-"""The policy of a device attached to a running domain without its own ``rdm_policy``:
-``xl pci-attach`` (and libvirt) hand libxl an unset one, which
-``libxl__device_pci_setdefault`` makes strict whatever the domain's ``rdm=`` policy.
-Every device a learned domain may still get is attached this way."""
 POLICY_BUG_FIX = ('write rdm="strategy=host" without policy= and give every pci= device its own '
                   "rdm_policy=")
 
@@ -115,9 +110,12 @@ class LibxlDomain:
     passthrough: bool = True
     """Whether the domain was created able to take devices (``c_info.passthrough``;
     libxl's default is "only when it has ``pci=`` devices at creation")."""
-    device_policy: Policy | None = None
-    """The policy a ``pci=`` device added without ``rdm_policy`` would get; None: the
-    ``rdm=`` policy's (as xl copies it), else strict."""
+    device_policy: Policy = Policy.STRICT
+    """The policy of a device added without its own ``rdm_policy``: strict, whether
+    attached to the running domain (``xl pci-attach`` and libvirt hand libxl an unset
+    policy, which ``libxl__device_pci_setdefault`` makes strict whatever the domain's
+    ``rdm=`` policy) or named in ``pci=`` (xl copies the ``rdm=`` policy, which 4.15
+    and later never set)."""
 
     def setup_keys(self) -> dict[str, str]:
         """The setup request's single-valued keys (``memory``, ``config`` ...) as strings.
@@ -320,11 +318,8 @@ def from_xl_config(cfg: XlConfig) -> Prediction:
     if passthrough and kind is DomainType.PVH:
         refusals.append(f"{cfg.where('pci' if devices else 'passthrough')}: libxl refuses passthrough to x86 "
                         f"PVH guests")
-    # xl hands every pci= device the rdm= policy, which xl 4.15+ never sets (see
-    # _devices): one more device without rdm_policy would be strict too.
     domain = LibxlDomain(kind, max_memory, target, hap=True if hap is None else hap,
-                         rdm_host=rdm_host, pci=tuple(devices), passthrough=passthrough,
-                         device_policy=Policy.STRICT)
+                         rdm_host=rdm_host, pci=tuple(devices), passthrough=passthrough)
     if kind is DomainType.HVM:
         domain = _hvm(cfg, domain, warnings, refusals)
     warnings += [f"{cfg.source}:{problem.line}: {problem.key}: {problem.message}" for problem in cfg.problems]
@@ -461,7 +456,7 @@ def from_libxl_json(obj: object) -> LibxlDomain:
     passthrough = mode not in (None, "default", "disabled") or (
         mode != "disabled" and bool(devices or config.obj.get("dtdevs")))
     domain = LibxlDomain(DomainType(kind), max_memory, target, hap=True if hap is None else hap, pci=tuple(devices),
-                         passthrough=passthrough, device_policy=ATTACHED_POLICY)
+                         passthrough=passthrough)
     if domain.type is not DomainType.HVM:
         return domain
     hvm = b_info.sub("type.hvm")
@@ -537,8 +532,7 @@ def from_libxl_xenstore(kind: str, keys: Mapping[str, str | None], backend: Mapp
         raise InputError(f"{what}: type {kind[:20]!r} is not hvm, pv or pvh") from None
     max_memory = _kib(keys, "static_max", f"{what}: memory/static-max") or DEFAULT_MEMORY_MIB
     target = _kib(keys, "target", f"{what}: memory/target") or max_memory
-    domain = (saved if saved is not None and saved.type is guest
-              else LibxlDomain(guest, max_memory, target, device_policy=ATTACHED_POLICY))
+    domain = saved if saved is not None and saved.type is guest else LibxlDomain(guest, max_memory, target)
     devices = domain.pci if backend is None else tuple(backend_devices(backend, f"{what}: PCI backend"))
     domain = replace(domain, max_memory_mib=max_memory, memory_mib=target, pci=devices,
                      passthrough=domain.passthrough or bool(devices))
@@ -571,7 +565,7 @@ def domain_request(domain: LibxlDomain, hotplug: Sequence[str] = (), migrate: Se
     request = parse_domain_request(keys["memory"], keys["mmio_hole"], keys["config"], keys["mem_boundary"],
                                    domain.pci_specs(), hotplug, migrate, reserve, defaults,
                                    videoram=keys["videoram"], hap=keys["hap"], bios=keys["bios"])
-    return request if domain.device_policy is None else replace(request, device_policy=domain.device_policy)
+    return replace(request, device_policy=domain.device_policy)
 
 
 def libxl_plan(domain: LibxlDomain, host: Inventory, peers: Mapping[str, Inventory], *,
