@@ -167,6 +167,22 @@ async def test_a_device_hot_plugged_into_a_learned_hvm_guest_is_held_but_moves_n
         await held_by(xs, 3, D2)
 
 
+async def test_xl_mem_max_does_not_move_a_learned_layout(tmp_path: Path) -> None:
+    # libxl_domain_setmaxmem rewrites memory/static-max; the guest keeps the layout it
+    # was built with, and so does its learned answer.
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        save(tmp_path, 3, saved_config("hvm", 4096, hvm={"rdm": {"strategy": "host"}}, passthrough="enabled"))
+        await xl_builds(xs, 3, "hvm", 4096)
+        built = await wait_answer(xs, 3, "lowmem_end", "0xa0000000")
+        await xs.write("/local/domain/3/memory/static-max", str(8192 * 1024))
+        await xl_pci_attach(xs, 3, 0, D1, policy="relaxed")  # a re-learn, seeing both
+        await learned_again(xs, 3, built["generation"])
+        after = await read_tree(xs, answer_path(3))
+        layout = [key for key in built if key.startswith(("lowmem_end", "highmem_end", "e820/", "region/"))]
+        assert [after.get(key) for key in layout] == [built[key] for key in layout], after
+
+
 async def test_a_check_of_a_learned_domain_holds_nothing_until_libxl_attaches(tmp_path: Path) -> None:
     # rmrrd-xl pci-attach asks first, then xl attaches, or fails (on the real Xen,
     # tests/xen/test_xen_pci_attach.py): the backend says what the domain holds.

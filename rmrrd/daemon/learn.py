@@ -30,7 +30,6 @@ from rmrrd.errors import InputError
 from rmrrd.core.inventory import Inventory
 from rmrrd.core.libxl_domain import DomainType, LibxlDomain, from_libxl_json, from_libxl_xenstore, libxl_plan
 from rmrrd.core.planner import RequestDefaults
-from rmrrd.core.xlcfg import DeviceSpec
 from rmrrd.protocol import LIBXL_JSON, domain_keys, libxl_type_path, pci_backend_path
 from rmrrd.xenstore.client import Transaction
 
@@ -97,16 +96,17 @@ def read_saved(path: Path | None) -> LibxlDomain | None:
 
 
 def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inventory,
-          peers: Mapping[str, Inventory], laid_out: tuple[DeviceSpec, ...] | None = None) -> tuple[str, SetupOutcome]:
+          peers: Mapping[str, Inventory], laid_out: LibxlDomain | None = None) -> tuple[str, SetupOutcome]:
     """The learned answer's generation and outcome.
 
     The generation is a digest of what was learned, so a setup triggered by a change
-    that changes nothing finds its answer current.  ``laid_out``: the devices an HVM
-    guest was built with, once known (:attr:`Domain.laid_out`): its layout is planned
-    with those, as libxl laid it out at creation (``libxl__domain_device_construct_rdm``)
-    and never again; the devices attached since are held, and checked, but move nothing.
-    None: the devices there now (at creation, or after a restart of rmrrd, which cannot
-    tell a device attached later from one the guest was built with).
+    that changes nothing finds its answer current.  ``laid_out``: an HVM guest as
+    libxl built it, once known (:attr:`Domain.laid_out`): its layout is planned from
+    that, as libxl laid it out at creation (``libxl__domain_device_construct_rdm``) and
+    never again; the devices attached since are held, and checked, but move nothing,
+    and a later ``xl mem-max`` (``memory/static-max``) moves nothing either.  None: the
+    domain as it is now (at creation, or after a restart of rmrrd, which cannot tell a
+    device attached later from one the guest was built with).
     """
     what = f"domain {keys.domid}"
     try:
@@ -117,8 +117,8 @@ def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inv
     generation = f"learned-{_digest(repr((domain, saved is not None)))}"
     try:
         hvm = domain.type is DomainType.HVM
-        built = laid_out if hvm and laid_out is not None else domain.pci
-        request, plan = libxl_plan(replace(domain, pci=built), host, peers, seabios_size=defaults.seabios_size)
+        built = laid_out if hvm and laid_out is not None and laid_out.type is domain.type else domain
+        request, plan = libxl_plan(built, host, peers, seabios_size=defaults.seabios_size)
         request = replace(request, pci=domain.pci)  # what it holds now: the devices attached since too
     except InputError as exc:
         return generation, SetupOutcome(None, None, f"{what}: {exc}", learned=domain.type.value)

@@ -60,11 +60,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from rmrrd.core.guest_queries import Allocations, QueryResult, handle_query
+from rmrrd.core.libxl_domain import LibxlDomain
 from rmrrd.core.newest import note_newest
 from rmrrd.core.pci import Bdf
 from rmrrd.core.planner import DomainRequest, Plan
 from rmrrd.core.ranges import Range
-from rmrrd.core.xlcfg import DeviceSpec
 from rmrrd.core.rate_limit import TokenBucket
 from rmrrd.protocol import is_valid_id
 
@@ -139,8 +139,8 @@ class SetupOutcome:
     """The guest type of a domain learned from libxl (None: answered from a request)."""
     saved: bool = False
     """For a learned domain: whether libxl's saved configuration was read."""
-    laid_out: tuple[DeviceSpec, ...] | None = None
-    """For a learned HVM domain: the devices its layout was planned with."""
+    laid_out: LibxlDomain | None = None
+    """For a learned HVM domain: the domain its layout was planned from."""
 
     @property
     def status(self) -> str:
@@ -182,10 +182,11 @@ class Domain:
     learned: bool = False
     """Answered from what libxl built (:mod:`rmrrd.daemon.learn`), not from a request:
     the devices it holds are those libxl's PCI backend lists, not those checks accepted."""
-    laid_out: tuple[DeviceSpec, ...] | None = None
-    """For a learned HVM domain: the devices libxl built it with, those of the first
-    saved configuration read.  libxl lays a guest out once; a device hot-plugged later
-    changes what the guest holds, not its layout (``rmrrd.daemon.learn``)."""
+    laid_out: LibxlDomain | None = None
+    """For a learned HVM domain: the domain as libxl built it, from the first saved
+    configuration read.  libxl lays a guest out once: a device hot-plugged later, or a
+    new ``xl mem-max``, changes what the guest holds or may grow to, not its layout
+    (``rmrrd.daemon.learn``)."""
 
     def devices(self) -> set[Bdf]:
         """Every device this domain holds: statically assigned plus attached.
