@@ -117,7 +117,7 @@ def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inv
     generation = f"learned-{_digest(repr((domain, saved is not None)))}"
     try:
         hvm = domain.type is DomainType.HVM
-        built = laid_out if hvm and laid_out is not None and laid_out.type is domain.type else domain
+        built = laid_out if laid_out is not None and laid_out.type is domain.type else domain
         request, plan = libxl_plan(built, host, peers, seabios_size=defaults.seabios_size)
         request = replace(request, pci=domain.pci)  # what it holds now: the devices attached since too
     except InputError as exc:

@@ -128,6 +128,15 @@ def setup_kind(requested: str, answered: str | None, known: str | None) -> Setup
     return "written" if answered is None else "rewritten"
 
 
+def ends_placements(kind: SetupKind, outcome: SetupOutcome) -> bool:
+    """Whether the setup's answer starts a new boot, so that the guest's ``alloc``
+    placements in the old layout mean nothing: a rewritten answer to a request.  A
+    learned domain's answer is rewritten while the guest runs on (an attach: libxl
+    never lays a guest out again), and a domain re-created on its domid is released
+    first."""
+    return kind == "rewritten" and outcome.learned is None
+
+
 @dataclass(frozen=True, slots=True)
 class SetupOutcome:
     """What the planner made of a request: a plan, or why there is none."""
@@ -660,9 +669,8 @@ class DomainMachine:
             # We had answered, and the answer is gone: a new domain on this domid.
             effects += self._drop("answer gone when its request was served again")
             domain = self.domain
-        if result.kind == "rewritten" and result.outcome.learned is None:
-            # The transaction removed the allocation record with the old layout (a
-            # learned domain's placements stay: see run_setup).
+        if ends_placements(result.kind, result.outcome):
+            # The transaction removed the allocation record with the old layout.
             domain.allocations = Allocations(self.limits.max_allocations)
         domain.generation = result.generation
         domain.request, domain.plan = result.outcome.request, result.outcome.plan

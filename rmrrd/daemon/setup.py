@@ -22,7 +22,7 @@ from rmrrd.protocol import (ANSWER_PERMS, DEVICE_LISTS, LIBXL_ROOT, OWNED_ANSWER
 from rmrrd.xenstore.client import Transaction
 
 from rmrrd.daemon.learn import LibxlKeys, read_libxl_keys
-from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, setup_kind
+from rmrrd.daemon.lifecycle import SetupKind, SetupOutcome, SetupResult, ends_placements, setup_kind
 from rmrrd.xenstore.ops import gather, list_tree, read_value, read_values, rm_quietly
 
 
@@ -153,10 +153,6 @@ async def run_setup(tx: Transaction, domid: int, known: str | None,
     assert outcome is not None  # learned when there is no request
     if kind != "relearned":
         await write_answer(tx, domid, generation, outcome)
-    if kind == "rewritten" and given is not None:
-        # A new request is a new boot: BARs placed in the old layout mean nothing.  A
-        # learned domain's answer changes while the guest runs on (a device attached:
-        # libxl never lays a guest out again), and a domain re-created on its domid is
-        # released first, so its placements stay.
+    if ends_placements(kind, outcome):
         await rm_quietly(tx, allocated_path(domid))
     return SetupResult(kind, generation, outcome)
