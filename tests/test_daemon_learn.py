@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -82,6 +83,15 @@ async def xl_pci_attach(xs: XenstoreClient, domid: int, n: int, bdf: str, policy
         await tx.write(f"{backend}/num_devs", str(n + 1))
 
 
+async def xl_creates(xs: XenstoreClient, daemon_dir: Path, domid: int, kind: str, max_mib: int,
+                     **config: Any) -> dict[str, str]:
+    """``xl create`` as a test's starting point: the configuration saved before the
+    introduction, so the first learned answer is the whole one; that answer."""
+    save(daemon_dir, domid, saved_config(kind, max_mib, **config))
+    await xl_builds(xs, domid, kind, max_mib)
+    return await wait_answer(xs, domid, "origin", "learned")
+
+
 async def wait_answer(xs: XenstoreClient, domid: int, key: str, value: str) -> dict[str, str]:
     """Wait until the answer's ``key`` holds ``value``; the whole answer."""
     with trio.fail_after(WAIT):
@@ -147,9 +157,7 @@ async def test_a_device_hot_plugged_into_a_learned_hvm_guest_is_held_but_moves_n
     # Xen: tests/xen/test_xen_hvm_layout.py, the "attach" guest.
     async with inprocess_daemon(tmp_path) as daemon:
         xs = daemon.xs
-        save(tmp_path, 3, saved_config("hvm", 4096, hvm={}, passthrough="enabled"))
-        await xl_builds(xs, 3, "hvm", 4096)
-        built = await wait_answer(xs, 3, "origin", "learned")
+        built = await xl_creates(xs, tmp_path, 3, "hvm", 4096, hvm={}, passthrough="enabled")
         assert (built["lowmem_end"], "region/0/range" in built) == ("0xf0000000", False), built
         # The GPU, relaxed: its region at 2.5 GiB, above rdm_mem_boundary, lies in the
         # guest's RAM; had it been there at creation, libxl would have ended low RAM below it.
@@ -172,9 +180,9 @@ async def test_xl_mem_max_does_not_move_a_learned_layout(tmp_path: Path) -> None
     # was built with, and so does its learned answer.
     async with inprocess_daemon(tmp_path) as daemon:
         xs = daemon.xs
-        save(tmp_path, 3, saved_config("hvm", 4096, hvm={"rdm": {"strategy": "host"}}, passthrough="enabled"))
-        await xl_builds(xs, 3, "hvm", 4096)
-        built = await wait_answer(xs, 3, "lowmem_end", "0xa0000000")
+        built = await xl_creates(xs, tmp_path, 3, "hvm", 4096, hvm={"rdm": {"strategy": "host"}},
+                                 passthrough="enabled")
+        assert built["lowmem_end"] == "0xa0000000", built  # below the GPU's region
         await xs.write("/local/domain/3/memory/static-max", str(8192 * 1024))
         await xl_pci_attach(xs, 3, 0, D1, policy="relaxed")  # a re-learn, seeing both
         await learned_again(xs, 3, built["generation"])
@@ -188,9 +196,7 @@ async def test_a_check_of_a_learned_domain_holds_nothing_until_libxl_attaches(tm
     # tests/xen/test_xen_pci_attach.py): the backend says what the domain holds.
     async with inprocess_daemon(tmp_path) as daemon:
         xs = daemon.xs
-        save(tmp_path, 5, saved_config("pv", 128, passthrough="enabled"))
-        await xl_builds(xs, 5, "pv", 128)
-        learned = await wait_answer(xs, 5, "type", "pv")
+        learned = await xl_creates(xs, tmp_path, 5, "pv", 128, passthrough="enabled")
         assert (await check(xs, "asked", f"op=hotplug domid=5 device={D1}"))["verdict"] == "ok"
         assert not await xs.exists(assigned_path(5))
         await create_domain(xs, 7, {"memory": "1024"})
@@ -206,9 +212,7 @@ async def test_a_learned_guests_placements_outlive_an_attach(tmp_path: Path) -> 
     # placed (a new answer to a request is a new boot; a learned one is not).
     async with inprocess_daemon(tmp_path) as daemon:
         xs = daemon.xs
-        save(tmp_path, 3, saved_config("hvm", 1024, hvm={}, passthrough="enabled"))
-        await xl_builds(xs, 3, "hvm", 1024)
-        built = await wait_answer(xs, 3, "origin", "learned")
+        built = await xl_creates(xs, tmp_path, 3, "hvm", 1024, hvm={}, passthrough="enabled")
         async with daemon.guest(3) as guest:
             first = (await guest_query(guest, 3, "a1", "alloc 0x1000000")).removeprefix("ok ")
             assert await xs.directory(allocated_path(3)), "the placement is recorded"
@@ -224,17 +228,13 @@ async def test_a_plain_pv_domain_takes_no_device_and_one_with_passthrough_takes_
         tmp_path: Path) -> None:
     async with inprocess_daemon(tmp_path) as daemon:
         xs = daemon.xs
-        save(tmp_path, 4, saved_config("pv", 128))
-        await xl_builds(xs, 4, "pv", 128)
-        answer = await wait_answer(xs, 4, "type", "pv")
+        answer = await xl_creates(xs, tmp_path, 4, "pv", 128)
         assert answer["status"] == "ready" and "lowmem_end" not in answer
         refused = await check(xs, "plain", f"op=hotplug domid=4 device={D2}")
         assert refused["verdict"] == "fail" and "created without passthrough" in refused["reason"], refused
         # passthrough="enabled": D1's region lies in a PV guest's address space
         # nowhere (the IOMMU maps it 1:1), so Xen takes it.
-        save(tmp_path, 5, saved_config("pv", 128, passthrough="enabled"))
-        await xl_builds(xs, 5, "pv", 128)
-        await wait_answer(xs, 5, "type", "pv")
+        await xl_creates(xs, tmp_path, 5, "pv", 128, passthrough="enabled")
         assert (await check(xs, "pv", f"op=hotplug domid=5 device={D1}"))["verdict"] == "ok"
         await xs.rm("/libxl/5")  # xl destroy: the learned answer goes like any other
         with trio.fail_after(WAIT):
