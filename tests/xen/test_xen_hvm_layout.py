@@ -253,11 +253,17 @@ def create_and_read(dom0: Dom0, rmrrd: Rmrrd, case: Case) -> Built:
         # libxl names the domain it gave up on ("Domain 3:cannot (re-)build domain").
         found = re.search(r"Domain (\d+):", create.stderr.decode(errors="replace"))
         return Built(create, [], xen_lines(dom0, found[1]) if found else [])
-    domid = create.text.strip()
     # Polled every 2 s, not testbed-wait's 0.2: each poll is three processes, which cost
-    # the PV dom0 as much as the device models of the guests being waited for.
-    dom0.run(["timeout", "300", "sh", "-c", f"until xl dmesg | grep '^(d{domid}) ' | grep -qF '{SEABIOS_DONE}'; "
-              f"do sleep 2; done"], timeout=310, check=False)
+    # the PV dom0 as much as the device models of the guests being waited for.  Polled
+    # by name: a guest whose firmware faults under the emulation (seen once in
+    # hvmloader, a triple fault, which Xen makes a reboot) is created again by xl from
+    # the same file, with a new domid, and it is that domain which then runs.
+    dom0.run(["timeout", "300", "sh", "-c", f'until d=$(xl domid {case.name}) && xl dmesg | grep "^(d$d) " | '
+              f"grep -qF '{SEABIOS_DONE}'; do sleep 2; done"], timeout=310, check=False)
+    current = dom0.run(["xl", "domid", case.name], check=False)
+    domid = current.text.strip() if current.ok else create.text.strip()
+    if domid != create.text.strip():
+        print(f"{case.name}: d{create.text.strip()} rebooted; its layout is read from d{domid}")
     relearned: dict[str, str] = {}
     try:
         learned = learned_answer(rmrrd, domid)
