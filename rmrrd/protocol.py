@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from rmrrd.core.pci import Bdf
 from rmrrd.core.ranges import Range, parse_range
@@ -152,8 +151,7 @@ QUERY_PERMS = "b"
 
 # --- watch events under /libxl --------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class LibxlEvent:
+class LibxlEvent(NamedTuple):
     """What a watch event under ``/libxl`` is about.
 
     ``request`` is True when the event names the ``request`` key itself (the trigger
@@ -255,8 +253,7 @@ def answer_entries(generation: str, plan: Plan | None, error: str | None,
     return entries
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerRegion:
+class AnswerRegion(NamedTuple):
     """One ``region/<n>``: its range and why it is there, as written."""
 
     range: Range
@@ -265,8 +262,7 @@ class AnswerRegion:
     action: str
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """A setup answer as a toolstack or a guest reads it back."""
 
     generation: str
@@ -323,8 +319,7 @@ _WORD_RE = re.compile(r"([a-z_]+)=(\S+)")
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
-@dataclass(frozen=True, slots=True)
-class ToolRequest:
+class ToolRequest(NamedTuple):
     """One ``/tool/rmrrd/request/<id>`` value, parsed."""
 
     op: Op
@@ -405,8 +400,7 @@ def format_request(op: Op, domid: int, devices: tuple[str, ...] = (), target: st
 Verdict = Literal["ok", "warn", "fail"]
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
     """``/tool/rmrrd/result/<id>``: the verdict, why, each conflict, and for a
     ``migrate`` without a target the peers ranked best first."""
 

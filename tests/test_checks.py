@@ -66,7 +66,7 @@ def test_migrate_without_devices_only_warns(layout: Plan) -> None:
 def test_ranking_puts_fewest_conflicts_first(layout: Plan) -> None:
     ranked = rank_migration_targets(layout, PEERS)
     assert [name for name, _ in ranked] == ["clean", "bad"]
-    assert [v.count("warn") for _, v in ranked] == [1, 2]   # "clean" is unreserved only
+    assert [v.count_of("warn") for _, v in ranked] == [1, 2]   # "clean" is unreserved only
 
 
 def test_migrate_target_may_be_an_alias() -> None:

@@ -12,7 +12,7 @@ The toolstack checks (assign, hotplug, migrate) follow in a second table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -71,7 +71,7 @@ def _plan(case: Case) -> Plan:
     keys = case.keys
     request = parse_domain_request(
         case.memory, keys.get("mmio_hole"), keys.get("config"), keys.get("mem_boundary"),
-        pci=list(case.pci), hotplug=list(case.hotplug), defaults=replace(XL_DEFAULTS, seabios_size=case.seabios_size),
+        pci=list(case.pci), hotplug=list(case.hotplug), defaults=XL_DEFAULTS._replace(seabios_size=case.seabios_size),
         videoram=keys.get("videoram"), hap=keys.get("hap"), bios=keys.get("bios"))
     return plan(request, _host(*case.host), {})
 

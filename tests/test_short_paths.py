@@ -32,6 +32,9 @@ XL_CONFIG = {"rmrrd.core.xlcfg_file", "rmrrd.core.libxlu", "rmrrd.app.xl_config"
 they take (``pathlib`` pulls in ``urllib.parse``): not on ``check --domid``."""
 HELP_TEXT = {"shutil", "textwrap"}
 """What argparse needs only to print help (the terminal's width, wrapping)."""
+CLASS_MAKERS = {"dataclasses", "inspect"}
+"""What defining dataclasses costs (8 ms to import, most of it ``inspect``, and about
+1 ms a class): the values the short paths use are NamedTuples (docs/design.md, "Values")."""
 
 RUNNER = """
 import json, sys
@@ -57,7 +60,7 @@ def test_rmrrd_check(tmp_path: Path) -> None:
     modules = imported("rmrrd.cli", ["check", "hotplug", "--domid", "1", "--device", "00:02.0",
                                      "--xenstore", str(tmp_path / "none")])
     assert "rmrrd.xenstore.blocking" in modules
-    never = DAEMON_MACHINERY | PLANNING | HELP_TEXT | XL_CONFIG
+    never = DAEMON_MACHINERY | PLANNING | HELP_TEXT | XL_CONFIG | CLASS_MAKERS
     assert modules.isdisjoint(never), modules & never
 
 
@@ -72,7 +75,7 @@ def test_rmrrd_check_xl_config(tmp_path: Path) -> None:
     imported("rmrrd.cli", args, env=env)  # the first run loads the configuration and writes the cache
     modules = imported("rmrrd.cli", args, env=env)
     assert {"rmrrd.core.xlcfg_file", "rmrrd.core.planner", "rmrrd.core.checks"} <= modules
-    never = DAEMON_MACHINERY | HELP_TEXT | {"rmrrd.xenstore.blocking"}
+    never = DAEMON_MACHINERY | HELP_TEXT | CLASS_MAKERS | {"rmrrd.xenstore.blocking"}
     assert modules.isdisjoint(never), modules & never
 
 
@@ -87,7 +90,23 @@ def test_xl_wrapper_check(tmp_path: Path) -> None:
     env = {"XENSTORED_PATH": str(tmp_path / "none"), "RMRRD_XL": "/nonexistent/xl", "PATH": "/usr/bin:/bin"}
     modules = imported("rmrrd.hooks.xl", ["pci-attach", "1", "00:02.0"], env=env)
     assert "rmrrd.xenstore.blocking" in modules
-    assert modules.isdisjoint(DAEMON_MACHINERY | {"rmrrd.core.planner", "rmrrd.edges.host_inventory"}), modules
+    never = DAEMON_MACHINERY | CLASS_MAKERS | {"rmrrd.core.planner", "rmrrd.edges.host_inventory"}
+    assert modules.isdisjoint(never), modules & never
+
+
+def test_xl_wrapper_create(tmp_path: Path) -> None:
+    """The wrapper's prediction for an xl.cfg file, this host's inventory cached: the
+    xl.cfg reader and the planner, no daemon machinery, no dataclasses."""
+    config = tmp_path / "rmrrd.yaml"
+    config.write_text(f"host:\n  name: node-a\n  sources: [{REPO / 'etc' / 'inventories' / 'node-a.yaml'}]\n")
+    env = {"RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"), "RMRRD_XL": "/nonexistent/xl",
+           "PATH": "/usr/bin:/bin"}
+    args = ["create", str(REPO / "tests" / "data" / "xl" / "hvm-2g-host.cfg")]
+    imported("rmrrd.hooks.xl", args, env=env)  # the first run loads the configuration and writes the cache
+    modules = imported("rmrrd.hooks.xl", args, env=env)
+    assert {"rmrrd.core.xlcfg_file", "rmrrd.core.planner"} <= modules
+    never = DAEMON_MACHINERY | CLASS_MAKERS | {"rmrrd.xenstore.blocking"}
+    assert modules.isdisjoint(never), modules & never
 
 
 @pytest.mark.parametrize(("operation", "xml"), [("prepare", NO_DEVICE_XML), ("start", GPU_XML)])
@@ -109,4 +128,4 @@ def test_libvirt_hook_with_a_device_and_a_cached_inventory(tmp_path: Path) -> No
     assert "yaml" in first  # the first run reads the configuration
     modules = imported("rmrrd.hooks.libvirt", ["g", "prepare", "begin", "-"], stdin=GPU_XML, env=env)
     assert "rmrrd.core.planner" in modules
-    assert modules.isdisjoint(DAEMON_MACHINERY), modules & DAEMON_MACHINERY
+    assert modules.isdisjoint(DAEMON_MACHINERY | CLASS_MAKERS), modules & (DAEMON_MACHINERY | CLASS_MAKERS)

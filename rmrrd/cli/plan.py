@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from rmrrd.cli.exits import EXIT_BROKEN_PIPE, EXIT_USAGE
@@ -97,7 +96,7 @@ def _request(args: argparse.Namespace) -> tuple[DomainRequest, tuple[str, ...]]:
     if args.xl_config is None:
         if args.memory is None:
             raise InputError("--memory is required (or --xl-config FILE)")
-        defaults = replace(XL_DEFAULTS, seabios_size=args.seabios_size)
+        defaults = XL_DEFAULTS._replace(seabios_size=args.seabios_size)
         return parse_domain_request(args.memory, args.mmio_hole, args.rdm, args.mem_boundary,
                                     args.pci, args.hotplug, args.migrate, args.reserve, defaults,
                                     videoram=args.videoram, hap=args.hap, bios=args.bios), ()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.errors import InputError
 
@@ -37,8 +37,7 @@ class TableError(InputError):
         self.offset = offset
 
 
-@dataclass(frozen=True, slots=True)
-class AcpiHeader:
+class AcpiHeader(NamedTuple):
     """The common header; text fields are decoded as Latin-1, byte for byte."""
 
     signature: str
@@ -53,8 +52,7 @@ class AcpiHeader:
     checksum_ok: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Subtable:
+class Subtable(NamedTuple):
     """Where one subtable of a table sits: its type, offset and length in bytes."""
 
     offset: int

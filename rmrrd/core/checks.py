@@ -33,8 +33,7 @@ each check says whether a device may be assigned or hot-plugged, or the guest mo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from rmrrd.errors import InputError
 from rmrrd.core.guest_layout import DYNAMIC_AREA
@@ -48,8 +47,7 @@ VerdictName = Literal["ok", "warn", "fail"]
 _SEVERITY: dict[VerdictName, int] = {"ok": 0, "warn": 1, "fail": 2}
 
 
-@dataclass(frozen=True, slots=True)
-class Conflict:
+class Conflict(NamedTuple):
     """One problem found: ``START-END KIND [DEVICE]`` in ``result/<id>/conflict/<n>``."""
 
     range: Range
@@ -61,15 +59,15 @@ class Conflict:
         return f"{self.range} {self.kind}" + (f" {self.device}" if self.device is not None else "")
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """A check's answer: ``verdict``, a one-line ``reason``, every conflict found."""
 
     verdict: VerdictName
     reason: str
     conflicts: tuple[Conflict, ...] = ()
 
-    def count(self, severity: VerdictName) -> int:
+    def count_of(self, severity: VerdictName) -> int:
+        """How many conflicts are of ``severity`` (not ``count``: a Verdict is a tuple)."""
         return sum(1 for conflict in self.conflicts if conflict.severity == severity)
 
 
@@ -221,7 +219,7 @@ def rank_migration_targets(plan: Plan, peers: Mapping[str, Inventory]) -> list[t
     first entry is where the guest is least likely to meet a region it cannot avoid.
     """
     verdicts = [(name, check_migrate(plan, peers, name)) for name in peers]
-    return sorted(verdicts, key=lambda item: (item[1].count("fail"), item[1].count("warn"), item[0]))
+    return sorted(verdicts, key=lambda item: (item[1].count_of("fail"), item[1].count_of("warn"), item[0]))
 
 
 
@@ -243,7 +241,7 @@ def check_operation(plan: Plan, host: Inventory, peers: Mapping[str, Inventory],
         ranking = rank_migration_targets(plan, peers)
         if not ranking:
             raise InputError("no peer hosts to rank")
-        lines = [f"{name} {verdict.verdict} fail={verdict.count('fail')} warn={verdict.count('warn')}"
+        lines = [f"{name} {verdict.verdict} fail={verdict.count_of('fail')} warn={verdict.count_of('warn')}"
                  for name, verdict in ranking]
         best_host, best = ranking[0]
         return Verdict(best.verdict, f"best target {best_host}: {best.reason}", best.conflicts), lines

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.core.acpi import HEADER_SIZE, AcpiHeader, Subtable, TableError, parse_header, require_length, walk_subtables
 from rmrrd.core.inventory import Device, HostRegion, Inventory, UnresolvedDevice
@@ -71,8 +71,7 @@ BusLookup = Callable[[int, int, int, int], int | None]
 """``(segment, bus, device, function) -> secondary bus`` of a bridge, or None if unknown."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceScope:
+class DeviceScope(NamedTuple):
     """One device scope entry: its type, enumeration id, start bus and PCI path."""
 
     type: int
@@ -106,8 +105,7 @@ class DeviceScope:
         return Bdf(segment, bus, dev, fn)
 
 
-@dataclass(frozen=True, slots=True)
-class Drhd:
+class Drhd(NamedTuple):
     """A DMA remapping hardware unit (type 0)."""
 
     offset: int
@@ -118,8 +116,7 @@ class Drhd:
     scopes: tuple[DeviceScope, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Rmrr:
+class Rmrr(NamedTuple):
     """A reserved memory region reporting structure (type 1), as the table has it.
 
     ``base`` and ``limit`` are raw (``limit`` inclusive); ``devices`` are the scopes
@@ -135,8 +132,7 @@ class Rmrr:
     devices: tuple[Device, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class DmarTable:
+class DmarTable(NamedTuple):
     """A decoded DMAR table. ``host_address_width`` is the real width (field + 1)."""
 
     header: AcpiHeader

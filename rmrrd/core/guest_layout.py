@@ -31,7 +31,7 @@ sources (``xen-project/xen``), cited beside it:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.errors import InputError
 from rmrrd.core.ranges import Range, RangeSet
@@ -81,8 +81,7 @@ class Bios(enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True, slots=True)
-class FixedArea:
+class FixedArea(NamedTuple):
     """A part of the guest's map that is neither RAM nor movable.
 
     ``in_e820`` tells whether hvmloader reports it as a reserved e820 entry (the BIOS
@@ -99,8 +98,7 @@ FIXED_AREA_KINDS = ("vga", "rom", "bios", "firmware")
 """Every kind a fixed area can have, whatever the firmware."""
 
 
-@dataclass(frozen=True, slots=True)
-class Firmware:
+class Firmware(NamedTuple):
     """What one firmware makes of the guest's first megabyte (hvmloader's ``*_setup_e820``).
 
     ``low_ram_end`` is where RAM below 640 KiB ends (``build_e820_table``'s

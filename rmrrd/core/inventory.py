@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rmrrd.core.pci import Bdf
 from rmrrd.core.ranges import Range
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class UnresolvedDevice:
+class UnresolvedDevice(NamedTuple):
     """A DMAR device scope whose path through PCI bridges could not be resolved.
 
     Resolving needs each bridge's secondary bus number, read from sysfs; on a machine
@@ -36,8 +35,7 @@ class UnresolvedDevice:
 Device = Bdf | UnresolvedDevice
 
 
-@dataclass(frozen=True, slots=True)
-class HostRegion:
+class HostRegion(NamedTuple):
     """One reserved range on a host and the devices that use it.
 
     ``all_devices`` is set for IVMD type 0x20 entries, which apply to every device.
@@ -68,8 +66,7 @@ HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 an IPv6 literal is not one)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Inventory:
+class Inventory(NamedTuple):
     """Everything rmrrd knows of one host's reserved memory.
 
     ``aliases`` are the other names the host goes by (the name ``xl migrate`` is given,
@@ -79,8 +76,8 @@ class Inventory:
 
     host: str
     regions: tuple[HostRegion, ...]
-    warnings: tuple[str, ...] = field(default=())
-    aliases: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
     def regions_for(self, device: Bdf) -> tuple[HostRegion, ...]:
         """The regions a guest given ``device`` must have identity-mapped."""

@@ -25,7 +25,7 @@ length describes no memory and is skipped with a warning too.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.core.acpi import HEADER_SIZE, AcpiHeader, Subtable, TableError, parse_header, require_length, walk_subtables
 from rmrrd.core.dmar import widen_to_pages
@@ -54,8 +54,7 @@ def devid_to_bdf(segment: int, devid: int) -> Bdf:
     return Bdf(segment, devid >> 8, (devid >> 3) & 0x1F, devid & 0x7)
 
 
-@dataclass(frozen=True, slots=True)
-class Ivmd:
+class Ivmd(NamedTuple):
     """One IVMD block as the table has it (``mem_length`` in bytes, not a limit)."""
 
     offset: int
@@ -81,8 +80,7 @@ class Ivmd:
         return ()
 
 
-@dataclass(frozen=True, slots=True)
-class IvrsTable:
+class IvrsTable(NamedTuple):
     """A decoded IVRS table: header, IVinfo, every block's place, the IVMDs."""
 
     header: AcpiHeader

@@ -24,7 +24,6 @@ with it.  The conversions that decide the memory layout:
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 
 from rmrrd import inputs
 from rmrrd.errors import InputError
@@ -137,4 +136,4 @@ def libxl_domain_from_xml(root: ET.Element) -> LibxlDomain:
             raise InputError(f"domain XML: video type {video.get('type')!r} is not one libvirt's libxl driver "
                              f"accepts")
         videoram = -(-int(vram) // 1024) if vram else limits[0]
-    return replace(domain, videoram_mib=videoram, bios=bios)
+    return domain._replace(videoram_mib=videoram, bios=bios)

@@ -34,8 +34,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rmrrd.errors import InputError
 from rmrrd.core.libxlu import RdmParse, xl_pci_spec, xlu_rdm_parse
@@ -86,8 +85,7 @@ BIOS_NAMES = ("unknown", "rombios", "seabios", "ovmf")
 """``libxl_bios_type``'s names; "unknown" is its 0, which means "the default"."""
 
 
-@dataclass(frozen=True, slots=True)
-class LibxlDomain:
+class LibxlDomain(NamedTuple):
     """A domain's layout inputs as libxl holds them once its defaults are applied.
 
     Sizes are MiB.  ``pci`` devices carry the policy libxl assigns them with.
@@ -143,12 +141,11 @@ class LibxlDomain:
         return [f"{spec.bdf},rdm_policy={spec.policy}" for spec in self.pci]
 
 
-@dataclass
-class Prediction:
+class Prediction(NamedTuple):
     """What xl makes of a file: the domain, and what an operator should know about it."""
 
     domain: LibxlDomain
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str]
 
 
 # --- xl.cfg to LibxlDomain -------------------------------------------------------------
@@ -323,7 +320,7 @@ def from_xl_config(cfg: XlConfig) -> Prediction:
     if kind is DomainType.HVM:
         domain = _hvm(cfg, domain, warnings, refusals)
     warnings += [f"{cfg.source}:{problem.line}: {problem.key}: {problem.message}" for problem in cfg.problems]
-    return Prediction(replace(domain, refusals=tuple(refusals)), warnings)
+    return Prediction(domain._replace(refusals=tuple(refusals)), warnings)
 
 
 def _hvm(cfg: XlConfig, domain: LibxlDomain, warnings: list[str], refusals: list[str]) -> LibxlDomain:
@@ -354,9 +351,9 @@ def _hvm(cfg: XlConfig, domain: LibxlDomain, warnings: list[str], refusals: list
     if domain.max_memory_mib - videoram < 2:
         raise InputError(f"{cfg.where('memory')}: {domain.max_memory_mib} MiB leaves no guest RAM beside "
                          f"{videoram} MiB of video RAM")
-    return replace(domain, videoram_mib=videoram, bios=bios,
-                   mmio_hole_mib=MMIO_HOLE_DEFAULT_MIB if hole is None else hole,
-                   rdm_mem_boundary_mib=RDM_MEM_BOUNDARY_DEFAULT_MIB if boundary is None else boundary)
+    return domain._replace(videoram_mib=videoram, bios=bios,
+                           mmio_hole_mib=MMIO_HOLE_DEFAULT_MIB if hole is None else hole,
+                           rdm_mem_boundary_mib=RDM_MEM_BOUNDARY_DEFAULT_MIB if boundary is None else boundary)
 
 
 # --- libxl's saved configuration (the JSON of `xl list -l`) to LibxlDomain -----------------
@@ -474,12 +471,12 @@ def from_libxl_json(obj: object) -> LibxlDomain:
     rdm = hvm.sub("rdm")
     hole = hvm.memkb("mmio_hole_memkb")
     boundary = hvm.memkb("rdm_mem_boundary_memkb")
-    return replace(domain, videoram_mib=videoram, bios=bios,
-                   mmio_hole_mib=hole or MMIO_HOLE_DEFAULT_MIB,
-                   rdm_host=rdm.enum("strategy", ("ignore", "host")) == "host",
-                   # libxl__rdm_setdefault: a domain policy left unset is relaxed.
-                   rdm_policy=_json_policy(rdm, "policy") or Policy.RELAXED,
-                   rdm_mem_boundary_mib=RDM_MEM_BOUNDARY_DEFAULT_MIB if boundary is None else boundary)
+    return domain._replace(videoram_mib=videoram, bios=bios,
+                           mmio_hole_mib=hole or MMIO_HOLE_DEFAULT_MIB,
+                           rdm_host=rdm.enum("strategy", ("ignore", "host")) == "host",
+                           # libxl__rdm_setdefault: a domain policy left unset is relaxed.
+                           rdm_policy=_json_policy(rdm, "policy") or Policy.RELAXED,
+                           rdm_mem_boundary_mib=RDM_MEM_BOUNDARY_DEFAULT_MIB if boundary is None else boundary)
 
 
 def _kib(keys: Mapping[str, str | None], key: str, what: str) -> int | None:
@@ -534,21 +531,21 @@ def from_libxl_xenstore(kind: str, keys: Mapping[str, str | None], backend: Mapp
     target = _kib(keys, "target", f"{what}: memory/target") or max_memory
     domain = saved if saved is not None and saved.type is guest else LibxlDomain(guest, max_memory, target)
     devices = domain.pci if backend is None else tuple(backend_devices(backend, f"{what}: PCI backend"))
-    domain = replace(domain, max_memory_mib=max_memory, memory_mib=target, pci=devices,
-                     passthrough=domain.passthrough or bool(devices))
+    domain = domain._replace(max_memory_mib=max_memory, memory_mib=target, pci=devices,
+                             passthrough=domain.passthrough or bool(devices))
     if guest is not DomainType.HVM:
         return domain
     if saved is None:
         model = (DeviceModel.TRADITIONAL if keys.get("device_model") == "qemu_xen_traditional"
                  else DeviceModel.QEMU_XEN)
-        domain = replace(domain, bios="rombios" if model is DeviceModel.TRADITIONAL else "seabios")
+        domain = domain._replace(bios="rombios" if model is DeviceModel.TRADITIONAL else "seabios")
     videoram = _kib(keys, "videoram", f"{what}: memory/videoram")
     hole = keys.get("mmio_hole")
     if hole is not None:
         if not hole.isdigit() or len(hole) > 20:
             raise InputError(f"{what}: platform/mmio_hole_size {hole[:40]!r} is not a number of bytes")
-        domain = replace(domain, mmio_hole_mib=int(hole) // (KIB_PER_MIB * KIB_PER_MIB))
-    return domain if videoram is None else replace(domain, videoram_mib=videoram)
+        domain = domain._replace(mmio_hole_mib=int(hole) // (KIB_PER_MIB * KIB_PER_MIB))
+    return domain if videoram is None else domain._replace(videoram_mib=videoram)
 
 
 def domain_request(domain: LibxlDomain, hotplug: Sequence[str] = (), migrate: Sequence[str] = (),
@@ -561,11 +558,11 @@ def domain_request(domain: LibxlDomain, hotplug: Sequence[str] = (), migrate: Se
     from rmrrd.core.planner import XL_DEFAULTS, parse_domain_request
 
     keys = domain.setup_keys()
-    defaults = XL_DEFAULTS if seabios_size is None else replace(XL_DEFAULTS, seabios_size=seabios_size)
+    defaults = XL_DEFAULTS if seabios_size is None else XL_DEFAULTS._replace(seabios_size=seabios_size)
     request = parse_domain_request(keys["memory"], keys["mmio_hole"], keys["config"], keys["mem_boundary"],
                                    domain.pci_specs(), hotplug, migrate, reserve, defaults,
                                    videoram=keys["videoram"], hap=keys["hap"], bios=keys["bios"])
-    return replace(request, device_policy=domain.device_policy)
+    return request._replace(device_policy=domain.device_policy)
 
 
 def libxl_plan(domain: LibxlDomain, host: Inventory, peers: Mapping[str, Inventory], *,
@@ -583,5 +580,5 @@ def libxl_plan(domain: LibxlDomain, host: Inventory, peers: Mapping[str, Invento
     if domain.type is DomainType.HVM:
         request = domain_request(domain, seabios_size=seabios_size)
     else:
-        request = DomainRequest(domain.max_memory_mib, pci=domain.pci)
+        request = DomainRequest(domain.max_memory_mib, pci=domain.pci).validated()
     return request, learned_plan(domain.type.value, request, domain.passthrough, host, peers)

@@ -7,26 +7,34 @@ carries it, so two spellings of one device compare equal once parsed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.errors import InputError
 
 _BDF_RE = re.compile(r"(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])")
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Bdf:
-    """A PCI function: segment, bus, device (0-31) and function (0-7)."""
-
+class _BdfFields(NamedTuple):
     segment: int
     bus: int
     device: int
     function: int
 
-    def __post_init__(self) -> None:
-        if not (0 <= self.segment <= 0xFFFF and 0 <= self.bus <= 0xFF
-                and 0 <= self.device <= 0x1F and 0 <= self.function <= 7):
-            raise InputError(f"invalid PCI address {self.segment:x}:{self.bus:x}:{self.device:x}.{self.function:x}")
+
+class Bdf(_BdfFields):
+    """A PCI function: segment, bus, device (0-31) and function (0-7).
+
+    A value (docs/architecture.md, "Values"): immutable, hashable, ordered by segment,
+    bus, device, function.  Made only valid: numbers out of range raise
+    :class:`InputError`, whoever builds it (a parser, a firmware table, libxl's JSON).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, segment: int, bus: int, device: int, function: int) -> Bdf:
+        if not (0 <= segment <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= device <= 0x1F and 0 <= function <= 7):
+            raise InputError(f"invalid PCI address {segment:x}:{bus:x}:{device:x}.{function:x}")
+        return super().__new__(cls, segment, bus, device, function)
 
     @classmethod
     def parse(cls, text: str) -> Bdf:

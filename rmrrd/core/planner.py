@@ -30,8 +30,7 @@ Where Xen 4.17 handles a case, the answer is Xen's: libxl's
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from rmrrd.errors import InputError
 from rmrrd.core.guest_layout import (
@@ -84,8 +83,7 @@ class RequestDefaults(Protocol):
     def seabios_size(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class XlDefaults:
+class XlDefaults(NamedTuple):
     """Xen's own defaults (docs/configuration.md): used when no configuration says otherwise."""
 
     rdm: str = "policy=relaxed"
@@ -98,12 +96,13 @@ class XlDefaults:
 XL_DEFAULTS = XlDefaults()
 
 
-@dataclass(frozen=True, slots=True)
-class DomainRequest:
+class DomainRequest(NamedTuple):
     """One guest's setup request (the ``/libxl/<domid>/rdm/`` keys), parsed.
 
-    Sizes are MiB as xl.cfg writes them.  Construction validates the sizes and raises
-    :class:`InputError` naming the field.  ``device_policy`` is the policy of a
+    Sizes are MiB as xl.cfg writes them.  :meth:`validated` checks the sizes and raises
+    :class:`InputError` naming the field; the two makers of requests,
+    :func:`parse_domain_request` and :func:`rmrrd.core.libxl_domain.domain_request`, and
+    :func:`plan` call it.  ``device_policy`` is the policy of a
     ``pci/`` device whose spec names none: the ``policy`` the request's own ``rdm=``
     names (xl's ``parse_config_data`` copies it into every ``pci=`` device), else
     ``strict`` (libxl's ``libxl__device_pci_setdefault``); :func:`parse_domain_request`
@@ -123,7 +122,8 @@ class DomainRequest:
     firmware: Firmware = DEFAULT_FIRMWARE
     device_policy: Policy = DEFAULT_DEVICE_POLICY
 
-    def __post_init__(self) -> None:
+    def validated(self) -> DomainRequest:
+        """This request, if its sizes are ones libxl and hvmloader accept; else InputError."""
         check_mmio_hole(self.mmio_hole_mib)
         if self.videoram_mib < 0:
             raise InputError(f"videoram {self.videoram_mib} MiB is negative")
@@ -137,6 +137,7 @@ class DomainRequest:
         for range_ in self.reserve:
             if not range_.is_page_aligned():
                 raise InputError(f"reserve range {range_} is not page granular")
+        return self
 
     @property
     def ram(self) -> int:
@@ -148,8 +149,7 @@ class DomainRequest:
         return spec.policy or self.device_policy
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedRegion:
+class PlannedRegion(NamedTuple):
     """A merged reserved region and what the layout did about it."""
 
     range: Range
@@ -172,8 +172,7 @@ class PlannedRegion:
         return " ".join(self.conflict) or "none"
 
 
-@dataclass(frozen=True, slots=True)
-class E820Entry:
+class E820Entry(NamedTuple):
     range: Range
     type: E820Type
 
@@ -181,8 +180,7 @@ class E820Entry:
         return f"{self.range} {self.type}"
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     """The answer to one domain's setup request.
 
     ``firmware`` and ``device_policy`` are the request's, kept so the toolstack checks
@@ -297,9 +295,10 @@ def lowered_lowmem_end(start: int, hap: bool) -> int:
 def plan(request: DomainRequest, host: Inventory, peers: Mapping[str, Inventory]) -> Plan:
     """Lay out one guest around its reserved regions; pure.
 
-    Raises :class:`InputError` only for a request that names an unknown peer; every
-    conflict is reported in the plan instead.
+    Raises :class:`InputError` only for a request :meth:`DomainRequest.validated`
+    refuses or that names an unknown peer; every conflict is reported in the plan instead.
     """
+    request.validated()
     regions = merge_regions(requested_regions(request, host, peers))
     boundary = request.mem_boundary_mib * MIB
     initial_lowmem = default_lowmem_end(request.ram, request.mmio_hole_mib * MIB)
@@ -335,7 +334,7 @@ def learned_plan(guest: GuestType, request: DomainRequest, passthrough: bool, ho
     passthrough in Xen 4.17 (``libxl__arch_passthrough_mode_setdefault``).
     """
     if guest == "hvm":
-        return replace(plan(request, host, peers), passthrough=passthrough)
+        return plan(request, host, peers)._replace(passthrough=passthrough)
     return Plan("ready", None, 0, 0, (), (), request.firmware, request.device_policy, guest, passthrough)
 
 
@@ -488,4 +487,4 @@ def parse_domain_request(memory: str, mmio_hole: str | None, config: str | None,
         hap=True if hap is None else _hap(hap),
         firmware=firmware(Bios.SEABIOS if bios is None else _bios(bios), defaults.seabios_size),
         device_policy=named_policy or DEFAULT_DEVICE_POLICY,
-    )
+    ).validated()

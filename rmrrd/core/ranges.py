@@ -12,7 +12,7 @@ import bisect
 import heapq
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.errors import InputError
 
@@ -23,16 +23,24 @@ _RANGE_RE = re.compile(r"(0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)")
 _MAX_ADDRESS = 1 << 64
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Range:
-    """A non-empty half-open range ``[start, end)`` of guest or host physical addresses."""
-
+class _RangeFields(NamedTuple):
     start: int
     end: int
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end <= _MAX_ADDRESS:
-            raise InputError(f"invalid range [{self.start:#x}, {self.end:#x})")
+
+class Range(_RangeFields):
+    """A non-empty half-open range ``[start, end)`` of guest or host physical addresses.
+
+    A value (docs/architecture.md, "Values"), ordered by start then end; an empty,
+    reversed or beyond-64-bit range raises :class:`InputError` when made.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, start: int, end: int) -> Range:
+        if not 0 <= start < end <= _MAX_ADDRESS:
+            raise InputError(f"invalid range [{start:#x}, {end:#x})")
+        return super().__new__(cls, start, end)
 
     @classmethod
     def inclusive(cls, start: int, last: int) -> Range:

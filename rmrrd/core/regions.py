@@ -11,7 +11,7 @@ source, and the checks need every device.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.core.inventory import Device
 from rmrrd.core.ranges import Range
@@ -21,8 +21,7 @@ SOURCE_KINDS = ("pci", "hotplug", "host", "migrate", "reserve")
 """The source kinds of a domain's regions (docs/xenstore-schema.md), in the order a merged ``source`` lists them."""
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Why a region is reserved: ``pci BDF``, ``hotplug BDF``, ``host``, ``migrate HOST``, ``reserve``."""
 
     rank: int
@@ -40,8 +39,7 @@ class Source:
         return f"{self.kind} {self.subject}" if self.subject else self.kind
 
 
-@dataclass(frozen=True, slots=True)
-class ReservedRegion:
+class ReservedRegion(NamedTuple):
     """One range to keep out of guest RAM, and everything that asked for it.
 
     ``policy`` is the policy that governs a conflict on this region: ``strict`` if any

@@ -23,7 +23,7 @@ typo such as ``rdm_polcy=relaxed`` never silently leaves a device strict.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rmrrd.errors import InputError
 from rmrrd.core.pci import Bdf
@@ -56,8 +56,7 @@ DEFAULT_DEVICE_POLICY = Policy.STRICT
 _IGNORED_PCI_KEYS = frozenset({"permissive", "msitranslate", "seize", "power_mgmt", "vslot", "name"})
 
 
-@dataclass(frozen=True, slots=True)
-class RdmConfig:
+class RdmConfig(NamedTuple):
     """A parsed ``rdm=`` string: the domain-wide strategy and policy."""
 
     strategy: Strategy | None = None
@@ -74,8 +73,7 @@ class RdmConfig:
         return ",".join(items + ([f"policy={self.policy}"] if self.policy else []))
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceSpec:
+class DeviceSpec(NamedTuple):
     """A parsed ``pci=`` entry: the device and its ``rdm_policy``."""
 
     bdf: Bdf

@@ -29,9 +29,8 @@ xl will do with it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Union
 
 from rmrrd import inputs
 from rmrrd.errors import InputError
@@ -56,8 +55,7 @@ _ESCAPES = {'"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n"
             "t": "\t", "v": "\v"}
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
+class Setting(NamedTuple):
     """One key as xl sees it: its value, the line of that value, and whether it was ``+=``."""
 
     key: str
@@ -66,8 +64,7 @@ class Setting:
     added: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(NamedTuple):
     """Something xl warns about and then ignores (the setting is treated as absent)."""
 
     line: int
@@ -75,8 +72,7 @@ class Problem:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Token:
+class _Token(NamedTuple):
     kind: str
     text: str
     line: int

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from rmrrd import inputs
@@ -119,7 +119,7 @@ def learn(keys: LibxlKeys, libxl_dir: Path, defaults: RequestDefaults, host: Inv
         hvm = domain.type is DomainType.HVM
         built = laid_out if laid_out is not None and laid_out.type is domain.type else domain
         request, plan = libxl_plan(built, host, peers, seabios_size=defaults.seabios_size)
-        request = replace(request, pci=domain.pci)  # what it holds now: the devices attached since too
+        request = request._replace(pci=domain.pci)  # what it holds now: the devices attached since too
     except InputError as exc:
         return generation, SetupOutcome(None, None, f"{what}: {exc}", learned=domain.type.value)
     return generation, SetupOutcome(request, plan, None, learned=domain.type.value, saved=saved is not None,

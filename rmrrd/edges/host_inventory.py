@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,6 +122,6 @@ def load_host(config: Config) -> Inventory:
     try:
         inventory = build_host_inventory(config.host.name, [str(source) for source in config.host.sources],
                                          sysfs_root=root, acpi_dir=root / "sys/firmware/acpi/tables")
-        return replace(inventory, aliases=config.host.aliases)
+        return inventory._replace(aliases=config.host.aliases)
     except InputError as exc:
         raise InputError(f"{config.source or 'built-in defaults'}: host.sources: {exc}") from None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -115,7 +115,7 @@ def _unique_aliases(inventory: Inventory, origin: str, peers: dict[str, Inventor
         if alias in taken:
             problems.append(f"{origin}: alias {alias!r} of host {inventory.host!r} already names another host: "
                             f"dropped")
-    return replace(inventory, aliases=kept) if kept != inventory.aliases else inventory
+    return inventory._replace(aliases=kept) if kept != inventory.aliases else inventory
 
 
 def _without_names_of_later_hosts(inventory: Inventory, peers: dict[str, Inventory], problems: list[str],
@@ -126,7 +126,7 @@ def _without_names_of_later_hosts(inventory: Inventory, peers: dict[str, Invento
         problems.append(f"{origin}: alias {alias!r} of host {inventory.host!r} is the name of another peer: dropped")
     if not clashing:
         return inventory
-    return replace(inventory, aliases=tuple(alias for alias in inventory.aliases if alias not in clashing))
+    return inventory._replace(aliases=tuple(alias for alias in inventory.aliases if alias not in clashing))
 
 
 def _decode(body: bytes, source: str) -> Inventory:

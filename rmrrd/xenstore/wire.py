@@ -28,8 +28,7 @@ import enum
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from rmrrd.errors import PeerError
 
@@ -255,8 +254,7 @@ def error_for(errno_name: str, message: str = "") -> XenstoreError:
 # -- packets -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """One message: header fields plus the raw payload (framing only, no meaning)."""
 
     op: Op
@@ -414,20 +412,25 @@ def validate_path(path: str, *, special_ok: bool) -> None:
 _ACCESS = frozenset("nrwb")
 
 
-@dataclass(frozen=True, slots=True)
-class Perm:
-    """One ``<perm-as-string>``: access letter ``n`` none, ``r`` read, ``w`` write,
-    ``b`` both, for ``domid``.  In a node's list the first entry names the owner, and
-    its letter is the access of every domain not listed after it."""
-
+class _PermFields(NamedTuple):
     domid: int
     access: str
 
-    def __post_init__(self) -> None:
-        if self.access not in _ACCESS or len(self.access) != 1:
-            raise InvalidArgument(f"permission letter {self.access!r} is not one of n r w b")
-        if not 0 <= self.domid <= DOMID_T_MAX:
-            raise InvalidArgument(f"domid {self.domid} not in 0..{DOMID_T_MAX}")
+
+class Perm(_PermFields):
+    """One ``<perm-as-string>``: access letter ``n`` none, ``r`` read, ``w`` write,
+    ``b`` both, for ``domid``.  In a node's list the first entry names the owner, and
+    its letter is the access of every domain not listed after it.  A bad letter or
+    domid raises :class:`InvalidArgument` when made."""
+
+    __slots__ = ()
+
+    def __new__(cls, domid: int, access: str) -> Perm:
+        if access not in _ACCESS or len(access) != 1:
+            raise InvalidArgument(f"permission letter {access!r} is not one of n r w b")
+        if not 0 <= domid <= DOMID_T_MAX:
+            raise InvalidArgument(f"domid {domid} not in 0..{DOMID_T_MAX}")
+        return super().__new__(cls, domid, access)
 
     def __bytes__(self) -> bytes:
         return f"{self.access}{self.domid}".encode()
