@@ -9,14 +9,14 @@ or mishandles in it (the ``rdm=`` policy bug among them) goes to stderr, one
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
 from rmrrd.core.libxl_domain import LibxlDomain, from_xl_config
 from rmrrd.core.xlcfg_file import load_xl_config
 
 
-def read_xl_config(path: Path, command: str) -> LibxlDomain:
+def read_xl_config(path: str | os.PathLike[str], command: str) -> LibxlDomain:
     """The domain stock xl and libxl make of ``path``, its warnings printed for ``command``.
 
     Raises :class:`~rmrrd.errors.InputError` naming file, line and key where xl itself

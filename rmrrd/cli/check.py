@@ -25,8 +25,6 @@ from rmrrd.errors import InputError
 from rmrrd.protocol import Result
 
 if TYPE_CHECKING:  # imported by the --xl-config path only
-    from pathlib import Path
-
     from rmrrd.core.inventory import Inventory
     from rmrrd.core.pci import Bdf
 
@@ -132,25 +130,23 @@ def check_xl_config(args: argparse.Namespace) -> Result:
     offline: the rule on a region shared with another domain's device is the daemon's
     alone.
     """
-    # Imported here: --domid needs none of it, pathlib included (tests/test_short_paths.py);
-    # the file options are strings until this path uses them.
-    from pathlib import Path
-
+    # Imported here: --domid needs none of it (tests/test_short_paths.py). The file
+    # options stay strings: pathlib (with urllib.parse, 4 ms) only for --peer and --inventory.
     from rmrrd.app.xl_config import read_xl_config
     from rmrrd.core.checks import Verdict, check_operation
     from rmrrd.core.libxl_domain import libxl_plan
     from rmrrd.protocol import parse_check
 
     devices, target = parse_check(args.op, args.device, args.target)
-    peers = _peers([Path(peer) for peer in args.peer])
+    peers = _peers(args.peer)
     if args.op == "migrate" and target is None and not peers:
         raise InputError("migrate without --target ranks the --peer hosts: give at least one --peer FILE")
-    domain = read_xl_config(Path(args.xl_config), "check")
+    domain = read_xl_config(args.xl_config, "check")
     ranking: list[str] = []
     if domain.refusals:
         verdict = Verdict("fail", f"libxl would refuse to create the domain: {'; '.join(domain.refusals)}")
     else:
-        host, seabios_size = _this_host(None if args.inventory is None else Path(args.inventory), args.seabios_size)
+        host, seabios_size = _this_host(args.inventory, args.seabios_size)
         _, plan = libxl_plan(domain, host, peers, seabios_size=seabios_size)
         if plan.status != "ready":
             verdict = Verdict("fail", f"libxl would refuse to create the domain on {host.host}: {plan.error}")
@@ -159,14 +155,16 @@ def check_xl_config(args: argparse.Namespace) -> Result:
     return Result(verdict.verdict, verdict.reason, tuple(str(c) for c in verdict.conflicts), tuple(ranking))
 
 
-def _peers(paths: list[Path]) -> dict[str, Inventory]:
+def _peers(paths: list[str]) -> dict[str, Inventory]:
     """The ``--peer`` inventories; their YAML reader only when there are some (an
     assign or hotplug check, the common case, needs none: docs/performance.md)."""
     if not paths:
         return {}
+    from pathlib import Path
+
     from rmrrd.cli.plan import load_peers
 
-    return load_peers(paths)
+    return load_peers([Path(path) for path in paths])
 
 
 def _no_other_domains() -> dict[Bdf, int]:
@@ -174,7 +172,7 @@ def _no_other_domains() -> dict[Bdf, int]:
     return {}
 
 
-def _this_host(inventory: Path | None, seabios_size: int | None) -> tuple[Inventory, int | None]:
+def _this_host(inventory: str | None, seabios_size: int | None) -> tuple[Inventory, int | None]:
     """This host's inventory and SeaBIOS size: ``--inventory``, else the daemon's configuration's."""
     if inventory is not None:
         from rmrrd.core.inventory_yaml import load_inventory_file

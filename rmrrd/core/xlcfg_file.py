@@ -28,8 +28,8 @@ xl will do with it.
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
 from typing import NamedTuple, Union
 
 from rmrrd import inputs
@@ -335,7 +335,7 @@ def parse_xl_config(text: str, source: str = "<xl.cfg>") -> XlConfig:
     return XlConfig(source, _store(_Parser(text, source).settings(), source))
 
 
-def load_xl_config(path: Path) -> XlConfig:
+def load_xl_config(path: str | os.PathLike[str]) -> XlConfig:
     """Read and parse an xl.cfg file; an unreadable, non-text or oversized
     (:data:`rmrrd.inputs.SMALL`) file is an :class:`InputError`."""
     text = inputs.read_text(path, inputs.SMALL, "xl.cfg file")
