@@ -5,7 +5,8 @@ Run from the repository root: ``.venv/bin/python bench/bench_hooks.py [-n RUNS]`
 
 Each row starts a fresh process ``RUNS`` times (after 3 warm-up runs, as hyperfine
 does, which also write the bytecode an installed package has) and reports the median and the 90th percentile of the wall time from spawn to
-exit.  The floors are measured in the same run: ``python3 -c pass`` (Debian's Python),
+exit.  The floors are measured in the same run: ``/usr/bin/python3 -c pass`` (Debian's
+Python, by its path: a ``python3`` earlier on ``PATH`` may be a version manager's shim),
 the virtualenv's ``python -c pass`` (what every entry point starts with) and
 ``xenstore-read`` (a C client doing one request).  The checks run against a real
 daemon on the simulated xenstored (two processes, as ``bench_daemon.py`` starts them)
@@ -97,7 +98,7 @@ def main() -> int:
         # it from the warm-up runs, unless the environment forbids writing it.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         rows = [
-            ("python3 -c pass (floor)", ["python3", "-c", "pass"], ""),
+            ("/usr/bin/python3 -c pass (floor)", ["/usr/bin/python3", "-c", "pass"], ""),
             ("venv python -c pass (floor)", [sys.executable, "-c", "pass"], ""),
             ("xenstore-read (floor)", ["xenstore-read", "/tool/rmrrd/status"], ""),
             ("rmrrd check hotplug", [str(VENV_BIN / "rmrrd"), "check", "hotplug", "--domid", "1",
