@@ -32,11 +32,15 @@ from pathlib import Path
 
 import trio
 
-REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
+from bench_daemon import ask_check  # noqa: E402
+
 from rmrrd.app.service import run_service  # noqa: E402 - after the path fix
-from rmrrd.app.toolstack import ask, write_request  # noqa: E402
+from rmrrd.app.toolstack import write_request  # noqa: E402
 from rmrrd.edges.config import MetricsConfig, default_config  # noqa: E402
 from rmrrd.edges.gc_pauses import short_gc_pauses  # noqa: E402
 from rmrrd.protocol import answer_path, format_request  # noqa: E402
@@ -85,7 +89,7 @@ async def measure(workdir: Path, n: int) -> tuple[float, float]:
             start = time.process_time()
             for domid in range(1, n + 1):
                 op, devices, target = CHECKS[domid % len(CHECKS)]
-                await ask(xs, format_request(op, domid, devices, target), 60)  # type: ignore[arg-type]
+                await ask_check(xs, f"bench-{domid}", format_request(op, domid, devices, target))  # type: ignore[arg-type]
             checks = time.process_time() - start
         nursery.cancel_scope.cancel()
     return setups, checks

@@ -244,6 +244,16 @@ CHECKS = (("assign", (DOMAIN["pci/0"],), None), ("hotplug", (DOMAIN["hotplug/0"]
 CHECKS_IN_FLIGHT = 1
 
 
+async def ask_check(xs: XenstoreClient, req_id: str, request: str) -> float:
+    """Write one check request as a toolstack does; returns the seconds until its verdict."""
+    async with xs.watch(f"{RESULT_ROOT}/{req_id}/verdict") as events:
+        await events.__anext__()  # the initial event, before anything is written
+        sent = time.perf_counter()
+        await xs.write(f"{REQUEST_ROOT}/{req_id}", request)
+        await events.__anext__()
+        return time.perf_counter() - sent
+
+
 async def check_requests(xs: XenstoreClient, domids: range) -> Row:
     """A toolstack check per domain, in turn assign, hotplug and migrate."""
     latencies: list[float] = []
@@ -251,13 +261,9 @@ async def check_requests(xs: XenstoreClient, domids: range) -> Row:
 
     async def one(index: int, domid: int) -> None:
         op, devices, target = CHECKS[index % len(CHECKS)]
-        req_id = f"bench-{index}"
-        async with limiter, xs.watch(f"{RESULT_ROOT}/{req_id}/verdict") as events:
-            await events.__anext__()  # the initial event, before anything is written
-            sent = time.perf_counter()
-            await xs.write(f"{REQUEST_ROOT}/{req_id}", format_request(op, domid, devices, target))  # type: ignore[arg-type]
-            await events.__anext__()
-            latencies.append(time.perf_counter() - sent)
+        async with limiter:
+            request = format_request(op, domid, devices, target)  # type: ignore[arg-type]
+            latencies.append(await ask_check(xs, f"bench-{index}", request))
 
     start = time.perf_counter()
     with trio.fail_after(120):
