@@ -89,8 +89,8 @@ async def measure(workdir: Path, n: int) -> tuple[float, float]:
             start = time.process_time()
             for domid in range(1, n + 1):
                 op, devices, target = CHECKS[domid % len(CHECKS)]
-                request = format_request(op, domid, devices, target)  # type: ignore[arg-type]
-                await ask_check(xs, f"bench-{domid}", request)
+                line = format_request(op, domid, devices, target)  # type: ignore[arg-type]
+                await ask_check(xs, f"bench-{domid}", line)
             checks = time.process_time() - start
         nursery.cancel_scope.cancel()
     return setups, checks
