@@ -4,8 +4,10 @@
 Run from the repository root: ``.venv/bin/python bench/bench_hooks.py [-n RUNS]``.
 
 Each row starts a fresh process ``RUNS`` times (after 3 warm-up runs, as hyperfine
-does, which also write the bytecode an installed package has) and reports the median and the 90th percentile of the wall time from spawn to
-exit.  The floors are measured in the same run: ``/usr/bin/python3 -c pass`` (Debian's
+does, which also write the bytecode an installed package has) and reports the median
+and the 90th percentile of the wall time from spawn to exit.  The rows take turns, one
+run each per round, so that load from elsewhere on the machine falls on every row
+alike.  The floors are measured in the same run: ``/usr/bin/python3 -c pass`` (Debian's
 Python, by its path: a ``python3`` earlier on ``PATH`` may be a version manager's shim),
 the virtualenv's ``python -c pass`` (what every entry point starts with) and
 ``xenstore-read`` (a C client doing one request).  The checks run against a real
@@ -58,18 +60,33 @@ XL_CONFIG = REPO / "tests" / "data" / "xl" / "hvm-2g-host.cfg"
 AIM_MS = 80.0
 
 
-def timed(argv: list[str], env: dict[str, str], stdin: str, runs: int) -> list[float]:
-    """Wall times in ms of ``runs`` runs of ``argv`` after 3 unmeasured ones; each must exit 0."""
-    times = []
+Row = tuple[str, list[str], str]
+"""A row's name, its command line and what it reads on stdin."""
+
+
+def once(argv: list[str], env: dict[str, str], stdin: str) -> float:
+    """The wall time in ms of one run of ``argv``, which must exit 0."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, input=stdin.encode(), capture_output=True, check=False)
+    elapsed = (time.perf_counter() - started) * 1000
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode().strip()}")
+    return elapsed
+
+
+def timed(rows: list[Row], env: dict[str, str], runs: int) -> list[tuple[str, list[float]]]:
+    """Each row's wall times in ms: ``runs`` rounds after 3 unmeasured ones.
+
+    A round runs every row once, so a burst of load on the shared machine lands on all
+    rows alike (the floors included) instead of on whichever row was running then.
+    """
+    times: list[list[float]] = [[] for _ in rows]
     for index in range(runs + 3):
-        started = time.perf_counter()
-        done = subprocess.run(argv, env=env, input=stdin.encode(), capture_output=True, check=False)
-        elapsed = (time.perf_counter() - started) * 1000
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode().strip()}")
-        if index >= 3:
-            times.append(elapsed)
-    return times
+        for (_, argv, stdin), row_times in zip(rows, times):
+            elapsed = once(argv, env, stdin)
+            if index >= 3:
+                row_times.append(elapsed)
+    return [(name, row_times) for (name, _, _), row_times in zip(rows, times)]
 
 
 async def set_up_domain(socket_path: Path) -> None:
@@ -97,7 +114,7 @@ def main() -> int:
         # An installed rmrrd runs from bytecode (pip compiles at install); a checkout gets
         # it from the warm-up runs, unless the environment forbids writing it.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        rows = [
+        rows: list[Row] = [
             ("/usr/bin/python3 -c pass (floor)", ["/usr/bin/python3", "-c", "pass"], ""),
             ("venv python -c pass (floor)", [sys.executable, "-c", "pass"], ""),
             ("xenstore-read (floor)", ["xenstore-read", "/tool/rmrrd/status"], ""),
@@ -114,7 +131,7 @@ def main() -> int:
             ("rmrrd-libvirt-hook start (not checked)",
              [str(VENV_BIN / "rmrrd-libvirt-hook"), "g", "start", "begin", "-"], GPU_XML),
         ]
-        results = [(name, timed(argv, env, stdin, args.runs)) for name, argv, stdin in rows]
+        results = timed(rows, env, args.runs)
     floor = statistics.median(results[1][1])
     print(f"{args.runs} runs each, after 3 warm-up runs; ms from spawn to exit")
     print(f"| {'process':<42} | {'min':>6} | {'median':>7} | {'p90':>7} | {'vs venv python':>14} | aim |")
