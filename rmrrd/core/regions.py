@@ -75,8 +75,7 @@ def merge_regions(regions: Iterable[ReservedRegion]) -> list[ReservedRegion]:
     own devices, and the design merges only "identical or overlapping" ones.  The
     result is sorted by address; a sort and one sweep, ``O(n log n)``.
     """
-    # Sort on plain integers: comparing Range dataclasses costs five times as much.
-    ordered = sorted(regions, key=lambda region: (region.range.start, region.range.end))
+    ordered = sorted(regions, key=lambda region: region.range)  # by start, then end
     merged: list[ReservedRegion] = []
     group: list[ReservedRegion] = []
     end = 0
