@@ -30,13 +30,12 @@ pci = ["0000:00:14.0,rdm_policy=relaxed", "0000:00:02.0"]
 """
 COMPARE = """\
 import json, sys
-from dataclasses import asdict
 from rmrrd.core.libxl_domain import from_libxl_json, from_xl_config
 from rmrrd.core.xlcfg_file import load_xl_config
 from pathlib import Path
 saved = from_libxl_json(json.load(sys.stdin))
 predicted = from_xl_config(load_xl_config(Path(sys.argv[1]))).domain
-print(json.dumps({"saved": asdict(saved), "predicted": asdict(predicted)}, default=str))
+print(json.dumps({"saved": saved._asdict(), "predicted": predicted._asdict()}, default=str))
 """
 
 
