@@ -24,7 +24,7 @@ class _BdfFields(NamedTuple):
 class Bdf(_BdfFields):
     """A PCI function: segment, bus, device (0-31) and function (0-7).
 
-    A value (docs/architecture.md, "Values"): immutable, hashable, ordered by segment,
+    A value (docs/design.md, "Values"): immutable, hashable, ordered by segment,
     bus, device, function.  Made only valid: numbers out of range raise
     :class:`InputError`, whoever builds it (a parser, a firmware table, libxl's JSON).
     """

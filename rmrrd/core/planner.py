@@ -100,9 +100,10 @@ class DomainRequest(NamedTuple):
     """One guest's setup request (the ``/libxl/<domid>/rdm/`` keys), parsed.
 
     Sizes are MiB as xl.cfg writes them.  :meth:`validated` checks the sizes and raises
-    :class:`InputError` naming the field; the two makers of requests,
-    :func:`parse_domain_request` and :func:`rmrrd.core.libxl_domain.domain_request`, and
-    :func:`plan` call it.  ``device_policy`` is the policy of a
+    :class:`InputError` naming the field: :func:`parse_domain_request` returns requests
+    validated, :func:`plan` validates what it is given, and so does
+    :func:`rmrrd.core.libxl_domain.libxl_plan` for the PV and PVH domains it plans
+    without :func:`plan`.  ``device_policy`` is the policy of a
     ``pci/`` device whose spec names none: the ``policy`` the request's own ``rdm=``
     names (xl's ``parse_config_data`` copies it into every ``pci=`` device), else
     ``strict`` (libxl's ``libxl__device_pci_setdefault``); :func:`parse_domain_request`

@@ -31,7 +31,7 @@ class _RangeFields(NamedTuple):
 class Range(_RangeFields):
     """A non-empty half-open range ``[start, end)`` of guest or host physical addresses.
 
-    A value (docs/architecture.md, "Values"), ordered by start then end; an empty,
+    A value (docs/design.md, "Values"), ordered by start then end; an empty,
     reversed or beyond-64-bit range raises :class:`InputError` when made.
     """
 
