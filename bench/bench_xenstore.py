@@ -194,12 +194,13 @@ class PlainConnection:
 
 async def plain_client(sock_path: str, n: int, in_flight: int) -> Row:
     """:func:`rmrrd_client` with :class:`PlainConnection` in place of rmrrd's own."""
-    real = client_module.Connection
-    client_module.Connection = PlainConnection  # type: ignore[misc, assignment]
+    # The name client.py looks up when it connects (imported there from client_conn).
+    real = getattr(client_module, "Connection")
+    setattr(client_module, "Connection", PlainConnection)
     try:
         row = await rmrrd_client(sock_path, n, in_flight)
     finally:
-        client_module.Connection = real  # type: ignore[misc]
+        setattr(client_module, "Connection", real)
     row.name = row.name.replace("rmrrd", "plain connection,")
     return row
 
