@@ -56,6 +56,14 @@ def imported(module: str, args: list[str], stdin: str = "", env: dict[str, str] 
     return set(json.loads(done.stderr.strip().splitlines()[-1]))
 
 
+def host_config(tmp_path: Path) -> dict[str, str]:
+    """The environment of a command that loads this host's inventory: a configuration
+    naming node-a's, and a runtime directory for the hooks' cache of it."""
+    config = tmp_path / "rmrrd.yaml"
+    config.write_text(f"host:\n  name: node-a\n  sources: [{REPO / 'etc' / 'inventories' / 'node-a.yaml'}]\n")
+    return {"RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"), "PATH": "/usr/bin:/bin"}
+
+
 def test_rmrrd_check(tmp_path: Path) -> None:
     """A check against xenstore (none here: it fails after its imports are done)."""
     modules = imported("rmrrd.cli", ["check", "hotplug", "--domid", "1", "--device", "00:02.0",
@@ -68,9 +76,7 @@ def test_rmrrd_check(tmp_path: Path) -> None:
 def test_rmrrd_check_xl_config(tmp_path: Path) -> None:
     """Offline for an xl.cfg file, this host's inventory cached: the xl.cfg reader and the
     planner, but no daemon machinery (and no YAML once the cache is there)."""
-    config = tmp_path / "rmrrd.yaml"
-    config.write_text(f"host:\n  name: node-a\n  sources: [{REPO / 'etc' / 'inventories' / 'node-a.yaml'}]\n")
-    env = {"RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"), "PATH": "/usr/bin:/bin"}
+    env = host_config(tmp_path)
     args = ["check", "hotplug", "--xl-config", str(REPO / "tests" / "data" / "xl" / "hvm-2g-host.cfg"),
             "--device", "00:02.0"]
     imported("rmrrd.cli", args, env=env)  # the first run loads the configuration and writes the cache
@@ -98,10 +104,7 @@ def test_xl_wrapper_check(tmp_path: Path) -> None:
 def test_xl_wrapper_create(tmp_path: Path) -> None:
     """The wrapper's prediction for an xl.cfg file, this host's inventory cached: the
     xl.cfg reader and the planner, no daemon machinery, no dataclasses."""
-    config = tmp_path / "rmrrd.yaml"
-    config.write_text(f"host:\n  name: node-a\n  sources: [{REPO / 'etc' / 'inventories' / 'node-a.yaml'}]\n")
-    env = {"RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"), "RMRRD_XL": "/nonexistent/xl",
-           "PATH": "/usr/bin:/bin"}
+    env = {**host_config(tmp_path), "RMRRD_XL": "/nonexistent/xl"}
     args = ["create", str(REPO / "tests" / "data" / "xl" / "hvm-2g-host.cfg")]
     imported("rmrrd.hooks.xl", args, env=env)  # the first run loads the configuration and writes the cache
     modules = imported("rmrrd.hooks.xl", args, env=env)
@@ -122,9 +125,7 @@ def test_libvirt_hook_fast_exits(operation: str, xml: str) -> None:
 
 def test_libvirt_hook_with_a_device_and_a_cached_inventory(tmp_path: Path) -> None:
     """With the inventory cached: the planner, but still no YAML, trio or logging."""
-    config = tmp_path / "rmrrd.yaml"
-    config.write_text(f"host:\n  name: node-a\n  sources: [{REPO / 'etc' / 'inventories' / 'node-a.yaml'}]\n")
-    env = {"RMRRD_CONFIG": str(config), "RMRRD_RUNTIME_DIR": str(tmp_path / "run"), "PATH": "/usr/bin:/bin"}
+    env = host_config(tmp_path)
     first = imported("rmrrd.hooks.libvirt", ["g", "prepare", "begin", "-"], stdin=GPU_XML, env=env)
     assert "yaml" in first  # the first run reads the configuration
     modules = imported("rmrrd.hooks.libvirt", ["g", "prepare", "begin", "-"], stdin=GPU_XML, env=env)
