@@ -175,6 +175,28 @@ async def test_a_device_hot_plugged_into_a_learned_hvm_guest_is_held_but_moves_n
         await held_by(xs, 3, D2)
 
 
+async def test_xl_pci_detach_of_the_last_device_frees_it_while_the_saved_configuration_still_lists_it(
+        tmp_path: Path) -> None:
+    # libxl's detach of a guest's last device removes its PCI backend first and takes the
+    # device out of the saved configuration after (seen on Xen 4.17:
+    # tests/xen/test_xen_hvm_layout.py, the "attach" guest).  The backend says what it holds.
+    async with inprocess_daemon(tmp_path) as daemon:
+        xs = daemon.xs
+        built = await xl_creates(xs, tmp_path, 3, "hvm", 4096, hvm={}, passthrough="enabled")
+        await xl_pci_attach(xs, 3, 0, D2, policy="relaxed")
+        save(tmp_path, 3, saved_config("hvm", 4096, hvm={}, passthrough="enabled",
+                                       pcidevs=[{"dev": 2, "rdm_policy": "relaxed"}]))
+        await learned_again(xs, 3, built["generation"])
+        await create_domain(xs, 7, {"memory": "1024"})
+        await held_by(xs, 3, D2)
+        plugged = (await read_answer(xs, 3)).generation
+        await xs.rm(pci_backend_path(3).rsplit("/", 1)[0])
+        await learned_again(xs, 3, plugged)
+        assert (await read_answer(xs, 3)).generation == built["generation"]  # the domain as built: no device
+        free = await check(xs, "free", f"op=hotplug domid=7 device={D2},rdm_policy=relaxed")
+        assert "assigned to domain 3" not in free["reason"], free
+
+
 async def test_xl_mem_max_does_not_move_a_learned_layout(tmp_path: Path) -> None:
     # libxl_domain_setmaxmem rewrites memory/static-max; the guest keeps the layout it
     # was built with, and so does its learned answer.

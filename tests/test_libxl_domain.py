@@ -286,6 +286,9 @@ def test_xenstore_says_what_runs_over_the_saved_configuration() -> None:
     assert (domain.max_memory_mib, domain.memory_mib, domain.videoram_mib, domain.mmio_hole_mib) == (2048, 2040, 8, 512)
     assert domain.pci == (DeviceSpec(Bdf(0, 0, 0x14, 0), Policy.RELAXED), DeviceSpec(Bdf(0, 0, 2, 0), Policy.STRICT))
     assert (domain.bios, domain.rdm_host, domain.rdm_policy) == ("ovmf", True, Policy.STRICT)  # the saved ones
+    # No backend: no device, whatever the saved configuration still lists (libxl removes
+    # the backend of a last device detached before it saves the configuration without it).
+    assert from_libxl_xenstore("hvm", keys, None, from_libxl_json(HVM_SAVED), "domain 3").pci == ()
     unsaved = from_libxl_xenstore("hvm", {**keys, "device_model": "qemu_xen_traditional"}, None, None, "domain 3")
     assert (unsaved.bios, unsaved.rdm_host, unsaved.pci) == ("rombios", False, ())
     assert from_libxl_xenstore("pv", {"static_max": "131072"}, None, None, "domain 4").type is DomainType.PV

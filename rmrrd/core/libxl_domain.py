@@ -518,7 +518,10 @@ def from_libxl_xenstore(kind: str, keys: Mapping[str, str | None], backend: Mapp
     ``platform/mmio_hole_size`` (bytes) and ``platform/device-model``
     (``libxl__domain_build``), by :func:`rmrrd.protocol.domain_keys`' names; ``backend``
     the PCI backend's keys (None: there is none).  Xenstore says what is running
-    (the memory, the devices attached now, hot-plugged ones included); ``saved``
+    (the memory, the devices attached now, hot-plugged ones included; none without a
+    backend, whatever ``saved`` lists: ``xl pci-detach`` of a domain's last device
+    removes the backend before libxl takes the device out of the saved configuration,
+    and creation writes the backend before it saves the configuration); ``saved``
     (:func:`from_libxl_json`) adds what only the configuration holds: ``rdm=``,
     ``rdm_mem_boundary``, the firmware, HAP and passthrough.  Without it those are
     libxl's defaults.  Raises :class:`InputError` naming ``what`` and the key.
@@ -530,7 +533,7 @@ def from_libxl_xenstore(kind: str, keys: Mapping[str, str | None], backend: Mapp
     max_memory = _kib(keys, "static_max", f"{what}: memory/static-max") or DEFAULT_MEMORY_MIB
     target = _kib(keys, "target", f"{what}: memory/target") or max_memory
     domain = saved if saved is not None and saved.type is guest else LibxlDomain(guest, max_memory, target)
-    devices = domain.pci if backend is None else tuple(backend_devices(backend, f"{what}: PCI backend"))
+    devices = () if backend is None else tuple(backend_devices(backend, f"{what}: PCI backend"))
     domain = domain._replace(max_memory_mib=max_memory, memory_mib=target, pci=devices,
                              passthrough=domain.passthrough or bool(devices))
     if guest is not DomainType.HVM:

@@ -7,7 +7,8 @@ built computes the layout libxl gave it and answers with ``origin=learned``
 (docs/xenstore-schema.md).  What libxl writes before it introduces a domain
 (``libxl__build_post``): ``/libxl/<domid>/type``, the ``memory/`` and ``platform/``
 keys; the PCI backend's ``dev-<n>`` / ``opts-<n>`` once devices are attached (and on
-every ``xl pci-attach``); the saved configuration
+every ``xl pci-attach``; ``xl pci-detach`` removes them, and the whole backend with the
+last device); the saved configuration
 ``<libxl_dir>/userdata-d.<domid>.<uuid>.libxl-json`` at the end of ``xl create``
 (``domcreate_complete``) and on every attach.  A domain is learned again whenever
 one of those xenstore keys changes, and whenever an answer would be current otherwise

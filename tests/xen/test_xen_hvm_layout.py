@@ -13,7 +13,8 @@ reads the very same file.  They must agree on whether the domain is built, on
 libxl (docs/xenstore-schema.md, "Domains learned from libxl"); its answer, read while
 the guest runs, must be hvmloader's layout too.  One guest takes devices with ``xl
 pci-attach`` (QEMU's ``xen-pci-passthrough`` in its device model, then Xen's VT-d),
-each after ``rmrrd check hotplug`` predicted what Xen would do.
+each after ``rmrrd check hotplug`` predicted what Xen would do, and gives back with
+``xl pci-detach -f`` the one Xen assigned: rmrrd must learn both.
 
 What the guest's kernel would see is the map SeaBIOS hands it (``INT 15h, E820``), which
 SeaBIOS prints before it looks for something to boot: it must keep every planned
@@ -128,10 +129,16 @@ class Built:
     create: Result
     firmware: list[str]
     xen: list[str]
+    domid: str = ""
+    """The guest's domain id once SeaBIOS was done: ``xl create``'s, unless xl re-created it."""
     learned: dict[str, str] = field(default_factory=dict)
     attached: tuple[Attached, ...] = ()
     relearned: dict[str, str] = field(default_factory=dict)
     """rmrrd's answer once it learned the devices attached (empty when none was)."""
+    detached: tuple[Result, ...] = ()
+    """``xl pci-detach -f`` of each device attached, once ``relearned`` was read."""
+    unplugged: dict[str, str] = field(default_factory=dict)
+    """rmrrd's answer once it learned the devices detached (empty when none was)."""
 
     def shown(self) -> str:
         return "\n".join(self.firmware)
@@ -246,10 +253,25 @@ def hot_plug(dom0: Dom0, domid: str, device: str) -> Attached:
     return Attached(device, check, attach, dom0.run(["xl", "pci-list", domid]).text)
 
 
+def next_answer(dom0: Dom0, domid: str, answer: dict[str, str]) -> dict[str, str]:
+    """rmrrd's answer for the guest once its generation is no longer ``answer``'s."""
+    dom0.wait_until(f'[ "$(xenstore-read /local/domain/{domid}/rmrr/generation)" != '
+                    f'"{answer.get("generation")}" ]', 30)
+    return dom0.xs_ls(f"/local/domain/{domid}/rmrr")
+
+
+def hot_unplug(dom0: Dom0, domid: str, attached: tuple[Attached, ...]) -> tuple[Result, ...]:
+    """``xl pci-detach -f`` of each device attached.  Forced: the paused guest cannot
+    answer QEMU's unplug request, so libxl gives up waiting for the device model after
+    10 s, and only ``-f`` then goes on to take the device away (``pci_remove_timeout``)."""
+    return tuple(dom0.run(["xl", "pci-detach", "-f", domid, each.device.split(",")[0]], timeout=120, check=False)
+                 for each in attached if each.attach.ok)
+
+
 def create_and_read(dom0: Dom0, rmrrd: Rmrrd, case: Case) -> Built:
     """``xl create`` the case; once SeaBIOS printed its map (or after 300 s), the guest
-    paused, rmrrd's learned answer, the case's hot-plugs, and the guest's lines of ``xl
-    dmesg``; the guest destroyed."""
+    paused, rmrrd's learned answer, the case's hot-plugs and then their detaching, and
+    the guest's lines of ``xl dmesg``; the guest destroyed."""
     create = dom0.run(["testbed-guest-create", case.name, "hvm-firmware", str(case.memory_mib), "running",
                        *case.config], timeout=240, check=False)
     if not create.ok:
@@ -270,21 +292,25 @@ def create_and_read(dom0: Dom0, rmrrd: Rmrrd, case: Case) -> Built:
     domid = current.text.strip() if current.ok else create.text.strip()
     if domid != create.text.strip():
         print(f"{case.name}: d{create.text.strip()} rebooted; its layout is read from d{domid}")
-    relearned: dict[str, str] = {}
+    plugged: dict[str, str] = {}
+    detached: tuple[Result, ...] = ()
+    unplugged: dict[str, str] = {}
     try:
         learned = learned_answer(rmrrd, domid)
         attached = tuple(hot_plug(dom0, domid, device) for device in case.hotplug)
         if any(each.attach.ok for each in attached):
-            # libxl's new backend dev-N: learned again (a new generation).
-            dom0.wait_until(f'[ "$(xenstore-read /local/domain/{domid}/rmrr/generation)" != '
-                            f'"{learned.get("generation")}" ]', 30)
-            relearned = dom0.xs_ls(f"/local/domain/{domid}/rmrr")
+            # libxl's new backend dev-N: learned again (a new generation), and again
+            # once the devices are detached (libxl removes the backend).
+            plugged = next_answer(dom0, domid, learned)
+            detached = hot_unplug(dom0, domid, attached)
+            unplugged = next_answer(dom0, domid, plugged)
     finally:
         output = dom0.run(["xl", "dmesg"]).text
         dom0.run(["xl", "destroy", case.name])
     lines = [match[2] for match in map(DMESG_LINE.match, output.splitlines())
              if match is not None and match[1] == domid]
-    return Built(create, lines, xen_lines(dom0, domid, output), learned, attached, relearned)
+    return Built(create, lines, xen_lines(dom0, domid, output), domid, learned, attached, plugged, detached,
+                 unplugged)
 
 
 def plan(dom0: Dom0, name: str) -> Planned:
@@ -393,7 +419,7 @@ device's region is: the device is assigned."""
 def test_xl_pci_attach_to_a_learned_hvm_guest_is_what_rmrrd_check_said(
         outcomes: dict[str, tuple[Built, Planned]]) -> None:
     built, _ = outcome(outcomes, ATTACH)
-    domid = built.create.text.strip()
+    domid = built.domid
     strict, relaxed = built.attached
     xen = "\n".join(built.xen)
     # 00:1f.3, strict by default as xl pci-attach makes it: its region is guest RAM.
@@ -409,3 +435,17 @@ def test_xl_pci_attach_to_a_learned_hvm_guest_is_what_rmrrd_check_said(
     assert relaxed.attach.ok, relaxed.attach.describe()
     assert "0000:00:1f.0" in relaxed.listed, relaxed.listed
     assert IDENTITY_KEPT.format(domid=domid, gfn=0x4100) in xen, xen
+
+
+def test_xl_pci_detach_from_a_learned_hvm_guest_is_learned(outcomes: dict[str, tuple[Built, Planned]]) -> None:
+    """The device attached above, detached by xl: libxl removes the guest's PCI backend,
+    and rmrrd learns that the guest holds no device again (the generation it had before
+    any attach: the same domain, learned the same way), with its layout as built."""
+    built, _ = outcome(outcomes, ATTACH)
+    assert len(built.detached) == 1, built.detached
+    detach = built.detached[0]
+    assert detach.ok, detach.describe()
+    assert "timed out waiting for DM to remove pci-pt-00_1f.0" in detach.stderr.decode(), detach.describe()
+    assert built.unplugged.get("generation") == built.learned["generation"], (built.learned, built.unplugged)
+    assert built.relearned["generation"] != built.learned["generation"]
+    assert numbered(built.unplugged, "e820") == numbered(built.learned, "e820")
