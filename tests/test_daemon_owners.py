@@ -359,6 +359,37 @@ async def test_a_domain_recreated_on_its_domid_starts_afresh(
             assert (await guest_query(guest, 1, "q1", "alloc 0x1000")).startswith(f"ok {HOLE_START}")
 
 
+async def test_a_restart_reloads_the_placements_before_any_domain_event_is_handled(
+        xs: XenstoreClient, xenstored: XenstoredHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the ``@introduceDomain`` watch's first event, handled while the
+    restarted daemon's first reconciliation was still reading the records, set the
+    introduced domain up; the placements reloaded after that were for a domain with a
+    plan already, so they were dropped and the guest's next ``alloc`` was given its
+    earlier BAR's range again (seen once in CI, ``test_daemon_crash.py``)."""
+    async with daemon_with_domain_1(xs):
+        async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
+            first = (await guest_query(guest, 1, "q1", "alloc 0x1000")).removeprefix("ok ")
+    # The next daemon's reconciliation reads the records slowly: until domain 1 has a
+    # plan, as when a setup overtook it, or for half a second when none does.
+    restarted = Daemon(xs, seed_settings(), LIMITS, Recorder())
+    real_records = Domains._records
+
+    async def slow_records(self: Domains, root: str, live: set[int]) -> dict[int, dict[str, str]]:
+        with trio.move_on_after(0.5):
+            while (domain := restarted.domains.get(1)) is None or domain.plan is None:
+                await trio.sleep(0.01)
+        return await real_records(self, root, live)
+
+    monkeypatch.setattr(Domains, "_records", slow_records)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(restarted.serve)
+        async with open_xenstore(str(xenstored.guest_socket(1))) as guest:
+            second = (await guest_query(guest, 1, "q2", "alloc 0x1000")).removeprefix("ok ")
+        restarted.stop()
+    assert second != first, "the restarted daemon gave the guest a placement it already held"
+    assert await _records(xs, 1) == sorted([first, second])
+
+
 def fail_reply_writes(xs: XenstoreClient, monkeypatch: pytest.MonkeyPatch, failing: dict[str, int]) -> None:
     """``xs.write`` of a guest's reply times out ``failing["reply"]`` times."""
     real_write = xs.write

@@ -158,6 +158,14 @@ class Daemon:
         log.warning("request %r: invalid id, removed unanswered", req_id[:40])
 
     async def _special_event(self, kind: str, handler: Callable[[], Awaitable[None]], event: WatchEvent) -> None:
+        """``@introduceDomain`` and ``@releaseDomain``, after the first reconciliation.
+
+        Their first events come as soon as the watches are set, while the first
+        reconciliation may still be reading what a previous run recorded.  A domain set
+        up before it reloads a guest's placements keeps the placements of its new plan,
+        so its guest could be given a range it already holds.
+        """
+        await self.ready.wait()
         self.observer.watch_event(kind)
         await self._guarded(event.path, handler)
 
